@@ -1,0 +1,113 @@
+"""One exception root for everything livecap reports to a client.
+
+Each error carries a machine-readable ``code`` (sent in the ``error`` event)
+and the WebSocket close code that follows it. The table in README.md is
+generated from this module's classes (see ``tests/test_errors.py``)::
+
+    LivecapError
+    ├── ProtocolError            1008  the client broke the ingest protocol
+    │   ├── InvalidJson          1007  a text frame that is not a JSON object
+    │   ├── InvalidFrame         1007  binary audio that is not whole samples
+    │   ├── UnsupportedFormat    1003  audio format we cannot decode
+    │   └── MessageTooBig        1009  a frame over the size limit
+    ├── Unauthorized             4401  missing or wrong key
+    ├── RateLimited              4429  audio faster than allowed, too many connections
+    ├── IdleTimeout              4408  no audio from a publisher for too long
+    ├── PublisherReplaced        4409  another publisher took over the room
+    ├── ViewerTooSlow            4100  a viewer fell too far behind; resume with after_seq
+    ├── ServerBusy               1013  too many rooms; try again later
+    └── InternalError            1011  a bug or a failed component; details go to the log
+
+Close codes come from RFC 6455 §7.4.1 (1003, 1007, 1008, 1009, 1011), RFC
+6455's registry (1013 "try again later") and the private range 4000–4999,
+where livecap mirrors HTTP status codes where one fits (4401, 4408, 4409,
+4429).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LivecapError(Exception):
+    """Base class: an error that is reported to the client, then closes it."""
+
+    code: ClassVar[str] = "error"
+    close_code: ClassVar[int] = 1011
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_event(self) -> dict[str, str]:
+        """The ``error`` event sent before the close frame."""
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+class ProtocolError(LivecapError):
+    """A well-formed frame that breaks the protocol (unknown type, bad field,
+    audio before ``start`` …)."""
+
+    code = "protocol_error"
+    close_code = 1008
+
+
+class InvalidJson(ProtocolError):
+    code = "invalid_json"
+    close_code = 1007
+
+
+class InvalidFrame(ProtocolError):
+    code = "invalid_frame"
+    close_code = 1007
+
+
+class UnsupportedFormat(ProtocolError):
+    code = "unsupported_format"
+    close_code = 1003
+
+
+class MessageTooBig(ProtocolError):
+    code = "message_too_big"
+    close_code = 1009
+
+
+class Unauthorized(LivecapError):
+    code = "unauthorized"
+    close_code = 4401
+
+
+class RateLimited(LivecapError):
+    code = "rate_limited"
+    close_code = 4429
+
+
+class IdleTimeout(LivecapError):
+    code = "idle_timeout"
+    close_code = 4408
+
+
+class PublisherReplaced(LivecapError):
+    code = "publisher_replaced"
+    close_code = 4409
+
+
+class ViewerTooSlow(LivecapError):
+    code = "viewer_too_slow"
+    close_code = 4100
+
+
+class ServerBusy(LivecapError):
+    code = "server_busy"
+    close_code = 1013
+
+
+class InternalError(LivecapError):
+    code = "internal_error"
+    close_code = 1011
+
+
+class ModelError(Exception):
+    """An engine failed (missing model, onnxruntime error, lost GPU).
+
+    Never sent to clients: the scheduler answers it by switching engines."""

@@ -1,0 +1,150 @@
+"""The publisher's side of the wire protocol, without any I/O.
+
+``IngestProtocol`` turns the frames a publisher sends into events: text frames
+are JSON control messages (``start``, ``stop``), binary frames are PCM audio
+in the declared format. It validates everything, converts audio to 16 kHz
+mono float32, stamps each chunk with its arrival time and enforces the
+size and rate limits. Violations raise a ``LivecapError`` that the server
+reports and closes with; the class never touches a socket, so tests feed it
+frames directly (see websockets' ``protocol.py`` for the pattern).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from livecap.audio import BYTES_PER_SAMPLE, Resampler, SampleFormat, decode_pcm
+from livecap.errors import InvalidFrame, InvalidJson, MessageTooBig, ProtocolError, RateLimited, UnsupportedFormat
+
+SUPPORTED_LANGUAGES = ("en",)
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """Per-connection limits; defaults suit a browser or OBS sending live audio."""
+
+    max_message_bytes: int = 512 * 1024
+    """Largest accepted frame, text or binary (1 s of 48 kHz stereo s16le is 192 KiB)."""
+    max_audio_rate: float = 2.0
+    """Sustained audio seconds per wall-clock second; live audio is 1.0."""
+    rate_burst_seconds: float = 10.0
+    """Audio a publisher may send ahead of the sustained rate (reconnect backlog)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFormat:
+    sample_format: SampleFormat
+    sample_rate: int
+    channels: int
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    format: StreamFormat
+
+
+@dataclass(frozen=True, slots=True)
+class AudioReceived:
+    samples: np.ndarray
+    """16 kHz mono float32."""
+    arrival: float
+    """Monotonic clock reading when the frame arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    pass
+
+
+IngestEvent = Started | AudioReceived | Stopped
+
+
+class IngestProtocol:
+    """State machine of one publisher connection: idle → streaming → idle."""
+
+    def __init__(self, limits: IngestLimits = IngestLimits()) -> None:
+        self.limits = limits
+        self.format: StreamFormat | None = None
+        self._resampler: Resampler | None = None
+        self._rate_tokens = limits.rate_burst_seconds
+        self._rate_checked_at: float | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.format is not None
+
+    def receive_text(self, text: str, now: float) -> list[IngestEvent]:
+        self._check_size(len(text.encode()))
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise InvalidJson("text frames must be JSON objects") from None
+        if not isinstance(message, dict):
+            raise InvalidJson("text frames must be JSON objects")
+        kind = message.get("type")
+        if kind == "start":
+            return self._start(message)
+        if kind == "stop":
+            return self._stop(now)
+        raise ProtocolError(f"unknown message type {kind!r}; expected 'start' or 'stop'")
+
+    def receive_bytes(self, data: bytes, now: float) -> list[IngestEvent]:
+        self._check_size(len(data))
+        if self.format is None or self._resampler is None:
+            raise ProtocolError("audio before 'start'")
+        frame_bytes = BYTES_PER_SAMPLE[self.format.sample_format] * self.format.channels
+        if len(data) % frame_bytes:
+            raise InvalidFrame(f"binary frames must hold whole {self.format.sample_format} samples for "
+                               f"{self.format.channels} channel(s): {len(data)} is not a multiple of {frame_bytes}")
+        if not data:
+            return []
+        self._spend_rate(len(data) / frame_bytes / self.format.sample_rate, now)
+        samples = self._resampler.process(decode_pcm(data, self.format.sample_format, self.format.channels))
+        return [AudioReceived(samples, now)]
+
+    def _start(self, message: dict[str, Any]) -> list[IngestEvent]:
+        if self.format is not None:
+            raise ProtocolError("'start' while already streaming; send 'stop' first")
+        sample_format = message.get("format", "s16le")
+        sample_rate = message.get("sample_rate", 16_000)
+        channels = message.get("channels", 1)
+        language = message.get("language", "en")
+        if not isinstance(sample_format, str) or sample_format not in get_args(SampleFormat):
+            raise UnsupportedFormat(f"format must be one of {', '.join(get_args(SampleFormat))}")
+        if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+            raise UnsupportedFormat(f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}")
+        if channels not in (1, 2) or type(channels) is not int:
+            raise UnsupportedFormat("channels must be 1 or 2")
+        if language not in SUPPORTED_LANGUAGES:
+            raise UnsupportedFormat(f"language must be one of {', '.join(SUPPORTED_LANGUAGES)}")
+        self.format = StreamFormat(sample_format, sample_rate, channels, language)
+        self._resampler = Resampler(sample_rate)
+        return [Started(self.format)]
+
+    def _stop(self, now: float) -> list[IngestEvent]:
+        if self._resampler is None:
+            raise ProtocolError("'stop' without 'start'")
+        tail = self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        self.format, self._resampler = None, None
+        events: list[IngestEvent] = [AudioReceived(tail, now)] if len(tail) else []
+        return [*events, Stopped()]
+
+    def _check_size(self, size: int) -> None:
+        if size > self.limits.max_message_bytes:
+            raise MessageTooBig(f"frame of {size} bytes exceeds the limit of {self.limits.max_message_bytes}")
+
+    def _spend_rate(self, seconds: float, now: float) -> None:
+        """Token bucket in audio seconds, refilled at ``max_audio_rate`` per second."""
+        if self._rate_checked_at is not None:
+            refill = (now - self._rate_checked_at) * self.limits.max_audio_rate
+            self._rate_tokens = min(self.limits.rate_burst_seconds, self._rate_tokens + refill)
+        self._rate_checked_at = now
+        self._rate_tokens -= seconds
+        if self._rate_tokens < 0:
+            raise RateLimited(f"audio arrives faster than {self.limits.max_audio_rate:g}× real time")
