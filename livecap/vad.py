@@ -1,0 +1,176 @@
+"""Voice-activity segmentation: 16 kHz audio in, utterance events out.
+
+``VadSegmenter`` is pure and synchronous. It frames the signal itself, so the
+same audio fed in 1-sample, 20 ms or random chunks yields the same utterances
+(sample positions and audio); only the arrival stamps depend on chunking.
+
+Decisions per frame come from webrtcvad (the WebRTC GMM detector) with a
+loudness floor, smoothed by hysteresis: an utterance starts when most frames
+in a short window are voiced (so a click does not start one), and ends when
+nearly all frames in a longer window are unvoiced (so a breath between words
+does not end one). Audio from just before the onset is included so that
+soft word beginnings are not clipped.
+
+Long monologues without a pause would otherwise grow without bound, and the
+recognizer's cost grows with the utterance. Past ``soft_max_utterance_s`` the
+silence needed to end an utterance shrinks linearly, so the cut lands in the
+next short pause; at ``max_utterance_s`` it is cut regardless. This does not
+hold audio back to look for a pause later, which would delay every partial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+
+from livecap.audio import TARGET_RATE, float_to_s16le
+
+
+@dataclass(frozen=True, slots=True)
+class VadOptions:
+    aggressiveness: int = 2
+    """webrtcvad mode 0–3; higher rejects more noise and more quiet speech."""
+    frame_ms: Literal[10, 20, 30] = 30
+    onset_ms: int = 150
+    """Window in which 80% of frames must be voiced to start an utterance."""
+    endpoint_ms: int = 600
+    """Window in which 90% of frames must be unvoiced to end an utterance."""
+    pre_roll_ms: int = 240
+    """Audio before the onset window that is added to the utterance."""
+    soft_max_utterance_s: float = 12.0
+    max_utterance_s: float = 20.0
+    min_level_dbfs: float = -55.0
+    """Frames quieter than this (RMS) are unvoiced whatever webrtcvad says."""
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceStarted:
+    utterance: int
+    start: int
+    """Sample index (16 kHz) in the stream where the utterance's audio begins."""
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceAudio:
+    utterance: int
+    samples: np.ndarray
+    arrival: float
+    """Arrival stamp of the newest sample in ``samples``."""
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded:
+    utterance: int
+    end: int
+    """Sample index one past the utterance's last sample."""
+    last_voiced_arrival: float
+    """When the last voiced frame arrived: the origin of final-caption lag."""
+    reason: Literal["silence", "max_length", "flush"]
+
+
+VadEvent = UtteranceStarted | UtteranceAudio | UtteranceEnded
+
+
+class VadSegmenter:
+    def __init__(self, options: VadOptions = VadOptions()) -> None:
+        self.options = options
+        self._vad = webrtcvad.Vad(options.aggressiveness)
+        self._frame = TARGET_RATE * options.frame_ms // 1000
+        self._onset_frames = max(1, options.onset_ms // options.frame_ms)
+        self._endpoint_frames = max(1, options.endpoint_ms // options.frame_ms)
+        self._min_rms = 10 ** (options.min_level_dbfs / 20)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._position = 0
+        """Sample index of the first sample in ``_pending``."""
+        self._history: deque[tuple[np.ndarray, bool]] = deque(
+            maxlen=self._onset_frames + max(0, options.pre_roll_ms // options.frame_ms))
+        self._recent: deque[bool] = deque(maxlen=self._endpoint_frames)
+        self._utterance = -1
+        self._active = False
+        self._utterance_start = 0
+        self._last_voiced_arrival = 0.0
+
+    def feed(self, samples: np.ndarray, arrival: float) -> list[VadEvent]:
+        """Consume audio; return the events it completes."""
+        self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        events: list[VadEvent] = []
+        voiced_audio: list[np.ndarray] = []
+        n_frames = len(self._pending) // self._frame
+        for i in range(n_frames):
+            frame = self._pending[i * self._frame : (i + 1) * self._frame]
+            frame_start = self._position + i * self._frame
+            voiced = self._is_voiced(frame)
+            if self._active:
+                voiced_audio.append(frame)
+                self._recent.append(voiced)
+                if voiced:
+                    self._last_voiced_arrival = arrival
+                reason = self._end_reason(frame_start + self._frame)
+                if reason is not None:
+                    events += self._emit_audio(voiced_audio, arrival)
+                    voiced_audio = []
+                    events.append(self._end(frame_start + self._frame, reason))
+            else:
+                self._history.append((frame, voiced))
+                onset_window = list(self._history)[-self._onset_frames :]
+                if len(onset_window) == self._onset_frames and sum(v for _, v in onset_window) >= math.ceil(0.8 * self._onset_frames):
+                    events.append(self._start(frame_start + self._frame, arrival))
+                    voiced_audio = [f for f, _ in self._history]
+                    self._history.clear()
+        events += self._emit_audio(voiced_audio, arrival)
+        consumed = n_frames * self._frame
+        self._pending = self._pending[consumed:]
+        self._position += consumed
+        return events
+
+    def flush(self, arrival: float) -> list[VadEvent]:
+        """End the stream: close the open utterance, including any partial frame."""
+        events: list[VadEvent] = []
+        if self._active:
+            events += self._emit_audio([self._pending], arrival)
+            events.append(self._end(self._position + len(self._pending), "flush"))
+        self._position += len(self._pending)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._history.clear()
+        return events
+
+    def _is_voiced(self, frame: np.ndarray) -> bool:
+        if float(np.sqrt(np.mean(frame * frame))) < self._min_rms:
+            return False
+        return bool(self._vad.is_speech(float_to_s16le(frame), TARGET_RATE))
+
+    def _start(self, onset_end: int, arrival: float) -> UtteranceStarted:
+        self._utterance += 1
+        self._active = True
+        self._utterance_start = onset_end - len(self._history) * self._frame
+        self._recent.clear()
+        self._last_voiced_arrival = arrival
+        return UtteranceStarted(self._utterance, self._utterance_start)
+
+    def _end_reason(self, position: int) -> Literal["silence", "max_length"] | None:
+        length = (position - self._utterance_start) / TARGET_RATE
+        if length >= self.options.max_utterance_s:
+            return "max_length"
+        needed = self._endpoint_frames
+        soft, hard = self.options.soft_max_utterance_s, self.options.max_utterance_s
+        if length > soft:
+            needed = max(2, math.ceil(self._endpoint_frames * (hard - length) / (hard - soft)))
+        recent = list(self._recent)[-needed:]
+        if len(recent) == needed and sum(not v for v in recent) >= math.ceil(0.9 * needed):
+            return "silence"
+        return None
+
+    def _end(self, position: int, reason: Literal["silence", "max_length", "flush"]) -> UtteranceEnded:
+        self._active = False
+        self._recent.clear()
+        return UtteranceEnded(self._utterance, position, self._last_voiced_arrival, reason)
+
+    def _emit_audio(self, frames: list[np.ndarray], arrival: float) -> list[VadEvent]:
+        if not frames or not sum(len(f) for f in frames):
+            return []
+        return [UtteranceAudio(self._utterance, np.concatenate(frames), arrival)]
