@@ -1,0 +1,5 @@
+"""Speech recognition: engines, the streaming policy and the scheduler.
+
+Importing this package registers the built-in engines in ``ENGINES``."""
+
+from livecap.asr import pocketsphinx_engine  # noqa: F401

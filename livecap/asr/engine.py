@@ -1,0 +1,101 @@
+"""The recognizer interface every speech engine implements.
+
+A *stream* recognises one utterance (the audio between a VAD onset and its
+endpoint). The caller feeds audio as it arrives, asks for a provisional
+hypothesis whenever it wants a partial caption, and asks for the final
+hypothesis once at the endpoint. All three calls may be CPU-heavy and are made
+from the inference executor, never from the event loop; calls on one stream
+are never concurrent.
+
+Engines register themselves by name in ``ENGINES`` so that configuration can
+pick them with a string (``"whisper-onnx"``, ``"pocketsphinx"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+"""Every engine consumes 16 kHz mono float32 in [-1, 1]; ingest converts to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word; times are seconds from the start of the utterance."""
+
+    text: str
+    start: float
+    end: float
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hypothesis:
+    """What an engine believes the utterance says so far.
+
+    ``words`` joined with spaces is the text. ``no_speech_probability`` is the
+    engine's estimate that the audio holds no speech at all (``None`` when the
+    engine has no such estimate); guardrails use it to drop hallucinations.
+    """
+
+    words: tuple[Word, ...]
+    engine: str
+    model_version: str
+    no_speech_probability: float | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(word.text for word in self.words)
+
+
+class RecognizerStream(Protocol):
+    """Recognition state for one utterance."""
+
+    def feed(self, audio: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples to the utterance."""
+
+    def hypothesis(self) -> Hypothesis:
+        """Best guess for all audio fed so far; the utterance may continue."""
+
+    def finish(self) -> Hypothesis:
+        """Final result for the whole utterance; the stream is not used after."""
+
+
+class Engine(Protocol):
+    """A loaded speech model that opens one stream per utterance."""
+
+    name: str
+    model_version: str
+
+    def open_stream(self, prompt: str = "") -> RecognizerStream:
+        """Start an utterance. ``prompt`` is preceding text (earlier finals,
+        room glossary) that an engine may use to bias spelling and style."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What an engine factory may need; engines ignore what they do not use."""
+
+    model: str = "tiny.en"
+    device: str = "auto"
+    threads: int = 1
+    model_cache: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+EngineFactory = Callable[[EngineOptions], Engine]
+ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
+    """Decorator adding a factory to ``ENGINES`` under ``name``."""
+
+    def add(factory: EngineFactory) -> EngineFactory:
+        ENGINES[name] = factory
+        return factory
+
+    return add
