@@ -1,0 +1,57 @@
+"""Room keys: who may publish, operate and (optionally) view.
+
+Keys are derived from one server secret with HMAC-SHA256, so every room has
+its own publisher key without any key database, and an operator can print
+any room's key with ``livecap keys ROOM``. Clients present a key as
+``Authorization: Bearer KEY`` or as a ``token`` query parameter (browser
+WebSockets and OBS browser sources cannot set headers). Comparison is
+constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from livecap.errors import Unauthorized
+
+Role = Literal["publisher", "operator", "viewer"]
+
+
+class Keys:
+    def __init__(self, secret: str, viewer_keys_required: bool = False) -> None:
+        self._secret = secret.encode()
+        self.viewer_keys_required = viewer_keys_required
+
+    def key(self, role: Role, room: str = "") -> str:
+        scope = "operator" if role == "operator" else f"{role}:{room}"
+        digest = hmac.new(self._secret, scope.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def check(self, role: Role, room: str, presented: str | None) -> None:
+        """Raise ``Unauthorized`` unless ``presented`` is the key for ``role``."""
+        if role == "viewer" and not self.viewer_keys_required:
+            return
+        if presented is None:
+            raise Unauthorized(f"a {role} key is required")
+        accepted = [self.key(role, room)] + ([self.key("operator")] if role != "operator" else [])
+        if not any(hmac.compare_digest(presented.encode(), key.encode()) for key in accepted):
+            raise Unauthorized(f"wrong {role} key for room {room!r}")
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The server secret kept in the data directory (mode 0600), so that keys
+    printed for speakers and QR codes survive restarts."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+    return secret

@@ -1,0 +1,78 @@
+"""A publisher client: plays audio into a room at real-time pace.
+
+Used by ``livecap stream``, by the ``--demo`` loop, by the end-to-end tests
+and by the benchmarks, so all of them exercise the real WebSocket path.
+Frames are paced by the wall clock (frame *i* leaves at ``t0 + i·frame/speed``),
+not by sleeping a fixed time per frame, so pacing errors do not accumulate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+
+from livecap.audio import TARGET_RATE, float_to_s16le
+
+
+@dataclass
+class StreamResult:
+    """What the publisher saw: every message, and when each arrived."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    """``time.monotonic()`` at each message's arrival."""
+    audio_started: float = 0.0
+    """Monotonic time at which the first audio frame was sent."""
+    close_code: int | None = None
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == "caption" and m["kind"] == "final"]
+
+
+def ingest_url(base: str, room: str, key: str | None) -> str:
+    url = f"{base.rstrip('/')}/ws/ingest/{room}"
+    return f"{url}?token={key}" if key else url
+
+
+async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
+                       on_message: Callable[[dict[str, Any]], None] | None = None) -> StreamResult:
+    """Send 16 kHz mono ``samples`` as s16le frames to an ingest ``url``, then
+    ``stop``; returns after ``stopped`` (or an error) with everything received."""
+    result = StreamResult()
+    frame = TARGET_RATE * frame_ms // 1000
+    async with websockets.connect(url, max_size=2**22) as ws:
+
+        async def receive() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                result.messages.append(message)
+                result.arrivals.append(time.monotonic())
+                if on_message is not None:
+                    on_message(message)
+                if message.get("type") in ("stopped", "error"):
+                    return
+
+        receiver = asyncio.create_task(receive())
+        try:
+            await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1}))
+            result.audio_started = start = time.monotonic()
+            for i in range(0, len(samples), frame):
+                await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
+                if receiver.done():
+                    break
+                await ws.send(float_to_s16le(samples[i : i + frame]))
+            if not receiver.done():
+                await ws.send(json.dumps({"type": "stop"}))
+        except websockets.ConnectionClosed:
+            pass
+        await receiver
+    result.close_code = ws.close_code
+    return result

@@ -1,0 +1,160 @@
+"""All server settings, in one place.
+
+Each setting is a field of ``ServerOptions`` with a documented default. A
+value is taken from, in order of precedence: a command-line flag
+(``--endpoint-ms 700``), an environment variable (``LIVECAP_ENDPOINT_MS=700``),
+a TOML config file (``endpoint_ms = 700``, file given by ``--config`` or
+``LIVECAP_CONFIG``), then the default. ``livecap serve --help`` lists them all
+and README.md's table is checked against this module by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from livecap.asr.streaming import StreamingOptions
+from livecap.ingest import IngestLimits
+from livecap.vad import VadOptions
+
+_VAD, _STREAMING, _LIMITS = VadOptions(), StreamingOptions(), IngestLimits()
+ENV_PREFIX = "LIVECAP_"
+
+
+def default_data_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "livecap"
+
+
+def _setting(default: Any, help: str, secret: bool = False, shown: str | None = None) -> Any:
+    """A field with its help text; ``shown`` is the default as documented when
+    the real one depends on the machine."""
+    return field(default=default, metadata={"help": help, "secret": secret,
+                                            "shown": "***" if secret else shown or str(default)})
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    # network
+    host: str = _setting("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
+    port: int = _setting(8765, "TCP port (0 picks a free one)")
+    public_url: str = _setting("", "URL attendees use to reach the server, for links and QR codes "
+                                   "(default: http://HOST:PORT)")
+    # security
+    secret: str = _setting("", "server secret from which all room keys derive "
+                               "(default: generated once and kept in DATA_DIR/secret)", secret=True)
+    viewer_keys: bool = _setting(False, "require a viewer key to read captions")
+    data_dir: Path = _setting(default_data_dir(), "where transcripts (finals only) and the secret are kept",
+                              shown="$XDG_STATE_HOME/livecap or ~/.local/state/livecap")
+    # recognition
+    engine: str = _setting("whisper-onnx", "primary speech engine: whisper-onnx or pocketsphinx")
+    model: str = _setting("tiny.en", "Whisper model for whisper-onnx: tiny.en or base")
+    device: Literal["auto", "cpu", "cuda"] = _setting("auto", "inference device; auto uses CUDA when a session gets it")
+    model_cache: Path | None = _setting(None, "directory of built ONNX models",
+                                        shown="$LIVECAP_MODEL_CACHE or ~/.cache/livecap/models")
+    inference_threads: int = _setting(max(1, min(4, os.cpu_count() or 1)),
+                                      "threads of the shared inference executor", shown="CPU cores, at most 4")
+    step_s: float = _setting(_STREAMING.step_s, "re-decode an utterance after this much new audio (seconds)")
+    # voice activity detection
+    vad_aggressiveness: int = _setting(_VAD.aggressiveness, "webrtcvad mode 0-3 (3 rejects the most noise)")
+    onset_ms: int = _setting(_VAD.onset_ms, "voiced audio needed to start an utterance (ms)")
+    endpoint_ms: int = _setting(_VAD.endpoint_ms, "silence that ends an utterance and makes it final (ms)")
+    max_utterance_s: float = _setting(_VAD.max_utterance_s, "utterances are cut at this length (seconds)")
+    # limits
+    max_message_bytes: int = _setting(_LIMITS.max_message_bytes, "largest accepted WebSocket message")
+    max_audio_rate: float = _setting(_LIMITS.max_audio_rate, "sustained audio seconds per second a publisher may send")
+    max_rooms: int = _setting(100, "rooms held in memory at once")
+    max_viewers_per_room: int = _setting(2000, "viewer connections per room")
+    max_connections_per_ip: int = _setting(50, "WebSocket connections from one IP address")
+    idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
+    viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
+    # demo and logs
+    demo: bool = _setting(False, "play a public-domain recording in a loop into the room 'demo'")
+    log_format: Literal["text", "json"] = _setting("text", "log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "log level")
+
+    @property
+    def vad(self) -> VadOptions:
+        return dataclasses.replace(_VAD, aggressiveness=self.vad_aggressiveness, onset_ms=self.onset_ms,
+                                   endpoint_ms=self.endpoint_ms, max_utterance_s=self.max_utterance_s,
+                                   soft_max_utterance_s=min(_VAD.soft_max_utterance_s, self.max_utterance_s * 0.6))
+
+    @property
+    def streaming(self) -> StreamingOptions:
+        return dataclasses.replace(_STREAMING, step_s=self.step_s)
+
+    @property
+    def ingest_limits(self) -> IngestLimits:
+        return dataclasses.replace(_LIMITS, max_message_bytes=self.max_message_bytes,
+                                   max_audio_rate=self.max_audio_rate)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for the start-up log, secrets replaced by '***'."""
+        return {f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
+                for f in fields(self)}
+
+
+def _types() -> dict[str, Any]:
+    return get_type_hints(ServerOptions)
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Turn a string (env, CLI) or TOML value into the field's type."""
+    kind = _types()[name]
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        return value.lower() in ("1", "true", "yes", "on")
+    if kind in (int, float, str):
+        return kind(value)
+    if kind is Path or kind == Path | None:
+        return Path(value).expanduser() if value not in ("", None) else None
+    choices = get_args(kind)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags stay None so lower layers show through."""
+    parser.add_argument("--config", type=Path, help=f"TOML config file (env {ENV_PREFIX}CONFIG)")
+    for f in fields(ServerOptions):
+        flag = "--" + f.name.replace("_", "-")
+        help = f"{f.metadata['help']} [default: {f.metadata['shown']}]"
+        if _types()[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help)
+
+
+def load_options(arguments: argparse.Namespace | None = None,
+                 environ: Mapping[str, str] = os.environ) -> ServerOptions:
+    """CLI flags > environment > config file > defaults."""
+    values: dict[str, Any] = {}
+    config_path = getattr(arguments, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        with open(config_path, "rb") as file:
+            for name, value in tomllib.load(file).items():
+                if name not in _types():
+                    raise ValueError(f"{config_path}: unknown setting {name!r}")
+                values[name] = _convert(name, value)
+    for f in fields(ServerOptions):
+        if (env := environ.get(ENV_PREFIX + f.name.upper())) is not None:
+            values[f.name] = _convert(f.name, env)
+        if arguments is not None and (flag := getattr(arguments, f.name, None)) is not None:
+            values[f.name] = _convert(f.name, flag)
+    return ServerOptions(**values)
+
+
+def settings_table() -> Sequence[tuple[str, str, str, str]]:
+    """(flag, env, default, help) rows for the README."""
+    return [("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(), f.metadata["shown"], f.metadata["help"])
+            for f in fields(ServerOptions)]

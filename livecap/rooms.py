@@ -1,0 +1,184 @@
+"""Rooms: where a publisher's audio becomes captions for the room's viewers.
+
+A ``Room`` owns its caption state, its transcript and its viewers. A
+``PublisherSession`` (one ``start`` … ``stop`` of a publisher) owns the VAD
+segmenter and the transcriber, and turns their output into caption events.
+Finals are appended to the room's transcript file before they are
+broadcast, so a final that was produced is never lost: not by a slow
+viewer, a reconnect, nor a server restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from livecap.asr.engine import SAMPLE_RATE, Word
+from livecap.asr.scheduler import Scheduler
+from livecap.asr.streaming import StreamingOptions
+from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
+from livecap.captions import CaptionEvent, CaptionState
+from livecap.errors import ProtocolError, ServerBusy
+from livecap.fanout import Broadcaster
+from livecap.vad import VadOptions, VadSegmenter
+
+log = logging.getLogger(__name__)
+ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class TranscriptStore:
+    """Finals and corrections of every room, one JSON line per event."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def load(self, room: str) -> list[CaptionEvent]:
+        path = self.directory / f"{room}.jsonl"
+        if not path.exists():
+            return []
+        return [CaptionEvent.from_message(json.loads(line)) for line in path.read_text().splitlines() if line]
+
+    def append(self, event: CaptionEvent) -> None:
+        with open(self.directory / f"{event.room}.jsonl", "a") as file:
+            file.write(json.dumps(event.to_message()) + "\n")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    vad: VadOptions
+    streaming: StreamingOptions
+    viewer_backlog: int
+
+
+class Room:
+    def __init__(self, name: str, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None) -> None:
+        self.name = name
+        self.scheduler = scheduler
+        self.settings = settings
+        self.store = store
+        self.captions = CaptionState(name, store.load(name) if store else ())
+        self.broadcaster = Broadcaster()
+        self.session: PublisherSession | None = None
+        self.epoch: float | None = None
+        self.audio_end = max((e.end for e in self.captions.finals), default=0.0)
+        """Room time (seconds) up to which audio has been placed."""
+
+    @property
+    def idle(self) -> bool:
+        return self.session is None and not self.broadcaster.subscribers
+
+    async def start_session(self, now: float, on_replaced: Callable[[], Awaitable[None]]) -> PublisherSession:
+        """Start a publisher session; one already running is finalised and its
+        publisher told (``on_replaced``) first, so a speaker whose laptop
+        reconnects takes the room over without losing the last sentence."""
+        if (old := self.session) is not None:
+            await old.stop(now)
+            await old.on_replaced()
+        if self.epoch is None:
+            self.epoch = now - self.audio_end
+        self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), on_replaced)
+        return self.session
+
+    def publish(self, event: CaptionEvent) -> None:
+        if self.store is not None and event.kind in ("final", "correction"):
+            self.store.append(event)
+        self.broadcaster.publish(event)
+
+    def prompt(self) -> str:
+        words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
+        return " ".join(words[-self.settings.streaming.prompt_words :])
+
+
+class PublisherSession:
+    """One stream of audio into a room, from ``start`` to ``stop``."""
+
+    def __init__(self, room: Room, offset: float, on_replaced: Callable[[], Awaitable[None]]) -> None:
+        self.room = room
+        self.offset = offset
+        """Room time of the session's first sample."""
+        self.on_replaced = on_replaced
+        self.vad = VadSegmenter(room.settings.vad)
+        self.transcriber = Transcriber(room.scheduler, self._on_update, room.prompt, room.settings.streaming)
+        self._segments: dict[int, int] = {}
+        self.samples = 0
+
+    def push_audio(self, samples: np.ndarray, arrival: float) -> None:
+        self.samples += len(samples)
+        self.room.audio_end = max(self.room.audio_end, self.offset + self.samples / SAMPLE_RATE)
+        self.transcriber.submit(self.vad.feed(samples, arrival))
+
+    async def stop(self, arrival: float) -> None:
+        """End of audio: the open utterance becomes final before this returns."""
+        self.transcriber.submit(self.vad.flush(arrival))
+        try:
+            await self.transcriber.close()
+        finally:
+            if self.room.session is self:
+                self.room.session = None
+
+    def _time(self, sample: int) -> float:
+        return self.offset + sample / SAMPLE_RATE
+
+    def _on_update(self, update: TranscriptUpdate) -> None:
+        captions = self.room.captions
+        segment = self._segments.get(update.utterance)
+        if segment is None:
+            segment = self._segments[update.utterance] = captions.new_segment()
+        hypothesis = update.hypothesis
+        latency_ms = 0.0
+        match update:
+            case PartialUpdate(agreement=agreement, start=start, end=end, newest_arrival=arrival):
+                latency_ms = (time.monotonic() - arrival) * 1000
+                event = captions.partial(segment, agreement.stable, agreement.unstable, self._time(start),
+                                         self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
+            case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
+                latency_ms = (time.monotonic() - arrival) * 1000
+                offset = self._time(start)
+                timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in words)
+                event = captions.final(segment, timed, offset, self._time(end), hypothesis.engine,
+                                       hypothesis.model_version, latency_ms)
+                del self._segments[update.utterance]
+        if event is not None:
+            self.room.publish(event)
+
+
+class RoomRegistry:
+    def __init__(self, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
+                 max_rooms: int) -> None:
+        self.scheduler = scheduler
+        self.settings = settings
+        self.store = store
+        self.max_rooms = max_rooms
+        self.rooms: dict[str, Room] = {}
+
+    def get(self, name: str) -> Room:
+        """The room called ``name``, created (with its stored transcript) if needed."""
+        if not ROOM_NAME.match(name):
+            raise ProtocolError("room names are 1-64 letters, digits, '.', '_' or '-'")
+        room = self.rooms.get(name)
+        if room is None:
+            self._evict_idle()
+            if len(self.rooms) >= self.max_rooms:
+                raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms")
+            room = self.rooms[name] = Room(name, self.scheduler, self.settings, self.store)
+        return room
+
+    def _evict_idle(self) -> None:
+        """Idle rooms leave memory; their transcripts stay on disk."""
+        if len(self.rooms) < self.max_rooms or self.store is None:
+            return
+        for name in [name for name, room in self.rooms.items() if room.idle]:
+            del self.rooms[name]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(room.session.stop(time.monotonic()) for room in self.rooms.values() if room.session),
+                             return_exceptions=True)

@@ -1,0 +1,297 @@
+"""HTTP and WebSocket glue: the aiohttp application.
+
+Handlers are thin adapters: they feed frames to the sans-I/O ``IngestProtocol``,
+pass its events to the room, and write what the room's fan-out gives them.
+Every ``LivecapError`` is turned into an ``error`` event followed by a close
+with the error's close code, in one place (``_close_with``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from livecap.asr.engine import ENGINES, EngineOptions
+from livecap.asr.scheduler import Scheduler
+from livecap.auth import Keys, Role
+from livecap.config import ServerOptions
+from livecap.errors import (IdleTimeout, InternalError, LivecapError, ProtocolError, PublisherReplaced, RateLimited,
+                            ServerBusy)
+from livecap.export import MEDIA_TYPES, export
+from livecap.fanout import Subscriber
+from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
+from livecap.rooms import PublisherSession, Room, RoomRegistry, RoomSettings, TranscriptStore
+
+log = logging.getLogger(__name__)
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+HEARTBEAT_S = 20.0
+"""WebSocket ping interval; a peer that misses a pong is dropped (RFC 6455 §5.5.2)."""
+DEFAULT_HISTORY = 20
+"""Finals replayed to a viewer that connects without ``after_seq``."""
+
+OPTIONS = web.AppKey("options", ServerOptions)
+KEYS = web.AppKey("keys", Keys)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+ROOMS = web.AppKey("rooms", RoomRegistry)
+CONNECTIONS = web.AppKey("connections", Counter[str])
+
+
+def create_app(options: ServerOptions, keys: Keys) -> web.Application:
+    app = web.Application()
+    app[OPTIONS] = options
+    app[KEYS] = keys
+    app[SCHEDULER] = scheduler = Scheduler(options.inference_threads)
+    settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog)
+    app[ROOMS] = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"), options.max_rooms)
+    app[CONNECTIONS] = Counter()
+    app.cleanup_ctx.append(_engine_lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/ws/ingest/{room}", ingest)
+    app.router.add_get("/ws/captions/{room}", captions)
+    app.router.add_get("/rooms/{room}/transcript.{fmt}", transcript)
+    app.router.add_get("/overlay/{room}", _page("overlay.html"))
+    app.router.add_static("/static", CLIENT_DIR)
+    return app
+
+
+async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Load the engine off the event loop (the first start also builds the
+    ONNX models) while the server already answers /healthz."""
+    options, scheduler = app[OPTIONS], app[SCHEDULER]
+    engine_options = EngineOptions(model=options.model, device=options.device, threads=options.inference_threads,
+                                   model_cache=str(options.model_cache) if options.model_cache else None)
+
+    async def load() -> None:
+        started = time.perf_counter()
+        try:
+            scheduler.engine = await asyncio.to_thread(ENGINES[options.engine], engine_options)
+            scheduler.ready.set()
+        except Exception:
+            log.exception("could not load the %s engine", options.engine)
+            raise
+        log.info("engine %s ready (%s) in %.1f s", options.engine, scheduler.engine.model_version,
+                 time.perf_counter() - started)
+
+    loading = asyncio.create_task(load(), name="load-engine")
+    yield
+    loading.cancel()
+    await app[ROOMS].close()
+    scheduler.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[SCHEDULER].engine
+    if engine is None:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ready", "engine": engine.name, "model_version": engine.model_version})
+
+
+def _page(name: str):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(CLIENT_DIR / name)
+
+    return handler
+
+
+async def transcript(request: web.Request) -> web.Response:
+    fmt = request.match_info["fmt"]
+    if fmt not in MEDIA_TYPES:
+        raise web.HTTPNotFound(text="formats: txt, vtt, srt, json")
+    try:
+        request.app[KEYS].check("viewer", request.match_info["room"], _token(request))
+        room = request.app[ROOMS].get(request.match_info["room"])
+    except LivecapError as error:
+        raise web.HTTPForbidden(text=error.message) from None
+    return web.Response(text=export(room.captions.transcript(), fmt),  # type: ignore[arg-type]
+                        content_type=MEDIA_TYPES[fmt], charset="utf-8")  # type: ignore[index]
+
+
+def _token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header.removeprefix("Bearer ").strip()
+    return request.query.get("token")
+
+
+async def _close_with(ws: web.WebSocketResponse, error: LivecapError) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_json(error.to_event())
+        except (ConnectionError, RuntimeError):
+            pass
+        await ws.close(code=error.close_code, message=error.code.encode())
+
+
+async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketResponse, Room | LivecapError]:
+    """Upgrade, then check limits and key: errors are reported on the socket,
+    since browsers cannot read the status of a refused upgrade."""
+    options = request.app[OPTIONS]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=options.max_message_bytes * 2)
+    await ws.prepare(request)
+    connections, peer = request.app[CONNECTIONS], request.remote or "?"
+    connections[peer] += 1
+    try:
+        if connections[peer] > options.max_connections_per_ip:
+            raise RateLimited(f"more than {options.max_connections_per_ip} connections from one address")
+        request.app[KEYS].check(role, request.match_info["room"], _token(request))
+        return ws, request.app[ROOMS].get(request.match_info["room"])
+    except LivecapError as error:
+        return ws, error
+
+
+def _release(request: web.Request) -> None:
+    connections, peer = request.app[CONNECTIONS], request.remote or "?"
+    connections[peer] -= 1
+    if connections[peer] <= 0:
+        del connections[peer]
+
+
+async def ingest(request: web.Request) -> web.WebSocketResponse:
+    ws, room = await _accept(request, "publisher")
+    try:
+        if isinstance(room, LivecapError):
+            await _close_with(ws, room)
+            return ws
+        await _publish(request, ws, room)
+    finally:
+        _release(request)
+    return ws
+
+
+async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
+    options, scheduler = request.app[OPTIONS], request.app[SCHEDULER]
+    protocol = IngestProtocol(options.ingest_limits)
+    # The publisher sees its room's captions too, like any viewer.
+    subscriber = Subscriber(lambda error: None, options.viewer_backlog, sent_seq=room.captions.seq)
+    room.broadcaster.subscribers.add(subscriber)
+    writer = asyncio.create_task(_write_captions(ws, subscriber, []))
+    session: PublisherSession | None = None
+    try:
+        if scheduler.engine is None:
+            raise ServerBusy("the speech models are still loading; try again shortly")
+        while (message := await _receive(ws, options.idle_timeout_s)) is not None:
+            now = time.monotonic()
+            events = protocol.receive_text(message, now) if isinstance(message, str) else \
+                protocol.receive_bytes(message, now)
+            for event in events:
+                match event:
+                    case Started():
+                        session = await room.start_session(now, lambda: _close_with(ws, PublisherReplaced(
+                            "another publisher took over this room")))
+                        await ws.send_json({"type": "ready", "session": secrets.token_hex(8)})
+                    case AudioReceived(samples, arrival) if session is not None and room.session is session:
+                        session.push_audio(samples, arrival)
+                    case Stopped() if session is not None:
+                        await session.stop(now)
+                        session = None
+                        await subscriber.wait_sent(room.captions.seq)
+                        await ws.send_json({"type": "stopped"})
+    except LivecapError as error:
+        await _close_with(ws, error)
+    except Exception:
+        log.exception("ingest for room %s failed", room.name)
+        await _close_with(ws, InternalError("internal error; see the server log"))
+    finally:
+        if session is not None and room.session is session:
+            await session.stop(time.monotonic())
+        room.broadcaster.subscribers.discard(subscriber)
+        writer.cancel()
+
+
+async def _receive(ws: web.WebSocketResponse, idle_timeout: float) -> str | bytes | None:
+    """Next text or binary payload; None when the client closed."""
+    try:
+        message = await ws.receive(timeout=idle_timeout)
+    except asyncio.TimeoutError:
+        raise IdleTimeout(f"nothing received for {idle_timeout:g} s") from None
+    if message.type == WSMsgType.TEXT:
+        return str(message.data)
+    if message.type == WSMsgType.BINARY:
+        return bytes(message.data)
+    if message.type == WSMsgType.ERROR:
+        raise ProtocolError(f"WebSocket error: {ws.exception()}")
+    return None
+
+
+async def _write_captions(ws: web.WebSocketResponse, subscriber: Subscriber, backlog: list[dict[str, object]]) -> None:
+    try:
+        for message in backlog:
+            await ws.send_json(message)
+        while not ws.closed:
+            for event in await subscriber.next_batch():
+                await ws.send_json(event.to_message())
+                await subscriber.mark_sent(event.seq)
+    except ConnectionError:
+        pass
+    finally:
+        await subscriber.mark_sent(closed=True)
+
+
+async def captions(request: web.Request) -> web.WebSocketResponse:
+    ws, room = await _accept(request, "viewer")
+    try:
+        if isinstance(room, LivecapError):
+            await _close_with(ws, room)
+            return ws
+        await _view(request, ws, room)
+    finally:
+        _release(request)
+    return ws
+
+
+async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
+    options = request.app[OPTIONS]
+    try:
+        after_seq = _after_seq(request)
+        if len(room.broadcaster.subscribers) >= options.max_viewers_per_room:
+            raise RateLimited(f"room {room.name!r} has its maximum of {options.max_viewers_per_room} viewers")
+    except LivecapError as error:
+        await _close_with(ws, error)
+        return
+    # Snapshot the history and subscribe in one step (no await between):
+    # every final is then either in the backlog or in the queue, never both.
+    history = room.captions.history_after(after_seq) if after_seq is not None else \
+        room.captions.finals[-DEFAULT_HISTORY:]
+    backlog = [e.to_message() for e in history]
+    if room.captions.current_partial is not None:
+        backlog.append(room.captions.current_partial.to_message())
+    subscriber = Subscriber(lambda error: _spawn(_close_with(ws, error)), options.viewer_backlog)
+    room.broadcaster.subscribers.add(subscriber)
+    writer = asyncio.create_task(_write_captions(ws, subscriber, backlog))
+    try:
+        async for _ in ws:
+            pass
+    finally:
+        room.broadcaster.subscribers.discard(subscriber)
+        writer.cancel()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coroutine: Coroutine[None, None, None]) -> None:
+    """Run a task from synchronous code, keeping a reference until it ends."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _after_seq(request: web.Request) -> int | None:
+    value = request.query.get("after_seq")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ProtocolError("after_seq must be a non-negative integer")
+    return int(value)
