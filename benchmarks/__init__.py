@@ -1,0 +1,1 @@
+"""Benchmarks: run on demand, results written as JSON (see README)."""

@@ -1,0 +1,115 @@
+"""Word error rate with the normalisation DESIGN.md agreed on.
+
+Both sides are lower-cased, stripped of punctuation, and numbers are written
+as spoken, so that "Mr. Quilter" matches "MISTER QUILTER" and "25 to 30"
+matches "twenty five to thirty". Used by benchmarks and by the WER bounds in
+tests; the same function scores every engine so comparisons are fair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+
+DEFAULT_MANIFEST = Path(
+    os.environ.get("LIVECAP_SPEECH_MANIFEST", Path(__file__).resolve().parents[2] / "shared" / "speech" / "manifest.jsonl")
+)
+"""The shared evaluation set beside the checkout; ``LIVECAP_SPEECH_MANIFEST`` overrides it."""
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ORDINAL_SUFFIXES = {"st", "nd", "rd", "th"}
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint", "vs": "versus"}
+_SYMBOLS = {"%": " percent ", "&": " and ", "+": " plus ", "@": " at "}
+
+
+def _below_thousand(n: int) -> list[str]:
+    words: list[str] = []
+    if n >= 100:
+        words += [_ONES[n // 100], "hundred"]
+        n %= 100
+    if n >= 20:
+        words.append(_TENS[n // 10])
+        n %= 10
+        if n:
+            words.append(_ONES[n])
+    elif n or not words:
+        words.append(_ONES[n])
+    return words
+
+
+def number_to_words(n: int) -> list[str]:
+    """Spoken form of a non-negative integer; four-digit years read as years."""
+    if 1100 <= n <= 2099 and n % 100 != 0 and not 2000 <= n <= 2009:
+        return _below_thousand(n // 100) + (["oh"] if n % 100 < 10 else []) + _below_thousand(n % 100)
+    if n < 1000:
+        return _below_thousand(n)
+    words: list[str] = []
+    for scale, name in ((10**9, "billion"), (10**6, "million"), (1000, "thousand")):
+        if n >= scale:
+            words += number_to_words(n // scale) + [name]
+            n %= scale
+    if n:
+        words += _below_thousand(n)
+    return words
+
+
+def _spell_number(match: re.Match[str]) -> str:
+    digits, suffix = match.group(1).replace(",", ""), (match.group(2) or "").lower()
+    words = number_to_words(int(digits))
+    if suffix in _ORDINAL_SUFFIXES:
+        last = words[-1]
+        irregular = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+                     "nine": "ninth", "twelve": "twelfth"}
+        words[-1] = irregular.get(last, last[:-1] + "ieth" if last.endswith("y") else last + "th")
+    return " " + " ".join(words) + " "
+
+
+def normalize(text: str) -> str:
+    """Lower-case, spell numbers and symbols, drop punctuation, squeeze spaces."""
+    text = text.lower()
+    for symbol, spoken in _SYMBOLS.items():
+        text = text.replace(symbol, spoken)
+    text = re.sub(r"(\d+):(\d+)", r"\1 to \2", text)
+    text = re.sub(r"\$(\d[\d,]*)", r"\1 dollars", text)
+    text = re.sub(r"(\d[\d,]*)(st|nd|rd|th)?\b", _spell_number, text)
+    text = re.sub(r"['’]", "", text)
+    text = re.sub(r"[^a-z ]+", " ", text)
+    words = [_ABBREVIATIONS.get(word, word) for word in text.split()]
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One manifest entry: a WAV file and what it says."""
+
+    id: str
+    audio: Path
+    text: str
+    duration_s: float
+
+
+def load_manifest(path: Path = DEFAULT_MANIFEST, ids: Iterable[str] | None = None) -> list[Recording]:
+    wanted = set(ids) if ids is not None else None
+    recordings = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if wanted is None or entry["id"] in wanted:
+            recordings.append(Recording(entry["id"], path.parent / entry["audio"], entry["text"], entry["duration_s"]))
+    return recordings
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER (errors over all reference words), after ``normalize``."""
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    if not pairs:
+        return 0.0
+    return float(jiwer.wer([r for r, _ in pairs], [h if h else "<empty>" for _, h in pairs]))

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real livecap server on a free port, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from livecap import asr  # noqa: F401  (registers the engines)
+from livecap.auth import Keys
+from livecap.config import ServerOptions
+from livecap.server import SCHEDULER, create_app
+
+TIMEOUT_FACTOR = float(os.environ.get("LIVECAP_TEST_TIMEOUT_FACTOR", "1"))
+"""Scale every test timeout at once on a slow machine (websockets does the same)."""
+
+
+def timeout(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
+
+@dataclass
+class LiveServer:
+    app: web.Application
+    runner: web.AppRunner
+    base: str
+    keys: Keys
+
+    @property
+    def ws_base(self) -> str:
+        return self.base.replace("http", "ws", 1)
+
+    def ingest_url(self, room: str, key: str | None = None) -> str:
+        return f"{self.ws_base}/ws/ingest/{room}?token={key or self.keys.key('publisher', room)}"
+
+    def captions_url(self, room: str, **query: Any) -> str:
+        suffix = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"{self.ws_base}/ws/captions/{room}" + (f"?{suffix}" if suffix else "")
+
+
+async def start_server(data_dir: Path, **settings: Any) -> LiveServer:
+    """Start the real application on 127.0.0.1:0 and wait until its engine is loaded."""
+    options = ServerOptions(**{"port": 0, "data_dir": data_dir, "secret": "test-secret", **settings})
+    keys = Keys(options.secret, options.viewer_keys)
+    app = create_app(options, keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await asyncio.wait_for(app[SCHEDULER].ready.wait(), timeout(300))
+    return LiveServer(app, runner, f"http://127.0.0.1:{port}", keys)
+
+
+@pytest.fixture(scope="session")
+async def sphinx_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """A server with the PocketSphinx engine, lenient on rate so tests may stream faster than real time."""
+    server = await start_server(tmp_path_factory.mktemp("sphinx"), engine="pocketsphinx", max_audio_rate=50.0)
+    yield server
+    await server.runner.cleanup()

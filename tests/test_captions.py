@@ -1,0 +1,80 @@
+"""Caption state, viewer queues and exports (pure, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from livecap.asr.engine import Word
+from livecap.captions import CaptionEvent, CaptionState
+from livecap.errors import ViewerTooSlow
+from livecap.export import export
+from livecap.fanout import ViewerQueue
+
+
+def w(text: str, start: float = 0.0, end: float = 0.0) -> tuple[Word, ...]:
+    return tuple(Word(t, start, end) for t in text.split())
+
+
+def test_seq_increases_and_partials_repeat_nothing() -> None:
+    state = CaptionState("r")
+    segment = state.new_segment()
+    first = state.partial(segment, w("hello"), w("wor"), 0, 1, "e", "v", 10)
+    assert first is not None and first.seq == 1 and first.text == "hello wor"
+    assert state.partial(segment, w("hello"), w("wor"), 0, 1, "e", "v", 10) is None
+    final = state.final(segment, w("hello world", 0.1, 0.9), 0, 1.2, "e", "v", 300)
+    assert final is not None and final.seq == 2 and final.kind == "final" and state.current_partial is None
+    assert state.final(state.new_segment(), (), 2, 3, "e", "v", 0) is None, "nothing shown, nothing said: no event"
+
+
+def test_an_empty_final_clears_a_shown_partial() -> None:
+    state = CaptionState("r")
+    segment = state.new_segment()
+    state.partial(segment, (), w("thank"), 0, 1, "e", "v", 0)
+    final = state.final(segment, (), 0, 1, "e", "v", 0)
+    assert final is not None and final.text == "" and state.transcript() == []
+
+
+def test_history_and_corrections() -> None:
+    state = CaptionState("r")
+    for i in range(3):
+        state.final(state.new_segment(), w(f"line {i}"), i, i + 1, "e", "v", 0)
+    correction = state.correction(1, "line one")
+    assert [e.seq for e in state.history_after(1)] == [2, 3, 4]
+    assert [e.text for e in state.transcript()] == ["line 0", "line one", "line 2"]
+    restored = CaptionState("r", [CaptionEvent.from_message(e.to_message()) for e in state.history_after(0)])
+    assert restored.seq == correction.seq and restored.new_segment() == 3
+    assert [e.text for e in restored.transcript()] == ["line 0", "line one", "line 2"]
+
+
+def test_viewer_queue_coalesces_partials_and_keeps_finals() -> None:
+    state, queue = CaptionState("r"), ViewerQueue(max_backlog=3)
+    segment = state.new_segment()
+    for text in ("a", "a b", "a b c"):
+        event = state.partial(segment, (), w(text), 0, 1, "e", "v", 0)
+        assert event is not None
+        queue.push(event)
+    assert len(queue) == 1 and queue.coalesced == 2
+    final = state.final(segment, w("a b c"), 0, 1, "e", "v", 0)
+    assert final is not None
+    queue.push(final)
+    assert [e.kind for e in queue.pop_all()] == ["final"], "a final replaces its segment's queued partial"
+    for i in range(3):
+        event = state.final(state.new_segment(), w(str(i)), 0, 1, "e", "v", 0)
+        assert event is not None
+        queue.push(event)
+    extra = state.final(state.new_segment(), w("x"), 0, 1, "e", "v", 0)
+    assert extra is not None
+    with pytest.raises(ViewerTooSlow):
+        queue.push(extra)
+    assert len(queue) == 3, "finals already queued are kept for the writer"
+
+
+def test_exports() -> None:
+    state = CaptionState("r")
+    state.final(state.new_segment(), w("Hello there."), 1.5, 3.25, "e", "v", 0)
+    state.final(state.new_segment(), w("Second line"), 3661.0, 3662.0, "e", "v", 0)
+    finals = state.transcript()
+    assert export(finals, "txt") == "Hello there.\nSecond line\n"
+    assert export(finals, "vtt").startswith("WEBVTT\n\n00:00:01.500 --> 00:00:03.250\nHello there.\n")
+    assert "2\n01:01:01,000 --> 01:01:02,000\nSecond line\n" in export(finals, "srt")
+    assert '"text": "Second line"' in export(finals, "json")

@@ -1,0 +1,90 @@
+"""The VAD segmenter on real recordings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent, VadOptions, VadSegmenter
+from tests.speech import audio
+
+SR = 16_000
+
+
+def segments(events: list[VadEvent]) -> list[tuple[int, int, str, np.ndarray]]:
+    """(start, end, reason, audio) per utterance."""
+    result: list[tuple[int, int, str, np.ndarray]] = []
+    start, chunks = 0, []
+    for event in events:
+        match event:
+            case UtteranceStarted(start=s):
+                start, chunks = s, []
+            case UtteranceAudio(samples=samples):
+                chunks.append(samples)
+            case UtteranceEnded(end=end, reason=reason):
+                result.append((start, end, reason, np.concatenate(chunks)))
+    return result
+
+
+def run(signal: np.ndarray, chunk_sizes: list[int], options: VadOptions = VadOptions()) -> list[VadEvent]:
+    segmenter, events, i, k = VadSegmenter(options), [], 0, 0
+    while i < len(signal):
+        size = chunk_sizes[k % len(chunk_sizes)]
+        events += segmenter.feed(signal[i : i + size], arrival=float(k))
+        i, k = i + size, k + 1
+    return events + segmenter.flush(arrival=float(k))
+
+
+@pytest.mark.parametrize("recording", ["edacc-C02-000000000", "commonvoice-en-16814", "librispeech-2412-153948-0000"])
+def test_chunking_does_not_change_segments(recording: str) -> None:
+    signal = audio(recording)[: 8 * SR]
+    reference = segments(run(signal, [320]))
+    assert reference, "real speech yields at least one utterance"
+    rng = np.random.default_rng(7)
+    for chunks in ([1], [len(signal)], list(rng.integers(1, 4000, size=50))):
+        other = segments(run(signal, chunks))
+        assert [(s, e, r) for s, e, r, _ in other] == [(s, e, r) for s, e, r, _ in reference]
+        for (*_, a), (*_, b) in zip(other, reference):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_utterance_audio_is_contiguous_and_matches_the_input() -> None:
+    signal = audio("edacc-C02-000000003")
+    for start, end, _, samples in segments(run(signal, [480])):
+        assert len(samples) == end - start
+        np.testing.assert_array_equal(samples, signal[start:end])
+
+
+def test_pauses_split_utterances_and_speech_is_covered() -> None:
+    signal = audio("librispeech-2412-153948-0000")
+    found = segments(run(signal, [320]))
+    assert len(found) >= 2, "the recording has a clear pause after 'circumstances'"
+    assert found[0][0] < 0.4 * SR, "speech starts at about 0.3 s; the pre-roll keeps its onset"
+    assert found[-1][1] >= len(signal) - 0.1 * SR
+
+
+def test_silence_and_quiet_noise_make_no_utterance() -> None:
+    rng = np.random.default_rng(1)
+    silence = np.zeros(10 * SR, dtype=np.float32)
+    hiss = (rng.normal(0, 10 ** (-65 / 20), 10 * SR)).astype(np.float32)
+    assert segments(run(silence, [320])) == []
+    assert segments(run(hiss, [320])) == []
+
+
+def test_long_speech_without_pauses_is_cut_at_the_maximum() -> None:
+    options = VadOptions(soft_max_utterance_s=4.0, max_utterance_s=6.0)
+    signal = audio("fleurs-en_us-test-005")  # 11.4 s with no long pause
+    found = segments(run(signal, [320], options))
+    assert len(found) >= 2
+    assert all(end - start <= 6.0 * SR + 480 for start, end, _, _ in found)
+    covered = sum(end - start for start, end, _, _ in found)
+    assert covered >= 0.9 * (found[-1][1] - found[0][0]), "cutting loses no speech between utterances"
+
+
+def test_flush_ends_the_open_utterance() -> None:
+    signal = audio("librispeech-2412-153948-0002")[: 2 * SR]  # cut mid-speech
+    segmenter = VadSegmenter()
+    events = segmenter.feed(signal, 1.0)
+    assert not any(isinstance(e, UtteranceEnded) for e in events)
+    ended = [e for e in segmenter.flush(2.0) if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 1 and ended[0].reason == "flush" and ended[0].end == len(signal)
