@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from livecap.asr.scheduler import SchedulerOptions
 from livecap.asr.streaming import StreamingOptions
 from livecap.ingest import IngestLimits
 from livecap.vad import VadOptions
@@ -46,6 +48,9 @@ class ServerOptions:
     port: int = _setting(8765, "TCP port (0 picks a free one)")
     public_url: str = _setting("", "URL attendees use to reach the server, for links and QR codes "
                                    "(default: http://HOST:PORT)")
+    tls_cert: Path | None = _setting(None, "PEM certificate (chain) to serve HTTPS and WSS; browsers allow the "
+                                           "speaker page's microphone only over HTTPS, except on localhost")
+    tls_key: Path | None = _setting(None, "PEM private key of tls_cert (default: the key inside tls_cert)")
     # security
     secret: str = _setting("", "server secret from which all room keys derive "
                                "(default: generated once and kept in DATA_DIR/secret)", secret=True)
@@ -54,6 +59,10 @@ class ServerOptions:
                               shown="$XDG_STATE_HOME/livecap or ~/.local/state/livecap")
     # recognition
     engine: str = _setting("whisper-onnx", "primary speech engine: whisper-onnx or pocketsphinx")
+    fallback_engine: str = _setting("pocketsphinx", "engine that serves when the primary misses its deadline "
+                                                    "(pocketsphinx or none)")
+    latency_budget_s: float = _setting(0.0, "deadline of each decoding step, from audio arrival to caption "
+                                            "(seconds; 0 = by device: 1.0 on CPU, 0.5 on CUDA)")
     model: str = _setting("tiny.en", "Whisper model for whisper-onnx: tiny.en or base")
     device: Literal["auto", "cpu", "cuda"] = _setting("auto", "inference device; auto uses CUDA when a session gets it")
     model_cache: Path | None = _setting(None, "directory of built ONNX models",
@@ -71,9 +80,13 @@ class ServerOptions:
     max_audio_rate: float = _setting(_LIMITS.max_audio_rate, "sustained audio seconds per second a publisher may send")
     max_rooms: int = _setting(100, "rooms held in memory at once")
     max_viewers_per_room: int = _setting(2000, "viewer connections per room")
-    max_connections_per_ip: int = _setting(50, "WebSocket connections from one IP address")
+    max_connections_per_ip: int = _setting(1000, "WebSocket connections from one IP address (a venue's phones "
+                                                 "may share one NAT address)")
     idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
     viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
+    # fault injection (tests and demos of the latency budget only)
+    inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step")
+    inject_primary_failure_rate: float = _setting(0.0, "fault injector: share of primary steps that raise")
     # demo and logs
     demo: bool = _setting(False, "play a public-domain recording in a loop into the room 'demo'")
     log_format: Literal["text", "json"] = _setting("text", "log line format")
@@ -85,6 +98,11 @@ class ServerOptions:
                                    endpoint_ms=self.endpoint_ms, max_utterance_s=self.max_utterance_s,
                                    soft_max_utterance_s=min(_VAD.soft_max_utterance_s, self.max_utterance_s * 0.6))
 
+    def scheduler(self, device: str) -> SchedulerOptions:
+        """Scheduler settings once the primary's device is known."""
+        budget = self.latency_budget_s or (0.5 if device == "cuda" else 1.0)
+        return SchedulerOptions(latency_budget_s=budget, workers=self.inference_threads)
+
     @property
     def streaming(self) -> StreamingOptions:
         return dataclasses.replace(_STREAMING, step_s=self.step_s)
@@ -93,6 +111,16 @@ class ServerOptions:
     def ingest_limits(self) -> IngestLimits:
         return dataclasses.replace(_LIMITS, max_message_bytes=self.max_message_bytes,
                                    max_audio_rate=self.max_audio_rate)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context to serve HTTPS/WSS with, or None for plain HTTP."""
+        if self.tls_cert is None:
+            if self.tls_key is not None:
+                raise ValueError("tls_key is set but tls_cert is not")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for the start-up log, secrets replaced by '***'."""

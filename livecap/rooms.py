@@ -91,6 +91,11 @@ class Room:
     def publish(self, event: CaptionEvent) -> None:
         if self.store is not None and event.kind in ("final", "correction"):
             self.store.append(event)
+        metrics, label = self.scheduler.metrics, self.scheduler.metrics.room(self.name)
+        metrics.captions_sent.labels(label, event.kind).inc()
+        if event.kind == "final":
+            metrics.utterances.labels(label, event.engine).inc()
+            metrics.final_lag_seconds.labels(label, event.engine).observe(event.latency_ms / 1000)
         self.broadcaster.publish(event)
 
     def prompt(self) -> str:
@@ -107,11 +112,14 @@ class PublisherSession:
         """Room time of the session's first sample."""
         self.on_replaced = on_replaced
         self.vad = VadSegmenter(room.settings.vad)
-        self.transcriber = Transcriber(room.scheduler, self._on_update, room.prompt, room.settings.streaming)
+        self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt,
+                                       room.settings.streaming)
         self._segments: dict[int, int] = {}
         self.samples = 0
 
     def push_audio(self, samples: np.ndarray, arrival: float) -> None:
+        self.room.scheduler.metrics.audio_seconds.labels(self.room.scheduler.metrics.room(self.room.name)).inc(
+            len(samples) / SAMPLE_RATE)
         self.samples += len(samples)
         self.room.audio_end = max(self.room.audio_end, self.offset + self.samples / SAMPLE_RATE)
         self.transcriber.submit(self.vad.feed(samples, arrival))

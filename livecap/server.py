@@ -14,11 +14,12 @@ import time
 from collections import Counter
 import secrets
 from collections.abc import AsyncIterator, Coroutine
-from pathlib import Path
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecap.asr.engine import ENGINES, EngineOptions
+from livecap.asr.faults import FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler
 from livecap.auth import Keys, Role
 from livecap.config import ServerOptions
@@ -26,11 +27,11 @@ from livecap.errors import (IdleTimeout, InternalError, LivecapError, ProtocolEr
                             ServerBusy)
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Subscriber
+from livecap.metrics import Metrics
 from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
 from livecap.rooms import PublisherSession, Room, RoomRegistry, RoomSettings, TranscriptStore
 
 log = logging.getLogger(__name__)
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 HEARTBEAT_S = 20.0
 """WebSocket ping interval; a peer that misses a pong is dropped (RFC 6455 §5.5.2)."""
 DEFAULT_HISTORY = 20
@@ -41,50 +42,75 @@ KEYS = web.AppKey("keys", Keys)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 CONNECTIONS = web.AppKey("connections", Counter[str])
+METRICS = web.AppKey("metrics", Metrics)
+FAULTS = web.AppKey("faults", FaultInjector)
 
 
 def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app = web.Application()
     app[OPTIONS] = options
     app[KEYS] = keys
-    app[SCHEDULER] = scheduler = Scheduler(options.inference_threads)
+    app[METRICS] = metrics = Metrics()
+    app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog)
     app[ROOMS] = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"), options.max_rooms)
     app[CONNECTIONS] = Counter()
     app.cleanup_ctx.append(_engine_lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/operator/faults", set_faults)
     app.router.add_get("/ws/ingest/{room}", ingest)
     app.router.add_get("/ws/captions/{room}", captions)
     app.router.add_get("/rooms/{room}/transcript.{fmt}", transcript)
-    app.router.add_get("/overlay/{room}", _page("overlay.html"))
-    app.router.add_static("/static", CLIENT_DIR)
+    from livecap.pages import add_page_routes  # here: pages imports this module's app keys
+
+    add_page_routes(app)
     return app
 
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Load the engine off the event loop (the first start also builds the
+    """Load the engines off the event loop (the first start also builds the
     ONNX models) while the server already answers /healthz."""
     options, scheduler = app[OPTIONS], app[SCHEDULER]
     engine_options = EngineOptions(model=options.model, device=options.device, threads=options.inference_threads,
                                    model_cache=str(options.model_cache) if options.model_cache else None)
 
     async def load() -> None:
+        """Fallback first (small, fast); a primary that fails to load is retried
+        with back-off while the fallback serves alone (/readyz: degraded)."""
         started = time.perf_counter()
-        try:
-            scheduler.engine = await asyncio.to_thread(ENGINES[options.engine], engine_options)
-            scheduler.ready.set()
-        except Exception:
-            log.exception("could not load the %s engine", options.engine)
-            raise
-        log.info("engine %s ready (%s) in %.1f s", options.engine, scheduler.engine.model_version,
-                 time.perf_counter() - started)
+        if options.fallback_engine not in ("none", options.engine):
+            scheduler.fallback = await asyncio.to_thread(ENGINES[options.fallback_engine], engine_options)
+        retry_s = 30.0
+        while True:
+            try:
+                primary = await asyncio.to_thread(ENGINES[options.engine], engine_options)
+                break
+            except Exception:
+                log.exception("could not load the primary engine %s; retrying in %.0f s", options.engine, retry_s)
+                if scheduler.fallback is not None:
+                    scheduler.ready.set()
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 600.0)
+        faults = Faults(options.inject_primary_delay_s, options.inject_primary_failure_rate)
+        if faults.active:
+            log.warning("fault injector active on the primary engine: %s", faults)
+        app[FAULTS] = scheduler.primary = FaultInjector(primary, faults)
+        scheduler.options = options.scheduler(getattr(primary, "device", "cpu"))
+        scheduler.metrics.engine_healthy.labels(primary.name).set(1)
+        scheduler.ready.set()
+        log.info("engines ready in %.1f s: primary %s (%s), fallback %s, latency budget %.2f s",
+                 time.perf_counter() - started, primary.name, primary.model_version,
+                 scheduler.fallback.name if scheduler.fallback else "none", scheduler.options.latency_budget_s)
 
-    loading = asyncio.create_task(load(), name="load-engine")
+    loading = asyncio.create_task(load(), name="load-engines")
     yield
     loading.cancel()
     await app[ROOMS].close()
     scheduler.close()
+    for engine in (scheduler.primary, scheduler.fallback):
+        getattr(engine, "close", lambda: None)()  # worker processes, if the engine has any
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -92,17 +118,41 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[SCHEDULER].engine
-    if engine is None:
+    """Ready when the engines are loaded; the body says which serve and how the primary is doing."""
+    scheduler = request.app[SCHEDULER]
+    if not scheduler.ready.is_set():
         return web.json_response({"status": "loading"}, status=503)
-    return web.json_response({"status": "ready", "engine": engine.name, "model_version": engine.model_version})
+    primary, fallback = scheduler.primary, scheduler.fallback
+    healthy = primary is not None and scheduler.health.healthy(time.monotonic())
+    return web.json_response({
+        "status": "ready" if healthy else "degraded",
+        "engine": primary.name if primary else None, "model_version": primary.model_version if primary else None,
+        "primary_healthy": healthy, "fallback": fallback.name if fallback else None,
+        "latency_budget_s": scheduler.options.latency_budget_s,
+    })
 
 
-def _page(name: str):  # type: ignore[no-untyped-def]
-    async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(CLIENT_DIR / name)
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[METRICS].registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return handler
+
+async def set_faults(request: web.Request) -> web.Response:
+    """Operator endpoint of the fault injector: {"delay_s": 0.0, "failure_rate": 0.0}."""
+    try:
+        request.app[KEYS].check("operator", "", _token(request))
+    except LivecapError as error:
+        raise web.HTTPUnauthorized(text=error.message) from None
+    if FAULTS not in request.app:
+        raise web.HTTPServiceUnavailable(text="engines are still loading")
+    try:
+        body = await request.json()
+        faults = Faults(float(body.get("delay_s", 0.0)), float(body.get("failure_rate", 0.0)))
+    except (ValueError, TypeError, AttributeError):
+        raise web.HTTPBadRequest(text='expected {"delay_s": seconds, "failure_rate": 0..1}') from None
+    request.app[FAULTS].faults = faults
+    log.warning("fault injector set to %s", faults)
+    return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
 
 
 async def transcript(request: web.Request) -> web.Response:
@@ -179,7 +229,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
     writer = asyncio.create_task(_write_captions(ws, subscriber, []))
     session: PublisherSession | None = None
     try:
-        if scheduler.engine is None:
+        if not scheduler.ready.is_set():
             raise ServerBusy("the speech models are still loading; try again shortly")
         while (message := await _receive(ws, options.idle_timeout_s)) is not None:
             now = time.monotonic()

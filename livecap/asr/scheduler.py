@@ -1,69 +1,397 @@
-"""Where recognition work runs: one shared executor for every room.
+"""Where and by which engine recognition runs, under a latency budget.
 
-CPU-heavy inference never runs on the event loop. Every room's transcriber
-asks the scheduler for an utterance recognizer and awaits its steps; the steps
-of all rooms share one thread pool sized to the machine.
+Every recognizer call has a deadline: the arrival of the newest audio it
+covers plus the latency budget (for a final: the endpoint plus the budget).
+Calls of all rooms share one ``DeadlineExecutor`` whose threads take the
+call with the earliest deadline first, and drop a primary call that can no
+longer meet its deadline instead of running it late.
+
+Each call to the primary races its deadline. If the primary misses it
+(slow, overloaded, raising, or predicted late), the utterance continues on
+the fallback engine — fed from the utterance's audio buffer, so nothing is
+lost — and its room stays on the fallback until a later *trial* utterance
+shows the primary meeting deadlines with a margin again. Trials back off
+exponentially while they fail, which keeps a primary hovering around the
+budget from flapping. During a trial, and while a room's primary runs close
+to its budget, the fallback is fed as a hot standby so that a miss costs
+no catch-up time; otherwise the fallback costs nothing until it is needed
+(measured in README: hot standby of PocketSphinx costs ~0.2 CPU per room).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
 from livecap.asr.engine import Engine, Hypothesis, RecognizerStream
+from livecap.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EngineRole = Literal["primary", "fallback"]
 
 
-class ScheduledUtterance:
-    """Async handle on one utterance's recognizer stream."""
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    latency_budget_s: float = 1.0
+    """Longest accepted time from audio arriving to the caption that covers it."""
+    workers: int = 2
+    """Threads running primary calls (the fallback runs in its own processes)."""
+    retry_after_s: float = 5.0
+    """First wait before a room or a failed engine tries the primary again; doubles per failed trial."""
+    max_retry_after_s: float = 60.0
+    trial_margin: float = 0.8
+    """A trial succeeds only if every call finished within this share of the budget."""
+    standby_above: float = 0.5
+    """Feed the fallback as a hot standby while a room's primary calls use more than this share of the budget."""
 
-    def __init__(self, scheduler: Scheduler, prompt: str) -> None:
-        self._scheduler = scheduler
-        self._prompt = prompt
-        self._stream: RecognizerStream | None = None
 
-    async def step(self, audio: np.ndarray) -> Hypothesis:
-        """Feed new audio and return the current hypothesis."""
-        return await self._scheduler.run(self._step, audio)
+class Late(Exception):
+    """A primary call dropped at dequeue time: it could no longer meet its deadline."""
 
-    async def finish(self, audio: np.ndarray) -> Hypothesis:
-        """Feed the last audio and return the final hypothesis."""
-        return await self._scheduler.run(self._finish, audio)
 
-    def _open(self) -> RecognizerStream:
-        if self._stream is None:
-            if self._scheduler.engine is None:
-                raise RuntimeError("no engine loaded")
-            self._stream = self._scheduler.engine.open_stream(self._prompt)
-        return self._stream
+@dataclass(order=True)
+class _Job(Generic[T]):
+    deadline: float
+    order: int
+    function: Callable[[], T] = field(compare=False)
+    future: asyncio.Future[T] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+    enqueued: float = field(compare=False)
+    expected_s: float = field(compare=False)
+    """Predicted run time; the job is dropped (``Late``) if it cannot finish in time. 0 = always run."""
 
-    def _step(self, audio: np.ndarray) -> Hypothesis:
-        stream = self._open()
-        if len(audio):
-            stream.feed(audio)
-        return stream.hypothesis()
 
-    def _finish(self, audio: np.ndarray) -> Hypothesis:
-        stream = self._open()
-        if len(audio):
-            stream.feed(audio)
-        return stream.finish()
+class DeadlineExecutor:
+    """A thread pool that runs the job with the earliest deadline first."""
+
+    def __init__(self, workers: int, name: str, metrics: Metrics) -> None:
+        self.name = name
+        self._metrics = metrics
+        self._heap: list[_Job[object]] = []
+        self._order = itertools.count()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, deadline: float, function: Callable[[], T], expected_s: float = 0.0) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        job = _Job(deadline, next(self._order), function, loop.create_future(), loop, time.monotonic(), expected_s)
+        with self._condition:
+            heapq.heappush(self._heap, job)  # type: ignore[arg-type]
+            self._metrics.queue_depth.labels(self.name).set(len(self._heap))
+            self._condition.notify()
+        return job.future
+
+    @property
+    def depth(self) -> int:
+        return len(self._heap)
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                job = heapq.heappop(self._heap)
+                self._metrics.queue_depth.labels(self.name).set(len(self._heap))
+            started = time.monotonic()
+            self._metrics.queue_wait_seconds.labels(self.name).observe(started - job.enqueued)
+            if job.future.cancelled():
+                continue
+            try:
+                if job.expected_s and started + job.expected_s > job.deadline:
+                    raise Late(f"would finish {started + job.expected_s - job.deadline:.3f} s late")
+                result: object = job.function()
+            except BaseException as error:  # handed to the awaiting coroutine
+                job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+            else:
+                job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+
+
+def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+class PrimaryHealth:
+    """Whether the primary engine may be used at all (pure state).
+
+    A failure (exception from the engine) makes it unhealthy for a back-off
+    period; the first utterance after that is a trial."""
+
+    def __init__(self, options: SchedulerOptions) -> None:
+        self._options = options
+        self.retry_at = 0.0
+        self._backoff = options.retry_after_s
+        self.failures = 0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self.retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._options.max_retry_after_s)
+
+    def succeeded(self) -> None:
+        self._backoff = self._options.retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    role: EngineRole
+    standby: bool
+    """Feed the fallback too, so a miss costs no catch-up."""
+    trial: bool
+
+
+class RoomRouting:
+    """Which engine serves a room's next utterance (pure state, with hysteresis)."""
+
+    def __init__(self, options: SchedulerOptions) -> None:
+        self._options = options
+        self.role: EngineRole = "primary"
+        self.retry_at = 0.0
+        self._backoff = options.retry_after_s
+        self._trial = False
+        self.load = 0.0
+        """Recent primary call time as a share of the budget (moving average)."""
+        self.switches = 0
+
+    def next_route(self, now: float, primary_healthy: bool) -> Route:
+        if self.role == "fallback" and primary_healthy and now >= self.retry_at:
+            self._switch("primary")
+            self._trial = True
+        if self.role == "primary" and not primary_healthy:
+            self._switch("fallback")
+        standby = self.role == "primary" and (self._trial or self.load > self._options.standby_above)
+        return Route(self.role, standby, self._trial and self.role == "primary")
+
+    def record_call(self, seconds: float) -> None:
+        self.load = 0.7 * self.load + 0.3 * seconds / self._options.latency_budget_s
+
+    def record_miss(self, now: float) -> None:
+        """A primary call missed its deadline: fall back, try again later."""
+        if self._trial:
+            self._backoff = min(self._backoff * 2, self._options.max_retry_after_s)
+        if self._trial or self.role == "primary":
+            self.retry_at = now + self._backoff
+        self._trial = False
+        self._switch("fallback")
+
+    def record_utterance(self, worst_share: float) -> bool:
+        """An utterance ended on the primary; ``worst_share`` is its slowest call / budget.
+        True when it was a trial that passed (the primary is back for good)."""
+        passed = self._trial and worst_share <= self._options.trial_margin
+        if passed:
+            self._trial = False
+            self._backoff = self._options.retry_after_s
+        return passed
+
+    def _switch(self, role: EngineRole) -> None:
+        if role != self.role:
+            self.switches += 1
+            self.role = role
 
 
 class Scheduler:
-    def __init__(self, workers: int, engine: Engine | None = None) -> None:
-        self.engine = engine
-        """Set once loaded; the server answers /readyz when it is."""
+    """Owns the engines, the executors and the routing of every room."""
+
+    def __init__(self, options: SchedulerOptions, metrics: Metrics) -> None:
+        self.options = options
+        self.metrics = metrics
+        self.primary: Engine | None = None
+        self.fallback: Engine | None = None
         self.ready = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+        """Set once the engines are loaded; the server answers /readyz then."""
+        self.health = PrimaryHealth(options)
+        self.executor = DeadlineExecutor(options.workers, "primary", metrics)
+        self.fallback_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fallback")
+        self._routes: dict[str, RoomRouting] = {}
+        self.expected_step_s = 0.0
+        """Moving average of primary call time, for dropping calls that would be late."""
 
-    def open(self, prompt: str) -> ScheduledUtterance:
-        return ScheduledUtterance(self, prompt)
+    def routing(self, room: str) -> RoomRouting:
+        if room not in self._routes:
+            self._routes[room] = RoomRouting(self.options)
+        return self._routes[room]
 
-    async def run(self, function: Callable[[np.ndarray], Hypothesis], audio: np.ndarray) -> Hypothesis:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, audio)
+    def open(self, room: str, prompt: str) -> ScheduledUtterance:
+        return ScheduledUtterance(self, room, prompt)
+
+    def primary_failed(self, room: str, error: BaseException) -> None:
+        now = time.monotonic()
+        first = self.health.healthy(now)
+        self.health.failed(now)
+        if self.primary is not None:
+            self.metrics.engine_failures.labels(self.primary.name).inc()
+            self.metrics.engine_healthy.labels(self.primary.name).set(0)
+        if first:  # log the first of a series with context; the counter has the rest
+            log.error("primary engine failed in room %s: %s; serving from the fallback, retry in %.0f s",
+                      room, error, self.health.retry_at - now, extra={"room": room})
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.close()
+        self.fallback_executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ScheduledUtterance:
+    """One utterance, served by the primary or, after a miss, the fallback."""
+
+    def __init__(self, scheduler: Scheduler, room: str, prompt: str) -> None:
+        self._scheduler = scheduler
+        self._room = room
+        self._prompt = prompt
+        self._routing = scheduler.routing(room)
+        route = self._routing.next_route(time.monotonic(), scheduler.health.healthy(time.monotonic()))
+        self.role: EngineRole = route.role if scheduler.primary is not None else "fallback"
+        self._standby = route.standby
+        self._trial = route.trial
+        self._audio: list[np.ndarray] = []
+        """Every chunk of the utterance, so an engine that joins late catches up."""
+        self._primary: RecognizerStream | None = None
+        self._primary_fed = 0
+        self._fallback: RecognizerStream | None = None
+        self._fallback_fed = 0
+        self._fallback_lock = asyncio.Lock()
+        self._worst_share = 0.0
+
+    async def step(self, audio: np.ndarray, newest_arrival: float) -> Hypothesis:
+        """Feed new audio; the hypothesis for all audio so far."""
+        return await self._call("step", audio, newest_arrival + self._scheduler.options.latency_budget_s)
+
+    async def finish(self, audio: np.ndarray) -> Hypothesis:
+        """Feed the last audio; the final hypothesis (the endpoint was just detected)."""
+        hypothesis = await self._call("finish", audio, time.monotonic() + self._scheduler.options.latency_budget_s)
+        if self.role == "primary" and self._routing.record_utterance(self._worst_share):
+            self._scheduler.health.succeeded()
+        return hypothesis
+
+    async def _call(self, kind: Literal["step", "finish"], audio: np.ndarray, deadline: float) -> Hypothesis:
+        self._audio.append(audio)
+        upto = len(self._audio)
+        if self._scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
+            return await self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto))
+        if self.role == "primary":
+            primary = self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto),
+                                                      0.0 if self._trial else self._scheduler.expected_step_s)
+            standby = asyncio.ensure_future(self._feed_fallback()) if self._standby else None
+            done, _ = await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
+            if primary in done and primary.exception() is None:
+                return primary.result()
+            self._demote(primary, kind)
+            if standby is not None:
+                await standby
+            # Whichever comes first: the late primary (if it is still running) or the fallback.
+            fallback = asyncio.ensure_future(self._run_fallback(kind))
+            if primary.done():
+                return await fallback
+            done, _ = await asyncio.wait({primary, fallback}, return_when=asyncio.FIRST_COMPLETED)
+            if primary in done and primary.exception() is None:
+                fallback.add_done_callback(_ignore_result)
+                return primary.result()
+            return await fallback
+        return await self._run_fallback(kind)
+
+    def _run_primary(self, kind: Literal["step", "finish"], upto: int) -> Hypothesis:
+        """On an executor thread: feed the audio up to chunk ``upto`` and decode with the primary."""
+        scheduler = self._scheduler
+        assert scheduler.primary is not None
+        started = time.monotonic()
+        try:
+            if self._primary is None:
+                self._primary = scheduler.primary.open_stream(self._prompt)
+            for chunk in self._audio[self._primary_fed : upto]:
+                if len(chunk):
+                    self._primary.feed(chunk)
+            self._primary_fed = upto
+            hypothesis = self._primary.hypothesis() if kind == "step" else self._primary.finish()
+        except Exception as error:
+            raise _Failed(error) from error
+        seconds = time.monotonic() - started
+        scheduler.metrics.step_seconds.labels(scheduler.primary.name, kind).observe(seconds)
+        scheduler.expected_step_s = seconds if not scheduler.expected_step_s else \
+            0.8 * scheduler.expected_step_s + 0.2 * seconds
+        self._routing.record_call(seconds)
+        self._worst_share = max(self._worst_share, seconds / scheduler.options.latency_budget_s)
+        return hypothesis
+
+    def _demote(self, primary: asyncio.Future[Hypothesis], kind: str) -> None:
+        """The primary missed: this utterance and its room continue on the fallback."""
+        scheduler = self._scheduler
+        error = primary.exception() if primary.done() else None
+        if isinstance(error, _Failed):
+            scheduler.primary_failed(self._room, error.__cause__ or error)
+            reason = "error"
+        elif isinstance(error, Late):
+            reason = "predicted"
+        else:
+            reason = "late"
+            primary.add_done_callback(_ignore_result)
+        scheduler.metrics.deadline_misses.labels(scheduler.primary.name if scheduler.primary else "none",
+                                                 reason).inc()
+        self._routing.record_miss(time.monotonic())
+        self.role = "fallback"
+        log.info("room %s: primary missed the deadline of a %s (%s); the utterance continues on the fallback",
+                 self._room, kind, reason, extra={"room": self._room})
+
+    async def _feed_fallback(self) -> None:
+        """Bring the fallback stream up to date with the utterance's audio."""
+        async with self._fallback_lock:
+            pending = self._audio[self._fallback_fed :]
+            self._fallback_fed = len(self._audio)
+            await asyncio.get_running_loop().run_in_executor(self._scheduler.fallback_executor,
+                                                             self._fallback_feed, pending)
+
+    def _fallback_feed(self, chunks: list[np.ndarray]) -> None:
+        scheduler = self._scheduler
+        if scheduler.fallback is None:
+            raise RuntimeError("no fallback engine loaded")
+        if self._fallback is None:
+            self._fallback = scheduler.fallback.open_stream(self._prompt)
+        if chunks:
+            self._fallback.feed(np.concatenate(chunks))
+
+    async def _run_fallback(self, kind: Literal["step", "finish"]) -> Hypothesis:
+        await self._feed_fallback()
+        scheduler = self._scheduler
+        started = time.monotonic()
+        stream = self._fallback
+        assert stream is not None and scheduler.fallback is not None
+        call = stream.hypothesis if kind == "step" else stream.finish
+        hypothesis = await asyncio.get_running_loop().run_in_executor(scheduler.fallback_executor, call)
+        scheduler.metrics.step_seconds.labels(scheduler.fallback.name, kind).observe(time.monotonic() - started)
+        scheduler.metrics.fallback_steps.labels(kind).inc()
+        return hypothesis
+
+
+class _Failed(Exception):
+    """The primary engine raised; the cause is the engine's exception."""
+
+
+def _ignore_result(future: asyncio.Future[Hypothesis]) -> None:
+    if not future.cancelled():
+        future.exception()

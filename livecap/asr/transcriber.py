@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Hypothesis, Word
+from livecap.asr.guardrails import suppression_reason
 from livecap.asr.scheduler import Scheduler, ScheduledUtterance
 from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions
 from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
@@ -68,9 +69,10 @@ class _Utterance:
 
 
 class Transcriber:
-    def __init__(self, scheduler: Scheduler, on_update: Callable[[TranscriptUpdate], None],
+    def __init__(self, scheduler: Scheduler, room: str, on_update: Callable[[TranscriptUpdate], None],
                  prompt: Callable[[], str], options: StreamingOptions = StreamingOptions()) -> None:
         self._scheduler = scheduler
+        self._room = room
         self._on_update = on_update
         self._prompt = prompt
         self.options = options
@@ -105,7 +107,8 @@ class Transcriber:
     async def _handle(self, item: VadEvent | _Flush) -> None:
         match item:
             case UtteranceStarted(index, start):
-                self._current = _Utterance(index, start, self._scheduler.open(self._prompt()), LocalAgreement(), [])
+                self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
+                                           LocalAgreement(), [])
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
                 self._current.received += len(samples)
@@ -126,12 +129,14 @@ class Transcriber:
     async def _step(self, utterance: _Utterance) -> None:
         audio = _take(utterance.pending)
         try:
-            hypothesis = await utterance.recognizer.step(audio)
+            hypothesis = await utterance.recognizer.step(audio, utterance.newest_arrival)
         except Exception:
             log.exception("recognizer step failed; the partial is skipped")
             return
         finally:
             utterance.decoded = utterance.received
+        if self._suppressed(hypothesis):
+            return
         agreement = utterance.agreement.update(hypothesis.words)
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
                                       utterance.start + utterance.received, utterance.newest_arrival))
@@ -139,12 +144,21 @@ class Transcriber:
     async def _finish(self, utterance: _Utterance, end: int, last_voiced_arrival: float) -> None:
         try:
             hypothesis = await utterance.recognizer.finish(_take(utterance.pending))
-            words = utterance.agreement.finish(hypothesis.words)
+            words = utterance.agreement.finish(() if self._suppressed(hypothesis) else hypothesis.words)
         except Exception:
             log.exception("recognizer failed at the endpoint; the final keeps the stable words")
             words = utterance.agreement.stable
             hypothesis = Hypothesis(words, "none", "none")
         self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival))
+
+
+    def _suppressed(self, hypothesis: Hypothesis) -> bool:
+        """Guardrails: hallucinations on silence or noise never become captions."""
+        reason = suppression_reason(hypothesis)
+        if reason is not None:
+            self._scheduler.metrics.suppressed.labels(reason).inc()
+            log.debug("suppressed %r (%s)", hypothesis.text, reason)
+        return reason is not None
 
 
 def _take(chunks: list[np.ndarray]) -> np.ndarray:

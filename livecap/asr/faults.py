@@ -1,0 +1,76 @@
+"""Fault injector: makes an engine slow or failing on demand.
+
+For tests, benchmarks and demos of the latency budget only — never on by
+default. It wraps a real engine; the wrapped engine does all the real work,
+the injector adds a delay before each decode and raises ``ModelError`` at a
+given rate. Settings can change at run time (``POST /operator/faults``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from livecap.asr.engine import Engine, Hypothesis, RecognizerStream
+from livecap.errors import ModelError
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    delay_s: float = 0.0
+    """Added before every hypothesis/finish call."""
+    failure_rate: float = 0.0
+    """Probability that a hypothesis/finish call raises ModelError."""
+
+    @property
+    def active(self) -> bool:
+        return self.delay_s > 0 or self.failure_rate > 0
+
+
+class FaultInjector:
+    """An engine that behaves like ``engine`` plus the current ``faults``."""
+
+    def __init__(self, engine: Engine, faults: Faults = Faults(), seed: int | None = None) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.model_version = engine.model_version
+        self.faults = faults
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def open_stream(self, prompt: str = "") -> RecognizerStream:
+        return _FaultyStream(self, self.engine.open_stream(prompt))
+
+    def close(self) -> None:
+        getattr(self.engine, "close", lambda: None)()
+
+    def strike(self) -> None:
+        """Apply the current faults to one call."""
+        faults = self.faults
+        if faults.delay_s:
+            time.sleep(faults.delay_s)
+        with self._lock:
+            failing = faults.failure_rate and self._random.random() < faults.failure_rate
+        if failing:
+            raise ModelError("fault injector: simulated engine failure")
+
+
+class _FaultyStream:
+    def __init__(self, injector: FaultInjector, stream: RecognizerStream) -> None:
+        self._injector = injector
+        self._stream = stream
+
+    def feed(self, audio: np.ndarray) -> None:
+        self._stream.feed(audio)
+
+    def hypothesis(self) -> Hypothesis:
+        self._injector.strike()
+        return self._stream.hypothesis()
+
+    def finish(self) -> Hypothesis:
+        self._injector.strike()
+        return self._stream.finish()

@@ -1,0 +1,77 @@
+"""Every Prometheus metric livecap exports, defined in one place.
+
+Names and units follow the Prometheus naming guide (base units: seconds,
+bytes; ``_total`` for counters). Each application gets its own
+``CollectorRegistry``, so several servers can live in one process (tests).
+Room names are user-controlled, so the ``room`` label is bounded: the first
+``MAX_ROOM_LABELS`` rooms keep their name and later ones share ``"other"``;
+a flood of rooms cannot explode the number of series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, PlatformCollector
+
+MAX_ROOM_LABELS = 50
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self._rooms: set[str] = set()
+        # recognition
+        self.step_seconds = Histogram("livecap_decode_step_seconds", "Time of one recognizer call (step or final)",
+                                      ["engine", "kind"], buckets=STEP_BUCKETS, registry=registry)
+        self.deadline_misses = Counter("livecap_deadline_misses_total",
+                                       "Primary steps that missed (or were predicted to miss) their deadline",
+                                       ["engine", "reason"], registry=registry)
+        self.engine_failures = Counter("livecap_engine_failures_total", "Recognizer calls that raised",
+                                       ["engine"], registry=registry)
+        self.fallback_steps = Counter("livecap_fallback_steps_total", "Recognizer calls served by the fallback",
+                                      ["kind"], registry=registry)
+        self.utterances = Counter("livecap_utterances_total", "Finished utterances by the engine of their final",
+                                  ["room", "engine"], registry=registry)
+        self.engine_healthy = Gauge("livecap_engine_healthy", "1 while the engine is considered healthy",
+                                    ["engine"], registry=registry)
+        self.queue_depth = Gauge("livecap_executor_queue_depth", "Recognizer calls waiting for an inference thread",
+                                 ["executor"], registry=registry)
+        self.queue_wait_seconds = Histogram("livecap_executor_wait_seconds", "Time a call waited for a thread",
+                                            ["executor"], buckets=STEP_BUCKETS, registry=registry)
+        self.suppressed = Counter("livecap_suppressed_hypotheses_total",
+                                  "Hypotheses dropped by guardrails (hallucinations on silence or noise)",
+                                  ["reason"], registry=registry)
+        # latency as people see it
+        self.word_lag_seconds = Histogram("livecap_word_lag_seconds",
+                                          "Server side: first display of a word minus the end of its audio",
+                                          ["room"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.final_lag_seconds = Histogram("livecap_final_lag_seconds",
+                                           "Final caption sent minus arrival of the utterance's last voiced frame",
+                                           ["room", "engine"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.speech_to_screen_seconds = Histogram(
+            "livecap_speech_to_screen_seconds",
+            "Viewer acknowledged rendering minus arrival of the newest audio the caption covers",
+            ["room"], buckets=LATENCY_BUCKETS, registry=registry)
+        # traffic
+        self.audio_seconds = Counter("livecap_audio_seconds_total", "Audio ingested", ["room"], registry=registry)
+        self.captions_sent = Counter("livecap_captions_total", "Caption events published", ["room", "kind"],
+                                     registry=registry)
+        self.connections = Gauge("livecap_connections", "Open WebSocket connections", ["role"], registry=registry)
+        self.viewers = Gauge("livecap_viewers", "Viewers connected to a room", ["room"], registry=registry)
+        self.partials_coalesced = Counter("livecap_viewer_partials_coalesced_total",
+                                          "Queued partials replaced by a newer event before a viewer got them",
+                                          registry=registry)
+        self.disconnects = Counter("livecap_disconnects_total", "Connections closed by the server, by error code",
+                                   ["code"], registry=registry)
+
+    def room(self, name: str) -> str:
+        """The bounded label value for a room."""
+        if name in self._rooms:
+            return name
+        if len(self._rooms) < MAX_ROOM_LABELS:
+            self._rooms.add(name)
+            return name
+        return "other"
