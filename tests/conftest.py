@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from livecap_models import Manifest, ensure_model
 
 from livecap import asr  # noqa: F401  (registers the engines)
+from livecap.asr.engine import EngineOptions
+from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.auth import Keys
 from livecap.config import ServerOptions
 from livecap.server import SCHEDULER, create_app
@@ -64,3 +67,15 @@ async def sphinx_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     server = await start_server(tmp_path_factory.mktemp("sphinx"), engine="pocketsphinx", max_audio_rate=50.0)
     yield server
     await server.runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest() -> Manifest:
+    """The real tiny.en int8 model, built once into the model cache
+    (``$LIVECAP_MODEL_CACHE`` or the user's cache; a few seconds the first time)."""
+    return ensure_model("tiny.en", "int8")
+
+
+@pytest.fixture(scope="session")
+def whisper_engine(tiny_manifest: Manifest) -> WhisperOnnx:
+    return WhisperOnnx(EngineOptions(model="tiny.en", device="cpu", threads=2))

@@ -2,4 +2,4 @@
 
 Importing this package registers the built-in engines in ``ENGINES``."""
 
-from livecap.asr import pocketsphinx_engine  # noqa: F401
+from livecap.asr import pocketsphinx_engine, whisper_onnx  # noqa: F401

@@ -1,0 +1,81 @@
+"""Whisper's byte-level BPE tokenizer and its special tokens.
+
+Loaded from the model directory's ``tokenizer.json`` (never from a hub). The
+file lists tokens up to ``<|notimestamps|>``; the 1501 timestamp tokens
+``<|0.00|>`` … ``<|30.00|>`` follow it in the model's vocabulary, so
+``timestamp_begin`` is derived, not looked up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+_SPACE = "Ġ"
+"""GPT-2's byte-level encoding writes a leading space as this character."""
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the control tokens of one vocabulary (English-only and
+    multilingual vocabularies number them differently)."""
+
+    eot: int
+    sot: int
+    english: int
+    transcribe: int
+    start_of_prev: int
+    no_speech: int
+    no_timestamps: int
+
+    @property
+    def timestamp_begin(self) -> int:
+        return self.no_timestamps + 1
+
+
+class WhisperTokenizer:
+    """Text ↔ token ids, plus the prefix a transcription starts with."""
+
+    def __init__(self, path: Path, multilingual: bool) -> None:
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.special = SpecialTokens(
+            eot=self._id("<|endoftext|>"),
+            sot=self._id("<|startoftranscript|>"),
+            english=self._id("<|en|>"),
+            transcribe=self._id("<|transcribe|>"),
+            start_of_prev=self._id("<|startofprev|>"),
+            # openai-whisper names it <|nospeech|>; the Hugging Face vocabulary <|nocaptions|>.
+            no_speech=self._optional_id("<|nospeech|>") or self._id("<|nocaptions|>"),
+            no_timestamps=self._id("<|notimestamps|>"),
+        )
+        self.multilingual = multilingual
+
+    def _optional_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def _id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token}")
+        return token_id
+
+    @property
+    def sot_sequence(self) -> tuple[int, ...]:
+        """Start of transcript, then language and task for a multilingual model
+        (English transcription; the English-only models take neither)."""
+        s = self.special
+        return (s.sot, s.english, s.transcribe) if self.multilingual else (s.sot,)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of plain text, without any special token."""
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, tokens: list[int]) -> str:
+        """Text of the ordinary tokens among ``tokens`` (control tokens dropped)."""
+        return str(self._tokenizer.decode([t for t in tokens if t < self.special.eot]))
+
+    def starts_word(self, token: int) -> bool:
+        """Whether the token begins with a space, i.e. starts a new word."""
+        return str(self._tokenizer.id_to_token(token) or "").startswith(_SPACE)

@@ -1,0 +1,370 @@
+"""The primary engine: Whisper as ONNX graphs on onnxruntime, greedy decoding.
+
+A stream keeps the utterance's audio and re-decodes all of it on each
+``hypothesis()``; agreement between successive hypotheses is the caller's
+business (LocalAgreement). One engine serves many streams from many threads:
+it holds only the sessions, and ``InferenceSession.run`` is thread-safe.
+
+Decoding follows openai-whisper's greedy path without timestamps: prompt
+``<|startofprev|>`` + previous text, then ``<|startoftranscript|>`` (plus
+``<|en|><|transcribe|>`` for multilingual models) and ``<|notimestamps|>``;
+the model's ``suppress_ids`` at every step and ``suppress_ids_begin`` at the
+first; the no-speech probability read at the ``<|startoftranscript|>``
+position. Two bounds keep a confused model from looping: a token budget that
+grows with the audio's length and a guard that stops at a tail repeated over
+and over or a sentence written twice (only one copy is kept).
+
+Audio longer than 30 s (the model's context; the VAD cuts utterances at 20 s,
+so this is a fallback) is split into equal windows of at most 30 s, each
+prompted with the text before it; a word cut at a window edge may be garbled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from livecap_models import Manifest, SourceMissing, ensure_model
+from livecap_models.build import CONFIG_FILE, TOKENIZER_FILE
+
+from livecap.asr import alignment
+from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
+from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
+from livecap.asr.tokenizer import WhisperTokenizer
+from livecap.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+ENGINE_NAME = "whisper-onnx"
+MAX_WINDOW_S = 30.0
+TOKENS_PER_SECOND_BOUND = 12.0
+"""Budget of text tokens per second of audio; fast English speech needs about 6."""
+MIN_TOKEN_BUDGET = 16
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How many seconds of (silence-padded) audio the encoder sees.
+
+    Whisper was trained on 30 s windows. A shorter window is cheaper (the
+    encoder's attention is quadratic in its length) but only safe with a
+    generous silent margin after the speech: windows that end close to the
+    speech make the decoder loop or write a sentence twice. The smallest
+    bucket that holds the audio plus ``margin_s`` is used.
+
+    The default (15/20/30 s, 10 s margin) was measured against the full
+    window on the evaluation set (see ``models/README.md``): offline WER
+    within 0.5 points (-0.34 tiny.en, +0.08 base), no looping on the partial
+    hypotheses of growing prefixes, and half the time per partial. A 10 s
+    bucket or a margin of 3-8 s made some partials loop.
+    ``WindowPolicy((30.0,))`` is the full window.
+    """
+
+    buckets_s: tuple[float, ...] = (15.0, 20.0, MAX_WINDOW_S)
+    margin_s: float = 10.0
+
+    def frames(self, duration_s: float) -> int:
+        """Mel frames (100 per second, even) for audio of ``duration_s``."""
+        fitting = [b for b in sorted(self.buckets_s) if duration_s + self.margin_s <= b]
+        seconds = fitting[0] if fitting else MAX_WINDOW_S
+        return 2 * math.ceil(seconds * FRAMES_PER_SECOND / 2)
+
+
+@dataclass(frozen=True)
+class TimingSnapshot:
+    """Inference calls and the seconds they took since the engine started."""
+
+    encoder_calls: int
+    encoder_seconds: float
+    decoder_calls: int
+    decoder_seconds: float
+
+
+class _Timings:
+    """Thread-safe counters behind ``WhisperOnnx.timings()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = [0, 0.0, 0, 0.0]
+
+    def add(self, encoder: bool, seconds: float) -> None:
+        index = 0 if encoder else 2
+        with self._lock:
+            self._totals[index] += 1
+            self._totals[index + 1] += seconds
+
+    def snapshot(self) -> TimingSnapshot:
+        with self._lock:
+            calls_e, seconds_e, calls_d, seconds_d = self._totals
+        return TimingSnapshot(int(calls_e), seconds_e, int(calls_d), seconds_d)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """Greedy result for one window: text tokens, their probabilities and the
+    alignment heads' scores (text tokens + 1 rows)."""
+
+    tokens: list[int]
+    probabilities: list[float]
+    alignment: np.ndarray
+    no_speech_probability: float
+
+
+def repeated_tail(tokens: Sequence[int], min_tokens: int = 12, sentence: int = 12, max_ngram: int = 48) -> int | None:
+    """Length to cut ``tokens`` to when they end in a loop, keeping one copy;
+    ``None`` when they do not. A loop is an n-gram repeated at least three
+    times over at least ``min_tokens`` tokens, or one of at least
+    ``sentence`` tokens said twice in a row: Whisper's usual failure is to
+    write its last sentence again instead of ending."""
+    tokens = list(tokens)
+    for n in range(1, min(max_ngram, len(tokens) // 2) + 1):
+        tail = tokens[-n:]
+        repeats = 1
+        while (repeats + 1) * n <= len(tokens) and tokens[-(repeats + 1) * n : -repeats * n] == tail:
+            repeats += 1
+        if (repeats >= 3 and repeats * n >= min_tokens) or (repeats >= 2 and n >= sentence):
+            return len(tokens) - (repeats - 1) * n
+    return None
+
+
+def _cuda_works() -> bool:
+    """Whether CUDA really runs: onnxruntime-gpu lists the provider even on a
+    machine without a GPU, and only a session tells the truth."""
+    if _CUDA not in ort.get_available_providers():
+        return False
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    probe.ir_version = 8
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=[_CUDA])
+    except Exception:  # onnxruntime raises bare RuntimeError/Fail subclasses here
+        return False
+    return bool(session.get_providers()[0] == _CUDA)
+
+
+def _choose_device(device: str, precision: str | None) -> tuple[str, list[str]]:
+    """(precision, providers) for ``device`` in auto|cuda|cpu: float16 on CUDA,
+    int8 on the CPU, unless ``precision`` says otherwise."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
+    if device != "cpu" and _cuda_works():
+        return precision or "fp16", [_CUDA, _CPU]
+    if device == "cuda":
+        raise ModelError("device 'cuda' requested but onnxruntime cannot run CUDAExecutionProvider here")
+    return precision or "int8", [_CPU]
+
+
+class WhisperOnnx:
+    """Engine over one built model (``tiny.en`` or ``base``); see the module docstring.
+
+    ``options.extra["precision"]`` (int8, fp16, fp32) overrides the
+    precision chosen for the device.
+    """
+
+    name = ENGINE_NAME
+
+    def __init__(self, options: EngineOptions, window: WindowPolicy | None = None) -> None:
+        precision, providers = _choose_device(options.device, options.extra.get("precision"))
+        cache = Path(options.model_cache) if options.model_cache else None
+        try:
+            self.manifest: Manifest = ensure_model(options.model, precision, cache)
+        except SourceMissing as error:
+            raise ModelError(str(error)) from error
+        self.model_version = self.manifest.version
+        self.window = window or WindowPolicy()
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Several rooms share the cores: idle worker threads must sleep, not spin.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        graphs = self.manifest.graphs
+        self._encoder = ort.InferenceSession(self.manifest.path(graphs["encoder"].file), session_options,
+                                             providers=providers)
+        self._decoder = ort.InferenceSession(self.manifest.path(graphs["decoder"].file), session_options,
+                                             providers=providers)
+        self.provider: str = self._decoder.get_providers()[0]
+        self.device = "cuda" if self.provider == _CUDA else "cpu"
+        logger.info("whisper-onnx %s runs on %s with %d thread(s)", self.model_version, self.provider, options.threads)
+        dims = self.manifest.dims
+        self.tokenizer = WhisperTokenizer(self.manifest.path(TOKENIZER_FILE), dims.multilingual)
+        config = json.loads(self.manifest.path(CONFIG_FILE).read_text())
+        special = self.tokenizer.special
+        self._suppress = np.array(sorted(set(config["suppress_ids"]) | set(range(special.eot + 1, dims.n_vocab))))
+        self._suppress_begin = np.array(config["suppress_ids_begin"])
+        self._layers = dims.n_decoder_layers
+        cache_type = np.float16 if self.manifest.precision == "fp16" else np.float32
+        self._empty_k = np.zeros((1, dims.n_heads, dims.head_dim, 0), dtype=cache_type)
+        self._empty_v = np.zeros((1, dims.n_heads, 0, dims.head_dim), dtype=cache_type)
+        self._timings = _Timings()
+
+    def timings(self) -> TimingSnapshot:
+        return self._timings.snapshot()
+
+    def open_stream(self, prompt: str = "") -> WhisperStream:
+        return WhisperStream(self, prompt)
+
+    def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False) -> Hypothesis:
+        """Recognise a whole utterance (16 kHz mono float32).
+
+        ``prompt`` is earlier text that biases spelling and style. Without
+        ``word_timestamps`` every word spans its whole window.
+        """
+        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not len(samples):
+            return Hypothesis((), self.name, self.model_version, 1.0)
+        max_samples = int(MAX_WINDOW_S * SAMPLE_RATE)
+        pieces = max(1, math.ceil(len(samples) / max_samples))
+        bounds = [round(len(samples) * k / pieces) for k in range(pieces + 1)]
+        words: list[Word] = []
+        no_speech = 1.0
+        context = prompt
+        for start, end in itertools.pairwise(bounds):
+            window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps)
+            offset = start / SAMPLE_RATE
+            words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
+            # an utterance is speech if any of its windows is
+            no_speech = min(no_speech, window_no_speech)
+            context = " ".join([context] + [w.text for w in window_words]).strip()
+        return Hypothesis(tuple(words), self.name, self.model_version, no_speech)
+
+    def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool) -> tuple[list[Word], float]:
+        duration = len(audio) / SAMPLE_RATE
+        mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
+        cross = self._encode(mel[None])
+        prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
+        budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
+        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2))
+        spans = alignment.word_spans([self.tokenizer.starts_word(t) for t in decoded.tokens])
+        texts = [self.tokenizer.decode(decoded.tokens[a:b]).strip() for a, b in spans]
+        if word_timestamps and spans:
+            audio_frames = math.ceil(len(audio) * alignment.ENCODER_FRAMES_PER_SECOND / SAMPLE_RATE)
+            times = alignment.token_boundaries(decoded.alignment, audio_frames)
+            starts, ends = alignment.clamp_long_words(
+                np.array([times[a] for a, _ in spans]), np.array([times[b] for _, b in spans]), texts)
+        else:
+            starts, ends = np.zeros(len(spans)), np.full(len(spans), duration)
+        words = [
+            Word(text, float(min(start, duration)), float(min(end, duration)),
+                 float(np.mean(decoded.probabilities[a:b])))
+            for (a, b), text, start, end in zip(spans, texts, starts, ends, strict=True)
+            if text
+        ]
+        return words, decoded.no_speech_probability
+
+    def _encode(self, mel: np.ndarray) -> list[ort.OrtValue]:
+        """Cross-attention keys and values of every decoder layer, left on the device."""
+        binding = self._encoder.io_binding()
+        binding.bind_cpu_input("mel", mel)
+        for name in self._cross_names():
+            binding.bind_output(name, self.device)
+        began = time.perf_counter()
+        self._encoder.run_with_iobinding(binding)
+        self._timings.add(True, time.perf_counter() - began)
+        return list(binding.get_outputs())
+
+    def _cross_names(self) -> list[str]:
+        return [f"cross_{kind}_{i}" for i in range(self._layers) for kind in ("k", "v")]
+
+    def _step(self, tokens: list[int], cache: list[ort.OrtValue], cross: list[ort.OrtValue]
+              ) -> tuple[np.ndarray, np.ndarray, list[ort.OrtValue]]:
+        """One decoder call: (last position's logits, its alignment scores, the new cache)."""
+        binding = self._decoder.io_binding()
+        binding.bind_cpu_input("tokens", np.array([tokens], dtype=np.int64))
+        for i in range(self._layers):
+            binding.bind_ortvalue_input(f"past_k_{i}", cache[2 * i])
+            binding.bind_ortvalue_input(f"past_v_{i}", cache[2 * i + 1])
+        for name, value in zip(self._cross_names(), cross, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        binding.bind_output("alignment_qk", "cpu")
+        for i in range(self._layers):
+            binding.bind_output(f"present_k_{i}", self.device)
+            binding.bind_output(f"present_v_{i}", self.device)
+        began = time.perf_counter()
+        self._decoder.run_with_iobinding(binding)
+        self._timings.add(False, time.perf_counter() - began)
+        logits, scores, *present = binding.get_outputs()
+        return logits.numpy()[0], scores.numpy()[0], present
+
+    def _empty_cache(self) -> list[ort.OrtValue]:
+        return [ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
+                for _ in range(self._layers) for empty in (self._empty_k, self._empty_v)]
+
+    def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int) -> _Decoded:
+        special = self.tokenizer.special
+        max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
+        prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
+        # First call ends at <|startoftranscript|>: its logits give the no-speech probability.
+        logits, _, cache = self._step([*prefix, special.sot], self._empty_cache(), cross)
+        no_speech = float(_softmax(logits)[special.no_speech])
+        logits, scores, cache = self._step([*self.tokenizer.sot_sequence[1:], special.no_timestamps], cache, cross)
+        tokens: list[int] = []
+        probabilities: list[float] = []
+        rows = [scores]
+        while len(tokens) < budget:
+            probability = _softmax(logits[: special.eot])
+            logits[self._suppress] = -np.inf
+            if not tokens:
+                logits[self._suppress_begin] = -np.inf
+            token = int(np.argmax(logits))
+            if token == special.eot:
+                break
+            tokens.append(token)
+            probabilities.append(float(probability[token]))
+            logits, scores, cache = self._step([token], cache, cross)
+            rows.append(scores)
+            if (cut := repeated_tail(tokens)) is not None:
+                tokens, probabilities, rows = tokens[:cut], probabilities[:cut], rows[: cut + 1]
+                break
+        return _Decoded(tokens, probabilities, np.stack(rows), no_speech)
+
+
+@register_engine(ENGINE_NAME)
+def create_engine(options: EngineOptions) -> WhisperOnnx:
+    """The registry's factory: ``ENGINES["whisper-onnx"](options)``."""
+    return WhisperOnnx(options)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return np.asarray(shifted / shifted.sum())
+
+
+class WhisperStream:
+    """One utterance: audio accumulates; each result re-decodes all of it."""
+
+    def __init__(self, engine: WhisperOnnx, prompt: str) -> None:
+        self._engine = engine
+        self._prompt = prompt
+        self._pieces: list[np.ndarray] = []
+
+    def feed(self, audio: np.ndarray) -> None:
+        self._pieces.append(np.array(audio, dtype=np.float32).reshape(-1))
+
+    def _audio(self) -> np.ndarray:
+        if len(self._pieces) != 1:
+            self._pieces = [np.concatenate(self._pieces) if self._pieces else np.zeros(0, dtype=np.float32)]
+        return self._pieces[0]
+
+    def hypothesis(self) -> Hypothesis:
+        return self._engine.transcribe(self._audio(), self._prompt)
+
+    def finish(self) -> Hypothesis:
+        return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True)

@@ -1,0 +1,61 @@
+"""Guardrails on hand-made hypotheses: what is dropped, what is kept, and why."""
+
+from __future__ import annotations
+
+from livecap.asr.engine import Hypothesis, Word
+from livecap.asr.guardrails import compression_ratio, longest_repeat, normalise, suppression_reason
+
+
+def _hypothesis(text: str, confidence: float = 0.9, no_speech: float | None = 0.05) -> Hypothesis:
+    words = tuple(Word(w, 0.0, 1.0, confidence) for w in text.split())
+    return Hypothesis(words, "test", "test-1", no_speech)
+
+
+def test_keeps_ordinary_speech() -> None:
+    speech = _hypothesis("And so my fellow Americans, ask not what your country can do for you.")
+    assert suppression_reason(speech) is None
+    assert suppression_reason(_hypothesis("")) is None  # nothing to caption, nothing to suppress
+
+
+def test_symbols_and_annotations() -> None:
+    assert suppression_reason(_hypothesis("♪ ♪")) == "no_words"
+    assert suppression_reason(_hypothesis("...")) == "no_words"
+    assert suppression_reason(_hypothesis("[BLANK_AUDIO]")) == "annotation"
+    assert suppression_reason(_hypothesis("(upbeat music)")) == "annotation"
+    assert suppression_reason(_hypothesis("*sighs*")) == "annotation"
+    assert suppression_reason(_hypothesis("[Music] and then we left")) is None
+
+
+def test_no_speech_needs_low_confidence_too() -> None:
+    """As in openai-whisper: a high no-speech probability alone does not drop confident text."""
+    assert suppression_reason(_hypothesis("we left early", confidence=0.2, no_speech=0.9)) == "no_speech"
+    assert suppression_reason(_hypothesis("we left early", confidence=0.9, no_speech=0.9)) is None
+    assert suppression_reason(_hypothesis("we left early", confidence=0.3, no_speech=0.1)) is None
+
+
+def test_guesses_are_dropped() -> None:
+    """Babble gives "and" at confidence 0.04 with a middling no-speech probability."""
+    assert suppression_reason(_hypothesis("and", confidence=0.04, no_speech=0.3)) == "low_confidence"
+
+
+def test_repetition() -> None:
+    loop = "I'm going to go to the store. " * 6
+    assert compression_ratio(loop) > 2.4
+    assert suppression_reason(_hypothesis(loop)) == "repetition"
+    assert longest_repeat(["no", "no", "no", "no", "no"]) == 5
+    assert suppression_reason(_hypothesis("no no no no no")) == "repetition"
+    assert suppression_reason(_hypothesis("no, no, no, that is wrong")) is None
+
+
+def test_known_hallucinations_unless_clearly_spoken() -> None:
+    assert suppression_reason(_hypothesis("Thank you.", no_speech=0.3)) == "known_hallucination"
+    assert suppression_reason(_hypothesis("Thanks for watching!", confidence=0.5)) == "known_hallucination"
+    assert suppression_reason(_hypothesis("you", confidence=0.6)) == "known_hallucination"
+    # a speaker who clearly says it at the end of a talk is captioned
+    assert suppression_reason(_hypothesis("Thank you.", confidence=0.95, no_speech=0.01)) is None
+    assert suppression_reason(_hypothesis("Thank you for coming tonight.", no_speech=0.3)) is None
+
+
+def test_normalise() -> None:
+    assert normalise("Thanks for watching!") == "thanks for watching"
+    assert normalise("Don’t  forget") == "dont forget"
