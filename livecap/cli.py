@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -56,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"operator key (all rooms):          {room_keys.key('operator')}")
         return 0
     configure(options.log_level, options.log_format)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(options, room_keys))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -71,10 +70,11 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
     log.info("effective settings: %s", json.dumps(options.masked(), default=str))
     runner = web.AppRunner(create_app(options, keys), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    ssl_context = options.ssl_context()
+    site = web.TCPSite(runner, options.host, options.port, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = options.public_url.rstrip("/") or f"http://{options.host}:{port}"
+    base = options.public_url.rstrip("/") or f"{'https' if ssl_context else 'http'}://{options.host}:{port}"
     print(f"livecap {__version__} listening on {base}", flush=True)
     demo: asyncio.Task[None] | None = None
     if options.demo:

@@ -1,0 +1,259 @@
+// Shared by the overlay, the phone view and the speaker page: the room and
+// key from the URL, a WebSocket that reconnects by itself, the caption
+// stream (resume with after_seq, dedupe by seq, acknowledgements) and the
+// rendering of caption events into page-specific elements.
+// Wire protocol: shared/DESIGN.md ("Wire protocol").
+
+export const params = new URLSearchParams(location.search);
+
+/** The room is the last path segment: /overlay/ROOM, /view/ROOM, /speak/ROOM. */
+export const room = decodeURIComponent(location.pathname.replace(/\/+$/, "").split("/").pop() ?? "");
+
+/** `ws(s)://this-host/path?query`, empty query values left out. */
+export function socketUrl(path, query = {}) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const kept = Object.entries(query).filter(([, v]) => v !== null && v !== undefined && v !== "");
+  const search = String(new URLSearchParams(kept));
+  // Not URLSearchParams.size (Chromium 113): OBS 28–30 browser sources run Chromium 95–103.
+  return `${scheme}://${location.host}${path}${search ? `?${search}` : ""}`;
+}
+
+/** The same as `path` with the viewer key of this page, for links (downloads). */
+export function withToken(path) {
+  const token = params.get("token");
+  return token ? `${path}?${new URLSearchParams({ token })}` : path;
+}
+
+// Errors worth retrying; any other error event (a wrong key, a protocol
+// violation, another publisher taking over) would only repeat itself.
+const RETRYABLE = new Set(["viewer_too_slow", "rate_limited", "server_busy", "internal_error", "idle_timeout"]);
+const BACKOFF_MS = [250, 1000, 2000, 5000, 10000];
+
+/**
+ * A WebSocket that reconnects with backoff until closed or refused.
+ * States: "connecting" → "open" → "reconnecting" → … ; "failed" after a
+ * permanent error (see RETRYABLE); "closed" after close().
+ */
+export class Connection {
+  /**
+   * @param {() => string} url  called before every attempt (e.g. to add after_seq)
+   * @param {{onOpen?: (ws: WebSocket) => void, onMessage?: (m: object) => void,
+   *          onState?: (state: string, error?: {code: string, message: string}) => void}} handlers
+   */
+  constructor(url, { onOpen = () => {}, onMessage = () => {}, onState = () => {} } = {}) {
+    Object.assign(this, { url, onOpen, onMessage, onState });
+    this.attempt = 0;
+    this.ws = null;
+    this.timer = null;
+    this.state = "connecting";
+    // A phone that changes network or wakes up should not wait out a backoff.
+    this.retryNow = () => { if (this.state === "reconnecting") this.connect(); };
+    this.onNetworkChange = () => { this.ws?.close(4000, "network changed"); this.retryNow(); };
+    this.onVisible = () => { if (document.visibilityState === "visible") this.retryNow(); };
+    addEventListener("online", this.onNetworkChange);
+    document.addEventListener("visibilitychange", this.onVisible);
+    this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    let error = null;
+    const ws = this.ws = new WebSocket(this.url());
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => { this.attempt = 0; this.setState("open"); this.onOpen(ws); };
+    ws.onmessage = (e) => {
+      if (typeof e.data !== "string") return;
+      const message = JSON.parse(e.data);
+      if (message.type === "error") error = message;
+      this.onMessage(message);
+    };
+    ws.onclose = () => {
+      if (ws !== this.ws || this.state === "closed") return;
+      if (error && !RETRYABLE.has(error.code)) {
+        this.setState("failed", error);
+        return;
+      }
+      this.setState("reconnecting", error ?? undefined);
+      const delay = BACKOFF_MS[Math.min(this.attempt++, BACKOFF_MS.length - 1)];
+      this.timer = setTimeout(() => this.connect(), delay * (0.5 + Math.random() / 2));
+    };
+  }
+
+  get open() {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  send(data) {
+    if (this.open) this.ws.send(typeof data === "string" || data instanceof ArrayBuffer ? data : JSON.stringify(data));
+  }
+
+  close() {
+    this.setState("closed");
+    clearTimeout(this.timer);
+    removeEventListener("online", this.onNetworkChange);
+    document.removeEventListener("visibilitychange", this.onVisible);
+    this.ws?.close(1000);
+  }
+
+  setState(state, error) {
+    this.state = state;
+    this.onState(state, error);
+  }
+}
+
+const ACK_INTERVAL_MS = 500;
+
+/**
+ * Follow the captions of this page's room as a viewer. Every caption event
+ * reaches `onCaption` exactly once and in order: after a drop the socket
+ * resumes with after_seq (the server replays the finals missed meanwhile)
+ * and anything at or below the last seq is skipped. After `onCaption` has
+ * rendered an event, its seq is acknowledged ({"type":"ack"}, at most twice
+ * a second) so the operator can see how far behind viewers are.
+ */
+export function followCaptions({ onCaption, onState = () => {} }) {
+  let lastSeq = null;
+  let acked = 0; // on the current connection
+  let ackedAt = -Infinity;
+  let ackTimer = null;
+  const ack = () => {
+    ackTimer = null;
+    if (lastSeq !== null && lastSeq > acked && connection.open) {
+      connection.send({ type: "ack", seq: lastSeq });
+      [acked, ackedAt] = [lastSeq, performance.now()];
+    }
+  };
+  // Right away when the last ack is old enough, else when it will be.
+  const scheduleAck = () => {
+    ackTimer ??= setTimeout(ack, Math.max(0, ackedAt + ACK_INTERVAL_MS - performance.now()));
+  };
+  const connection = new Connection(
+    () => socketUrl(`/ws/captions/${encodeURIComponent(room)}`, { after_seq: lastSeq, token: params.get("token") }),
+    {
+      onState,
+      onOpen: () => {
+        acked = 0;
+        scheduleAck();
+      },
+      onMessage: (message) => {
+        if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
+        lastSeq = message.seq;
+        onCaption(message);
+        scheduleAck();
+      },
+    },
+  );
+  return connection;
+}
+
+/**
+ * Renders caption events: a segment's partial updates one item in place,
+ * its final settles that same item into the log (no flicker, no jump), a
+ * correction replaces a final's text. Pages say what an item looks like
+ * (`createItem` returns the item and the element its text goes in).
+ *
+ * The log is the page's aria-live region: settling a final appends to it, so
+ * screen readers hear each final once and never the partials.
+ */
+export class CaptionList {
+  constructor({ log, live, createItem, lowConfidence = 0, keep = Infinity }) {
+    Object.assign(this, { log, live, createItem, lowConfidence, keep });
+    this.items = new Map(); // segment → {item, text}
+  }
+
+  apply(event) {
+    const entry = this.items.get(event.segment);
+    if (event.kind === "partial") this.partial(entry ?? this.add(event, this.live), event);
+    else if (event.kind === "final") this.final(entry ?? this.add(event, this.live), event);
+    else if (event.kind === "correction" && entry) {
+      entry.text.replaceChildren(event.text);
+      entry.item.classList.add("corrected");
+    }
+  }
+
+  add(event, parent) {
+    const entry = this.createItem(event);
+    entry.item.dataset.segment = event.segment;
+    this.items.set(event.segment, entry);
+    parent.append(entry.item);
+    return entry;
+  }
+
+  partial({ item, text }, event) {
+    item.dataset.seq = event.seq;
+    if (!text.firstChild) {
+      const stable = document.createElement("span");
+      const unstable = document.createElement("span");
+      stable.className = "stable";
+      unstable.className = "unstable";
+      text.append(stable, " ", unstable);
+    }
+    const [stable, , unstable] = text.childNodes;
+    // Only text that changed is touched: the stable words never re-render.
+    if (stable.textContent !== event.stable) stable.textContent = event.stable;
+    if (unstable.textContent !== event.unstable) unstable.textContent = event.unstable;
+    item.classList.add("partial");
+    item.hidden = !event.text; // a segment that has heard nothing yet takes no room
+  }
+
+  final(entry, event) {
+    const { item, text } = entry;
+    if (!event.text) {
+      this.items.delete(event.segment);
+      item.remove();
+      return;
+    }
+    item.dataset.seq = event.seq;
+    item.hidden = false;
+    text.replaceChildren(...this.words(event));
+    item.classList.replace("partial", "final") || item.classList.add("final");
+    this.log.append(item);
+    while (this.log.children.length > this.keep) {
+      const oldest = this.log.firstElementChild;
+      this.items.delete(Number(oldest.dataset.segment));
+      oldest.remove();
+    }
+  }
+
+  /** Final text as nodes, words below the confidence threshold marked. */
+  words(event) {
+    if (!this.lowConfidence || !event.words?.length) return [event.text];
+    return event.words.flatMap((word, i) => {
+      const separator = i ? [" "] : [];
+      if (word.conf >= this.lowConfidence) return [...separator, word.w];
+      const mark = document.createElement("span");
+      mark.className = "low-confidence";
+      mark.title = `confidence ${Math.round(word.conf * 100)}%`;
+      mark.textContent = word.w;
+      return [...separator, mark];
+    });
+  }
+}
+
+/** A transcript line for list layouts (phone view, speaker page): time, text. */
+export function listItem(event) {
+  const item = document.createElement("li");
+  const time = document.createElement("time");
+  const text = document.createElement("p");
+  item.className = "item";
+  time.dateTime = `PT${Math.max(0, event.start).toFixed(1)}S`;
+  time.textContent = formatTime(event.start);
+  text.className = "text";
+  item.append(time, text);
+  return { item, text };
+}
+
+/** A number from the query string, within bounds, else the default. */
+export function numberParam(name, fallback, min, max) {
+  const value = Number.parseFloat(params.get(name) ?? "");
+  return Number.isFinite(value) ? Math.min(max, Math.max(min, value)) : fallback;
+}
+
+/** Room seconds as m:ss or h:mm:ss (the timeline of the downloaded transcript). */
+export function formatTime(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const hh = Math.floor(s / 3600);
+  const mm = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return hh ? `${hh}:${String(mm).padStart(2, "0")}:${ss}` : `${mm}:${ss}`;
+}

@@ -1,0 +1,213 @@
+// /speak/ROOM?token=PUBLISHER_KEY: send this browser's microphone to the room.
+import { CaptionList, Connection, listItem, params, room, socketUrl } from "/static/captions.js";
+
+const $ = (id) => document.getElementById(id);
+const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
+const MAX_QUEUED = 500; // 20 ms frames: 10 s, what the server accepts as a catch-up burst
+
+document.title = `Speak · ${room} · livecap`;
+$("room").textContent = room;
+$("key").value = params.get("token") ?? "";
+$("key-field").hidden = params.has("token");
+
+const captions = new CaptionList({ log: $("log"), live: $("live"), createItem: listItem });
+
+let session = null; // the running capture: {stream, context, connection, …}
+
+function status(state, text) {
+  $("status").dataset.state = state;
+  $("status-text").textContent = text;
+}
+
+function say(text) {
+  $("message").hidden = !text;
+  $("message").textContent = text ?? "";
+}
+
+function running(on) {
+  $("start").disabled = on;
+  $("stop").disabled = !on;
+  for (const control of [$("device"), $("key"), ...PROCESSING.map($)]) control.disabled = on;
+}
+
+/** What to tell the speaker when the microphone cannot be opened. */
+function microphoneProblem(error) {
+  switch (error.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "The microphone is blocked. Allow it for this site (the icon in the address bar), then press Start.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone found. Plug one in, or pick another under Microphone options.";
+    case "NotReadableError":
+      return "The microphone could not be opened: another application may be using it.";
+    default:
+      return `The microphone could not be opened (${error.message || error.name}).`;
+  }
+}
+
+/** What to tell the speaker about an error event from the server. */
+function serverProblem(error) {
+  if (error?.code === "unauthorized") {
+    $("key-field").hidden = false;
+    return `The publisher key was not accepted for room “${room}”. ` +
+      `Paste the key that “livecap keys ${room}” prints, then press Start.`;
+  }
+  const message = error?.message ?? "the server refused the connection";
+  return message[0].toUpperCase() + message.slice(1) + ".";
+}
+
+async function listMicrophones() {
+  const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "audioinput");
+  const select = $("device");
+  const chosen = select.value;
+  select.replaceChildren(new Option("Default microphone", ""),
+    ...devices.filter((d) => d.deviceId && d.deviceId !== "default")
+      .map((d, i) => new Option(d.label || `Microphone ${i + 1}`, d.deviceId)));
+  select.value = chosen;
+}
+
+async function start() {
+  const key = $("key").value.trim();
+  if (!key) {
+    say("Paste the publisher key first.");
+    $("key").focus();
+    return;
+  }
+  say(null);
+  running(true);
+  status("connecting", "Starting…");
+  const constraints = Object.fromEntries(PROCESSING.map((name) => [name, $(name).checked]));
+  if ($("device").value) constraints.deviceId = { exact: $("device").value };
+  // The socket opens while the browser asks for the microphone: a wrong key
+  // shows at once, and speech from the first moment is queued, not lost.
+  const current = session = { queue: [], ready: false, level: 0 };
+  current.connection = new Connection(
+    () => socketUrl(`/ws/ingest/${encodeURIComponent(room)}`, { token: key }),
+    {
+      onOpen: (ws) => ws.send(JSON.stringify({ type: "start", format: "s16le", sample_rate: 16000, channels: 1 })),
+      onMessage: (message) => received(current, message),
+      onState: (state, error) => connectionState(current, state, error),
+    },
+  );
+  try {
+    current.stream = await navigator.mediaDevices.getUserMedia({ audio: constraints });
+  } catch (error) {
+    if (session === current) finish(microphoneProblem(error));
+    return;
+  }
+  if (session !== current) { // stopped or refused while the browser asked
+    current.stream.getTracks().forEach((track) => track.stop());
+    return;
+  }
+  // Created only now: an AudioContext made before getUserMedia resolves may
+  // stay suspended. Its rate is the device's; the worklet resamples.
+  current.context = new AudioContext();
+  try {
+    await current.context.audioWorklet.addModule("/static/pcm-worklet.js");
+  } catch (error) {
+    if (session === current) finish(`The audio processing could not be loaded (${error.message}).`);
+    return;
+  }
+  const node = new AudioWorkletNode(current.context, "pcm-16k", { numberOfInputs: 1, numberOfOutputs: 0 });
+  node.port.onmessage = ({ data }) => {
+    current.level = Math.max(current.level, data.rms);
+    send(current, data.pcm);
+  };
+  current.context.createMediaStreamSource(current.stream).connect(node);
+  listMicrophones();
+  requestAnimationFrame(() => meter(current));
+}
+
+function send(current, pcm) {
+  if (current.ready && current.connection.open) {
+    current.connection.send(pcm);
+    return;
+  }
+  current.queue.push(pcm);
+  if (current.queue.length > MAX_QUEUED) current.queue.shift();
+}
+
+function received(current, message) {
+  if (message.type === "ready") {
+    current.ready = true;
+    status("open", "Sending audio");
+    for (const pcm of current.queue.splice(0)) current.connection.send(pcm);
+  } else if (message.type === "stopped") {
+    current.stopped?.();
+  } else if (message.type === "caption") {
+    captions.apply(message);
+  }
+}
+
+function connectionState(current, state, error) {
+  if (state === "reconnecting") {
+    current.ready = false;
+    status("reconnecting", "Reconnecting… audio is kept for 10 s");
+  } else if (state === "failed" && session === current) {
+    finish(serverProblem(error));
+  }
+}
+
+/** Input level as a bar from -60 to 0 dBFS: the loudest 20 ms frame since the last paint, falling back
+ * slowly (about 1 s from full to empty) like a peak meter, so that it does not flicker. */
+function meter(current) {
+  const db = 20 * Math.log10(Math.max(current.level, 1e-6));
+  current.shown = Math.max(Math.min(1, Math.max(0, (db + 60) / 60)), (current.shown ?? 0) - 0.016);
+  $("level").style.transform = `scaleX(${current.shown})`;
+  $("level").dataset.loud = db > -6;
+  current.level = 0;
+  if (session === current) requestAnimationFrame(() => meter(current));
+}
+
+/** Stop capturing; `problem` is shown when the stop was not the speaker's choice. */
+function finish(problem) {
+  const current = session;
+  session = null;
+  current?.stream?.getTracks().forEach((track) => track.stop());
+  current?.context?.close();
+  current?.connection.close();
+  $("level").style.transform = "scaleX(0)";
+  running(false);
+  if (problem) {
+    status("failed", "Not sending");
+    say(problem);
+  } else {
+    status("closed", "Stopped");
+  }
+}
+
+/** The server finalises the last sentence before it answers "stopped". */
+async function stop() {
+  const current = session;
+  if (!current) return;
+  $("stop").disabled = true;
+  current.stream?.getTracks().forEach((track) => track.stop());
+  // Frames still on their way from the worklet must not follow "stop".
+  const wasReady = current.ready;
+  current.ready = false;
+  if (wasReady && current.connection.open) {
+    status("connecting", "Finishing the last sentence…");
+    await new Promise((resolve) => {
+      current.stopped = resolve;
+      current.connection.send({ type: "stop" });
+      setTimeout(resolve, 10000);
+    });
+  }
+  if (session === current) finish(null);
+}
+
+$("controls").addEventListener("submit", (event) => {
+  event.preventDefault();
+  start();
+});
+$("stop").addEventListener("click", stop);
+
+if (navigator.mediaDevices) {
+  listMicrophones();
+  navigator.mediaDevices.addEventListener("devicechange", listMicrophones);
+} else {
+  $("start").disabled = true;
+  say("The microphone is only available over HTTPS (or on localhost). " +
+    "Serve livecap with --tls-cert and --tls-key, or open this page on the server's own machine.");
+}

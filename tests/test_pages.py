@@ -1,0 +1,428 @@
+"""The browser views in real Chromium: overlay, phone view, speaker page, join QR code.
+
+Real speech goes through the real server to pages in Debian's Chromium driven
+by Playwright (no browser download; see shared/notes/browser-tests.md). The
+speaker page captures Chromium's fake microphone, fed with a recording.
+Screenshots land in test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from playwright.async_api import Browser, Page, Playwright, WebSocketRoute, async_playwright
+from playwright.async_api import expect as playwright_expect
+
+from benchmarks.scoring import word_error_rate
+from livecap.asr.engine import Word
+from livecap.client import stream_audio
+from livecap.config import ServerOptions
+from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol
+from livecap.pages import view_url
+from livecap.server import OPTIONS, ROOMS
+from tests.conftest import LiveServer, timeout
+from tests.speech import audio, recordings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# Recordings PocketSphinx transcribes well (WER 0-12% each), with words it gets right.
+SENTENCES = ["librispeech-3752-4944-0000", "librispeech-3752-4944-0001", "librispeech-3752-4944-0002"]
+SENTENCE_WORDS = ["scenery", "abandoned", "shadow"]
+SPEAKER_RECORDING = "librispeech-1988-24833-0001"
+SPEAKER_WER_BOUND = 0.35
+"""PocketSphinx gets 7% on this file streamed directly; through the fake microphone, Chromium's capture at
+44.1 kHz and the page's resampler it should stay close. A broken resampler, wrong rate or lost frames give
+well over 50%."""
+
+expect = playwright_expect
+expect.set_options(timeout=timeout(30) * 1000)
+
+
+@pytest.fixture
+def server(sphinx_server: LiveServer) -> LiveServer:
+    """The server the pages talk to; the engine is chosen here (words and bounds above fit PocketSphinx)."""
+    return sphinx_server
+
+
+@pytest.fixture(scope="session")
+async def playwright() -> AsyncIterator[Playwright]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed (make browser)")
+    async with async_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def chromium_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | float | bool]:
+    """Chromium writes a profile and caches under $HOME: keep them out of the real one."""
+    home = tmp_path_factory.mktemp("chromium-home")
+    return {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache")}
+
+
+@pytest.fixture(scope="session")
+async def browser(playwright: Playwright, chromium_env: dict[str, str | float | bool]) -> AsyncIterator[Browser]:
+    browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                              env=chromium_env)
+    yield browser
+    await browser.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def fail_on_page_errors(page: Page) -> list[str]:
+    """Collect uncaught exceptions of the page; a test asserts the list is empty."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * 16000), dtype=np.float32)
+
+
+# Records the stable text of every partial the overlay renders, to check that it only ever grows.
+RECORD_STABLE = """
+new MutationObserver(() => {
+  for (const item of document.querySelectorAll(".item.partial")) {
+    (window.stableSeen ??= []).push([item.dataset.segment, item.querySelector(".stable").textContent]);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@pytest.mark.slow
+async def test_overlay_rolls_partials_into_finals(server: LiveServer, browser: Browser, artifacts: Path) -> None:
+    room = "overlay"
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    errors = fail_on_page_errors(page)
+    await page.goto(f"{server.base}/overlay/{room}?hold=0")
+    await expect(page.locator("html")).to_have_attribute("data-connection", "open")
+    await page.evaluate(RECORD_STABLE)
+    signal = np.concatenate([np.concatenate([audio(r), silence(1.0)]) for r in SENTENCES])
+    publisher = asyncio.create_task(stream_audio(server.ingest_url(room), signal, speed=1.5))
+
+    first_partial = page.locator("#live .item.partial").first
+    await expect(first_partial).to_have_text(re.compile(r"\w"))
+    segment = await first_partial.get_attribute("data-segment")
+    await page.evaluate("window.watched = document.querySelector('#live .item.partial')")
+    await page.screenshot(path=artifacts / "overlay-partial.png", animations="disabled")
+    # The very element that showed the partial settles as the final: no flicker, no re-layout.
+    await page.wait_for_function("() => watched.isConnected && watched.classList.contains('final')"
+                                 " && document.getElementById('log').contains(watched)", timeout=timeout(30) * 1000)
+    assert await page.evaluate("watched.dataset.segment") == segment
+
+    result = await publisher
+    finals = " ".join(m["text"] for m in result.finals)
+    assert all(word in finals for word in SENTENCE_WORDS), finals
+    log = page.locator("#log")
+    await expect(log).to_have_text(finals)
+    await expect(page.locator("#live .item")).to_have_count(0)
+
+    stable_seen: list[tuple[str, str]] = await page.evaluate("window.stableSeen")
+    assert stable_seen, "partials were rendered"
+    for (seg_a, before), (seg_b, after) in itertools.pairwise(stable_seen):
+        if seg_a == seg_b:
+            assert after.startswith(before), f"stable text changed: {before!r} → {after!r}"
+
+    for name, background in [("dark", "linear-gradient(160deg, #10161f, #3b4a5c 60%, #1c232d)"),
+                             ("light", "linear-gradient(160deg, #ffffff, #d9e2ea 60%, #f4efe6)")]:
+        await page.evaluate(f"document.documentElement.style.background = {json.dumps(background)}")
+        await page.screenshot(path=artifacts / f"overlay-on-{name}-video.png", animations="disabled")
+    for theme in ("dark", "light"):
+        projector = await browser.new_page(viewport={"width": 1280, "height": 720})
+        await projector.goto(f"{server.base}/overlay/{room}?hold=0&theme={theme}&lines=3")
+        await expect(projector.locator("#log")).to_have_text(finals)
+        await projector.screenshot(path=artifacts / f"overlay-theme-{theme}.png", animations="disabled")
+        await projector.close()
+    await page.close()
+    assert not errors
+
+
+@pytest.mark.slow
+async def test_overlay_marks_low_confidence_words_and_applies_corrections(server: LiveServer,
+                                                                          browser: Browser) -> None:
+    room_name = "overlay-words"
+    page = await browser.new_page()
+    errors = fail_on_page_errors(page)
+    await page.goto(f"{server.base}/overlay/{room_name}?lowconf=0.5&color=ffcc00&size=30&lines=3&position=top")
+    await expect(page.locator("html")).to_have_attribute("data-connection", "open")
+    room = server.app[ROOMS].get(room_name)
+    segment = room.captions.new_segment()
+    words = (Word("captions", 0.0, 0.5, 0.9), Word("for", 0.5, 0.7, 0.8), Word("everyone", 0.7, 1.2, 0.2))
+    for event in (room.captions.partial(segment, words[:1], words[1:2], 0.0, 0.7, "test", "1", 1.0),
+                  room.captions.final(segment, words, 0.0, 1.2, "test", "1", 1.0)):
+        assert event is not None
+        room.publish(event)
+    await expect(page.locator("#log .low-confidence")).to_have_text("everyone")
+    await expect(page.locator("#log")).to_have_text("captions for everyone")
+    box = page.locator("#box")
+    assert await box.evaluate("e => getComputedStyle(e).color") == "rgb(255, 204, 0)"
+    assert await box.evaluate("e => getComputedStyle(e).fontSize") == "30px"
+    assert (await box.bounding_box() or {"y": 1e9})["y"] < 100, "position=top"
+    room.publish(room.captions.correction(segment, "captions for every one"))
+    await expect(page.locator("#log .item.corrected")).to_have_text("captions for every one")
+    await page.close()
+    assert not errors
+
+
+class Cutter:
+    """Routes the page's caption sockets through Playwright so the test can cut them like bad Wi-Fi would, and
+    records the acknowledgements the page sends."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.routes: list[WebSocketRoute] = []
+        self.acks: list[tuple[float, int, int]] = []
+        """(time, connection number, seq) of every ack."""
+        self.acked = asyncio.Event()
+        self.down = False
+
+    async def handle(self, route: WebSocketRoute) -> None:
+        if self.down:  # the network is gone: every attempt fails at once
+            await route.close(code=1011)
+            return
+        number = len(self.routes)
+        self.urls.append(route.url)
+        self.routes.append(route)
+        server = route.connect_to_server()
+
+        def forward(message: str | bytes) -> None:
+            if isinstance(message, str) and json.loads(message).get("type") == "ack":
+                self.acks.append((time.monotonic(), number, json.loads(message)["seq"]))
+                self.acked.set()
+            server.send(message)
+
+        route.on_message(forward)
+
+    async def cut(self) -> None:
+        self.down = True
+        await self.routes[-1].close(code=4000)
+
+    async def wait_for_ack(self, seq: int) -> None:
+        while True:
+            self.acked.clear()
+            if self.acks and self.acks[-1][2] >= seq:
+                return
+            await asyncio.wait_for(self.acked.wait(), timeout(10))
+
+
+async def page_finals(page: Page) -> list[tuple[int, str]]:
+    return [(int(seq), text) for seq, text in await page.eval_on_selector_all(
+        "#log .item", "items => items.map(i => [i.dataset.seq, i.querySelector('.text').textContent])")]
+
+
+@pytest.mark.slow
+async def test_phone_view_resumes_after_a_cut_without_missing_or_duplicated_finals(
+        server: LiveServer, browser: Browser, artifacts: Path) -> None:
+    room = "phone"
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                        is_mobile=True, has_touch=True)
+    page = await context.new_page()
+    errors = fail_on_page_errors(page)
+    cutter = Cutter()
+    await page.route_web_socket(lambda url: "/ws/captions/" in url, cutter.handle)
+    await page.goto(f"{server.base}/view/{room}")
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-state", "open")
+
+    final_during_cut = asyncio.Event()
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("kind") == "final" and cutter.down:
+            final_during_cut.set()
+
+    recordings_in_order = [*SENTENCES, "librispeech-1272-141231-0000", "librispeech-1988-24833-0000"]
+    signal = np.concatenate([np.concatenate([audio(r), silence(1.0)]) for r in recordings_in_order])
+    publisher = asyncio.create_task(stream_audio(server.ingest_url(room), signal, speed=2.0, on_message=on_message))
+
+    await expect(page.locator("#log .item")).not_to_have_count(0)
+    await cutter.cut()
+    await expect(status).to_have_attribute("data-state", "reconnecting")
+    await page.screenshot(path=artifacts / "phone-view-reconnecting.png", animations="disabled")
+    seq_at_cut = max(seq for seq, _ in await page_finals(page))
+    await asyncio.wait_for(final_during_cut.wait(), timeout(60))
+    cutter.down = False  # the network is back; the page's next attempt gets through
+    await expect(status).to_have_attribute("data-state", "open")
+    resumed_after = int(parse_qs(urlsplit(cutter.urls[-1]).query)["after_seq"][0])
+    assert resumed_after >= seq_at_cut, "the page resumes after the last event it has"
+    await publisher
+
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/{room}/transcript.json") as response:
+        transcript = [(m["seq"], m["text"]) for m in await response.json()]
+    assert len(transcript) >= len(recordings_in_order) - 1
+    await expect(page.locator("#log .item")).to_have_count(len(transcript))
+    assert await page_finals(page) == transcript, "no final missing, none twice, in order"
+    assert len(cutter.routes) >= 2, "the page reconnected"
+
+    # Acknowledgements: the latest rendered seq, at most twice a second per connection.
+    await cutter.wait_for_ack(transcript[-1][0])
+    for (t1, n1, s1), (t2, n2, s2) in itertools.pairwise(cutter.acks):
+        if n1 == n2:
+            assert s2 > s1 and t2 - t1 > 0.4, "acks grow and come at most twice a second"
+
+    await page.screenshot(path=artifacts / "phone-view-390x844.png", animations="disabled")
+
+    # Reading preferences survive a reload.
+    await page.locator("#settings summary").click()
+    await page.get_by_label("Dark").check()
+    await page.get_by_role("button", name="Larger text").click()
+    await page.get_by_role("button", name="Larger text").click()
+    await page.screenshot(path=artifacts / "phone-view-settings.png", animations="disabled")
+    await page.reload()
+    await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    await expect(page.locator("#size-value")).to_have_text("130%")
+    await expect(page.locator("#log .item")).not_to_have_count(0)
+    await page.screenshot(path=artifacts / "phone-view-dark-130.png", animations="disabled")
+
+    # Scrolling up to reread stops following; "Jump to live" resumes it.
+    at_live_end = "() => innerHeight + scrollY >= document.documentElement.scrollHeight - 2"
+    await page.set_viewport_size({"width": 390, "height": 300})
+    await page.wait_for_function(at_live_end)  # the smaller window still shows the live end
+    await page.mouse.wheel(0, -600)
+    jump = page.get_by_role("button", name="Jump to live")
+    await expect(jump).to_be_visible()
+    assert not await page.evaluate(at_live_end)
+    await jump.click()
+    await expect(jump).to_be_hidden()
+    assert await page.evaluate(at_live_end)
+    await context.close()
+    assert not errors
+
+
+def padded_wav(samples: np.ndarray, path: Path) -> Path:
+    """16-bit PCM WAV with 1 s of silence before (the capture starts before the page listens) and 2 s after
+    (Chromium repeats the last 10 ms block after the end of a %noloop file)."""
+    pcm = (np.clip(np.concatenate([silence(1.0), samples, silence(2.0)]), -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(16000)
+        file.writeframes(pcm.tobytes())
+    return path
+
+
+class AudioSpy:
+    """Every chunk of audio the server's ingest decodes while a test runs."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.arrived = asyncio.Event()
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+
+    async def wait_for(self, count: int) -> None:
+        while True:
+            self.arrived.clear()
+            if sum(len(c) for c in self.chunks) >= count:
+                return
+            await asyncio.wait_for(self.arrived.wait(), timeout(10))
+
+
+@pytest.fixture
+def received_audio(monkeypatch: pytest.MonkeyPatch) -> AudioSpy:
+    spy = AudioSpy()
+    original: Callable[[IngestProtocol, bytes, float], list[IngestEvent]] = IngestProtocol.receive_bytes
+
+    def receive_bytes(self: IngestProtocol, data: bytes, now: float) -> list[IngestEvent]:
+        events = original(self, data, now)
+        spy.chunks.extend(e.samples for e in events if isinstance(e, AudioReceived))
+        spy.arrived.set()
+        return events
+
+    monkeypatch.setattr(IngestProtocol, "receive_bytes", receive_bytes)
+    return spy
+
+
+@pytest.mark.slow
+async def test_speaker_page_sends_the_microphone_and_shows_the_captions(
+        server: LiveServer, playwright: Playwright, chromium_env: dict[str, str | float | bool], tmp_path: Path,
+        received_audio: AudioSpy, artifacts: Path) -> None:
+    room = "speaker"
+    speech = audio(SPEAKER_RECORDING)
+    wav = padded_wav(speech, tmp_path / "microphone.wav")
+    microphone = await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, env=chromium_env,
+        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    try:
+        page = await microphone.new_page(viewport={"width": 480, "height": 900})
+        errors = fail_on_page_errors(page)
+
+        # Without a key in the URL the page asks for one; a wrong one is refused in words.
+        await page.goto(f"{server.base}/speak/{room}")
+        await page.get_by_label("Publisher key").fill("not-the-key")
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.get_by_role("alert")).to_contain_text("publisher key was not accepted")
+        await expect(page.get_by_role("button", name="Start")).to_be_enabled()
+
+        await page.goto(f"{server.base}/speak/{room}?token={server.keys.key('publisher', room)}")
+        await expect(page.get_by_label("Publisher key")).to_be_hidden()
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+        await expect(page.locator(".item.partial").filter(has_text=re.compile(r"\w+ \w+ \w+"))).not_to_have_count(0)
+        await page.screenshot(path=artifacts / "speaker-page.png", animations="disabled")
+        # The leading silence, the recording and 1.5 s of the silence after it reach the server; then stop.
+        await received_audio.wait_for(len(speech) + int(2.5 * 16000))
+        await page.get_by_role("button", name="Stop").click()
+        await expect(page.locator("#status-text")).to_have_text("Stopped")
+
+        rms = float(np.sqrt(np.mean(received_audio.samples**2)))
+        assert rms > 0.01, f"the received audio is (nearly) silent: rms {rms:.4f}"
+
+        finals = [e.text for e in server.app[ROOMS].get(room).captions.transcript()]
+        wer = word_error_rate([recordings()[SPEAKER_RECORDING].text], [" ".join(finals)])
+        assert wer < SPEAKER_WER_BOUND, f"WER {wer:.1%}: {finals}"
+        await expect(page.locator("#log")).to_contain_text(finals[-1])
+        assert not errors
+    finally:
+        await microphone.close()
+
+
+async def test_qr_code_points_at_the_phone_view(server: LiveServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base}/qr/main-hall") as response:
+            page = await response.text()
+            assert response.status == 200 and response.content_type == "text/html"
+        assert f"{server.base}/view/main-hall" in page and "<svg" in page
+        async with http.get(f"{server.base}/rooms/main-hall/qr.svg") as response:
+            assert response.content_type == "image/svg+xml"
+            assert (await response.text()).startswith("<svg")
+        for path in ("/view/main-hall", "/overlay/main-hall", "/speak/main-hall", "/static/captions.js",
+                     "/static/pcm-worklet.js"):
+            async with http.get(f"{server.base}{path}") as response:
+                assert response.status == 200, path
+        async with http.get(f"{server.base}/view/no%20spaces") as response:
+            assert response.status == 404
+
+
+def test_qr_code_uses_the_public_url_and_carries_the_viewer_key() -> None:
+    app = web.Application()
+    app[OPTIONS] = ServerOptions(public_url="https://captions.example.org/")
+    request = make_mocked_request("GET", "/rooms/main-hall/qr.svg?token=k%26y", app=app)
+    assert view_url(request, "main-hall") == "https://captions.example.org/view/main-hall?token=k%26y"
