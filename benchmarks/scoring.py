@@ -18,12 +18,14 @@ from pathlib import Path
 import jiwer
 
 DEFAULT_MANIFEST = Path(
-    os.environ.get("LIVECAP_SPEECH_MANIFEST", Path(__file__).resolve().parents[2] / "shared" / "speech" / "manifest.jsonl")
+    os.environ.get("LIVECAP_SPEECH_MANIFEST",
+                   Path(__file__).resolve().parents[2] / "shared" / "speech" / "manifest.jsonl")
 )
 """The shared evaluation set beside the checkout; ``LIVECAP_SPEECH_MANIFEST`` overrides it."""
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _ORDINAL_SUFFIXES = {"st", "nd", "rd", "th"}
 _ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint", "vs": "versus"}
 _SYMBOLS = {"%": " percent ", "&": " and ", "+": " plus ", "@": " at "}
@@ -53,7 +55,7 @@ def number_to_words(n: int) -> list[str]:
     words: list[str] = []
     for scale, name in ((10**9, "billion"), (10**6, "million"), (1000, "thousand")):
         if n >= scale:
-            words += number_to_words(n // scale) + [name]
+            words += [*number_to_words(n // scale), name]
             n %= scale
     if n:
         words += _below_thousand(n)

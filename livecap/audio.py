@@ -48,7 +48,7 @@ class Resampler:
 
 def float_to_s16le(samples: np.ndarray) -> bytes:
     """float32 in [-1, 1] → 16-bit little-endian PCM (what webrtcvad and most clients use)."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return bytes((np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
 
 
 @dataclass(frozen=True)

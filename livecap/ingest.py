@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 
@@ -123,7 +123,7 @@ class IngestProtocol:
             raise UnsupportedFormat("channels must be 1 or 2")
         if language not in SUPPORTED_LANGUAGES:
             raise UnsupportedFormat(f"language must be one of {', '.join(SUPPORTED_LANGUAGES)}")
-        self.format = StreamFormat(sample_format, sample_rate, channels, language)
+        self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]
 

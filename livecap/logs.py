@@ -6,12 +6,13 @@ import json
 import logging
 import sys
 import time
+from typing import ClassVar
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; ``extra={"room": ...}`` fields are kept."""
 
-    _standard = set(vars(logging.makeLogRecord({})))
+    _standard: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",

@@ -43,7 +43,6 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 CONNECTIONS = web.AppKey("connections", Counter[str])
 METRICS = web.AppKey("metrics", Metrics)
-FAULTS = web.AppKey("faults", FaultInjector)
 
 
 def create_app(options: ServerOptions, keys: Keys) -> web.Application:
@@ -96,8 +95,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
         faults = Faults(options.inject_primary_delay_s, options.inject_primary_failure_rate)
         if faults.active:
             log.warning("fault injector active on the primary engine: %s", faults)
-        app[FAULTS] = scheduler.primary = FaultInjector(primary, faults)
-        scheduler.options = options.scheduler(getattr(primary, "device", "cpu"))
+        scheduler.primary = FaultInjector(primary, faults)
+        scheduler.options = options.scheduler(primary.device)
         scheduler.metrics.engine_healthy.labels(primary.name).set(1)
         scheduler.ready.set()
         log.info("engines ready in %.1f s: primary %s (%s), fallback %s, latency budget %.2f s",
@@ -143,14 +142,15 @@ async def set_faults(request: web.Request) -> web.Response:
         request.app[KEYS].check("operator", "", _token(request))
     except LivecapError as error:
         raise web.HTTPUnauthorized(text=error.message) from None
-    if FAULTS not in request.app:
+    injector = request.app[SCHEDULER].primary
+    if not isinstance(injector, FaultInjector):
         raise web.HTTPServiceUnavailable(text="engines are still loading")
     try:
         body = await request.json()
         faults = Faults(float(body.get("delay_s", 0.0)), float(body.get("failure_rate", 0.0)))
     except (ValueError, TypeError, AttributeError):
         raise web.HTTPBadRequest(text='expected {"delay_s": seconds, "failure_rate": 0..1}') from None
-    request.app[FAULTS].faults = faults
+    injector.faults = faults
     log.warning("fault injector set to %s", faults)
     return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
 

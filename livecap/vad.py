@@ -118,7 +118,8 @@ class VadSegmenter:
             else:
                 self._history.append((frame, voiced))
                 onset_window = list(self._history)[-self._onset_frames :]
-                if len(onset_window) == self._onset_frames and sum(v for _, v in onset_window) >= math.ceil(0.8 * self._onset_frames):
+                voiced_in_window = sum(v for _, v in onset_window)
+                if len(onset_window) == self._onset_frames and voiced_in_window >= math.ceil(0.8 * self._onset_frames):
                     events.append(self._start(frame_start + self._frame, arrival))
                     voiced_audio = [f for f, _ in self._history]
                     self._history.clear()

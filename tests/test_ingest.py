@@ -7,8 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from livecap.errors import InvalidFrame, InvalidJson, LivecapError, MessageTooBig, ProtocolError, RateLimited, \
-    UnsupportedFormat
+from livecap.errors import (
+    InvalidFrame,
+    InvalidJson,
+    LivecapError,
+    MessageTooBig,
+    ProtocolError,
+    RateLimited,
+    UnsupportedFormat,
+)
 from livecap.ingest import AudioReceived, IngestLimits, IngestProtocol, Started, Stopped
 
 
@@ -59,7 +66,8 @@ def test_resampling_does_not_depend_on_frame_size() -> None:
     for frame in (2, 882, 4410, len(data)):
         protocol = IngestProtocol()
         protocol.receive_text(start(sample_rate=44100), 0.0)
-        chunks = [e.samples for i in range(0, len(data), frame) for e in protocol.receive_bytes(data[i:i + frame], 0.0)]
+        chunks = [e.samples for i in range(0, len(data), frame) for e in protocol.receive_bytes(data[i:i + frame], 0.0)
+                  if isinstance(e, AudioReceived)]
         chunks += [e.samples for e in protocol.receive_text('{"type":"stop"}', 0.0) if isinstance(e, AudioReceived)]
         outputs.append(np.concatenate(chunks))
     for other in outputs[1:]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 
@@ -16,10 +17,10 @@ OPTIONS = SchedulerOptions(latency_budget_s=1.0, retry_after_s=5.0, max_retry_af
 
 async def test_executor_runs_the_earliest_deadline_first() -> None:
     executor = DeadlineExecutor(1, "test", Metrics())
-    gate, order = threading.Event(), []
+    gate, order = threading.Event(), list[int]()
     blocker = executor.submit(0.0, gate.wait)  # occupies the only thread
     now = time.monotonic()
-    futures = [executor.submit(now + deadline, lambda d=deadline: order.append(d)) for deadline in (3, 1, 2)]
+    futures = [executor.submit(now + deadline, functools.partial(order.append, deadline)) for deadline in (3, 1, 2)]
     gate.set()
     await asyncio.gather(blocker, *futures)
     assert order == [1, 2, 3]

@@ -83,7 +83,7 @@ def check_invariants(messages: list[dict[str, Any]]) -> None:
 
 @pytest.mark.slow
 async def test_real_speech_reaches_a_separate_viewer(sphinx_server: LiveServer) -> None:
-    room, done, seen = "e2e", asyncio.Event(), []
+    room, done, seen = "e2e", asyncio.Event(), list[dict[str, Any]]()
     viewer = asyncio.create_task(collect(sphinx_server.captions_url(room), done, seen))
     await asyncio.sleep(0.1)
     hypotheses, results = [], []
@@ -109,7 +109,7 @@ async def test_real_speech_reaches_a_separate_viewer(sphinx_server: LiveServer) 
 
 async def test_disconnect_and_resume_loses_no_final(sphinx_server: LiveServer) -> None:
     room = "resume"
-    steady_done, steady = asyncio.Event(), []
+    steady_done, steady = asyncio.Event(), list[dict[str, Any]]()
     steady_task = asyncio.create_task(collect(sphinx_server.captions_url(room), steady_done, steady))
     await asyncio.sleep(0.1)
     signal = np.concatenate([audio("librispeech-2412-153948-0000"), audio("librispeech-1988-24833-0001")])
@@ -133,7 +133,7 @@ async def test_disconnect_and_resume_loses_no_final(sphinx_server: LiveServer) -
 
 
 async def test_publisher_that_vanishes_mid_utterance_still_gets_a_final(sphinx_server: LiveServer) -> None:
-    room, done, seen = "vanish", asyncio.Event(), []
+    room, done, seen = "vanish", asyncio.Event(), list[dict[str, Any]]()
     viewer = asyncio.create_task(collect(sphinx_server.captions_url(room), done, seen))
     await asyncio.sleep(0.1)
     signal = audio("librispeech-2412-153948-0002")

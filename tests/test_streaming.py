@@ -53,9 +53,9 @@ def test_final_keeps_the_stable_prefix_with_the_final_spelling() -> None:
 
 def test_stable_words_are_never_retracted_on_random_hypotheses() -> None:
     rng = random.Random(3)
-    vocabulary = "a b c d e f g".split()
+    vocabulary = ["a", "b", "c", "d", "e", "f", "g"]
     for _ in range(300):
-        policy, shown = LocalAgreement(), ()
+        policy, shown = LocalAgreement(), tuple[Word, ...]()
         truth = [rng.choice(vocabulary) for _ in range(12)]
         for step in range(1, 14):
             guess = truth[:step] + [rng.choice(vocabulary) for _ in range(rng.randint(0, 3))]

@@ -14,7 +14,7 @@ SR = 16_000
 def segments(events: list[VadEvent]) -> list[tuple[int, int, str, np.ndarray]]:
     """(start, end, reason, audio) per utterance."""
     result: list[tuple[int, int, str, np.ndarray]] = []
-    start, chunks = 0, []
+    start, chunks = 0, list[np.ndarray]()
     for event in events:
         match event:
             case UtteranceStarted(start=s):
@@ -44,7 +44,7 @@ def test_chunking_does_not_change_segments(recording: str) -> None:
     for chunks in ([1], [len(signal)], list(rng.integers(1, 4000, size=50))):
         other = segments(run(signal, chunks))
         assert [(s, e, r) for s, e, r, _ in other] == [(s, e, r) for s, e, r, _ in reference]
-        for (*_, a), (*_, b) in zip(other, reference):
+        for (*_, a), (*_, b) in zip(other, reference, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

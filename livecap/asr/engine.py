@@ -70,6 +70,8 @@ class Engine(Protocol):
 
     name: str
     model_version: str
+    device: str
+    """Where inference runs, "cpu" or "cuda": the default latency budget depends on it."""
 
     def open_stream(self, prompt: str = "") -> RecognizerStream:
         """Start an utterance. ``prompt`` is preceding text (earlier finals,

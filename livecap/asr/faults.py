@@ -38,6 +38,7 @@ class FaultInjector:
         self.engine = engine
         self.name = engine.name
         self.model_version = engine.model_version
+        self.device = engine.device
         self.faults = faults
         self._random = random.Random(seed)
         self._lock = threading.Lock()

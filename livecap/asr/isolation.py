@@ -117,6 +117,7 @@ class ProcessEngine:
 
     def __init__(self, name: str, target: str, options: EngineOptions, workers: int) -> None:
         self.name = name
+        self.device = "cpu"
         self._target, self._options = target, options
         self._workers = [_Worker(target, options) for _ in range(max(1, workers))]
         self.model_version = self._workers[0].model_version

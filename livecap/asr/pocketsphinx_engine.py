@@ -21,9 +21,9 @@ from importlib.metadata import version
 import numpy as np
 from pocketsphinx import Decoder
 
-from livecap.audio import float_to_s16le
 from livecap.asr.engine import EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.isolation import ProcessEngine
+from livecap.audio import float_to_s16le
 
 FRAMES_PER_SECOND = 100
 """PocketSphinx's feature frame rate (``-frate``), for converting segment times."""
@@ -56,6 +56,7 @@ class PocketsphinxStream:
 
 class PocketsphinxEngine:
     name = "pocketsphinx"
+    device = "cpu"
 
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self.model_version = f"en-us-{version('pocketsphinx')}"

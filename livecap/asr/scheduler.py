@@ -90,7 +90,7 @@ class DeadlineExecutor:
         loop = asyncio.get_running_loop()
         job = _Job(deadline, next(self._order), function, loop.create_future(), loop, time.monotonic(), expected_s)
         with self._condition:
-            heapq.heappush(self._heap, job)  # type: ignore[arg-type]
+            heapq.heappush(self._heap, job)
             self._metrics.queue_depth.labels(self.name).set(len(self._heap))
             self._condition.notify()
         return job.future

@@ -53,7 +53,7 @@ class LocalAgreement:
         """Take the newest hypothesis; return the stable prefix and unstable tail."""
         tail = self._tail_after_stable(words)
         agreed = 0
-        for old, new in zip(self._previous_tail, tail):
+        for old, new in zip(self._previous_tail, tail, strict=False):
             if comparable(old.text) != comparable(new.text):
                 break
             agreed += 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Hypothesis, Word
 from livecap.asr.guardrails import suppression_reason
-from livecap.asr.scheduler import Scheduler, ScheduledUtterance
+from livecap.asr.scheduler import ScheduledUtterance, Scheduler
 from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions
 from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 

@@ -1,0 +1,34 @@
+# Two entry points for newcomers (see README): `make demo` and `make test`.
+# Both create .venv and install livecap into it; nothing else is assumed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,base
+
+.PHONY: setup demo test lint browser bench
+
+$(BIN)/livecap: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+setup: $(BIN)/livecap
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(BIN)/livecap serve --demo
+
+lint: setup
+	$(BIN)/ruff check livecap models benchmarks tests
+	$(BIN)/mypy
+
+test: setup browser
+	$(BIN)/python -m pytest -ra
+
+bench: setup
+	$(BIN)/python -m benchmarks.offline
