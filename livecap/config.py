@@ -69,6 +69,10 @@ class ServerOptions:
                                         shown="$LIVECAP_MODEL_CACHE or ~/.cache/livecap/models")
     inference_threads: int = _setting(max(1, min(4, os.cpu_count() or 1)),
                                       "threads of the shared inference executor", shown="CPU cores, at most 4")
+    encoder_batch_window_ms: float = _setting(
+        -1.0, "whisper-onnx: encoder calls of different rooms due within this window run as one batch, "
+              "padded to a common length, at most 8 and at most inference_threads per batch (ms; 0 = off, "
+              "-1 = by device: 10 on CUDA, off on CPU, where a batch gains nothing; int8 models never batch)")
     step_s: float = _setting(_STREAMING.step_s, "re-decode an utterance after this much new audio (seconds)")
     # voice activity detection
     vad_aggressiveness: int = _setting(_VAD.aggressiveness, "webrtcvad mode 0-3 (3 rejects the most noise)")
@@ -97,6 +101,14 @@ class ServerOptions:
         return dataclasses.replace(_VAD, aggressiveness=self.vad_aggressiveness, onset_ms=self.onset_ms,
                                    endpoint_ms=self.endpoint_ms, max_utterance_s=self.max_utterance_s,
                                    soft_max_utterance_s=min(_VAD.soft_max_utterance_s, self.max_utterance_s * 0.6))
+
+    @property
+    def engine_extra(self) -> dict[str, str]:
+        """Engine-specific settings for ``EngineOptions.extra``; engines ignore what they do not use."""
+        extra = {}
+        if self.encoder_batch_window_ms >= 0:
+            extra["encoder_batch_window_ms"] = str(self.encoder_batch_window_ms)
+        return extra
 
     def scheduler(self, device: str) -> SchedulerOptions:
         """Scheduler settings once the primary's device is known."""

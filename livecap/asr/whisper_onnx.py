@@ -17,6 +17,11 @@ and over or a sentence written twice (only one copy is kept).
 Audio longer than 30 s (the model's context; the VAD cuts utterances at 20 s,
 so this is a fallback) is split into equal windows of at most 30 s, each
 prompted with the text before it; a word cut at a window edge may be garbled.
+
+Encoder calls of different streams that fall due within
+``encoder_batch_window_ms`` of each other run as one batch (on CUDA by
+default; see ``livecap.asr.batching``); the decoder still runs one stream at
+a time.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,7 @@ from livecap_models import Manifest, SourceMissing, ensure_model
 from livecap_models.build import CONFIG_FILE, TOKENIZER_FILE
 
 from livecap.asr import alignment
+from livecap.asr.batching import MicroBatcher
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
 from livecap.asr.tokenizer import WhisperTokenizer
@@ -50,6 +56,12 @@ MAX_WINDOW_S = 30.0
 TOKENS_PER_SECOND_BOUND = 12.0
 """Budget of text tokens per second of audio; fast English speech needs about 6."""
 MIN_TOKEN_BUDGET = 16
+CUDA_ENCODER_BATCH_WINDOW_MS = 10.0
+"""Default batching window on CUDA, a guess not yet measured on a GPU: small
+beside CUDA's 0.5 s latency budget, long enough for rooms whose steps fall
+due together. Off (0) on the CPU, where a batch costs what its calls cost."""
+MAX_ENCODER_BATCH = 8
+"""Bound on one batched encoder run, which holds B windows' activations at once."""
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 
@@ -87,9 +99,17 @@ class TimingSnapshot:
     """Inference calls and the seconds they took since the engine started."""
 
     encoder_calls: int
+    """Encoder runs; a batched run counts once, however many windows it held."""
     encoder_seconds: float
     decoder_calls: int
     decoder_seconds: float
+    encoder_batches: dict[int, int] = field(default_factory=dict)
+    """Histogram of encoder runs by batch size (windows per run): ``{size: runs}``."""
+
+    @property
+    def encoder_windows(self) -> int:
+        """Windows encoded, i.e. encoder requests, over all runs."""
+        return sum(size * runs for size, runs in self.encoder_batches.items())
 
 
 class _Timings:
@@ -98,17 +118,21 @@ class _Timings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals = [0, 0.0, 0, 0.0]
+        self._batches: dict[int, int] = {}
 
-    def add(self, encoder: bool, seconds: float) -> None:
+    def add(self, encoder: bool, seconds: float, batch: int = 1) -> None:
         index = 0 if encoder else 2
         with self._lock:
             self._totals[index] += 1
             self._totals[index + 1] += seconds
+            if encoder:
+                self._batches[batch] = self._batches.get(batch, 0) + 1
 
     def snapshot(self) -> TimingSnapshot:
         with self._lock:
             calls_e, seconds_e, calls_d, seconds_d = self._totals
-        return TimingSnapshot(int(calls_e), seconds_e, int(calls_d), seconds_d)
+            batches = dict(self._batches)
+        return TimingSnapshot(int(calls_e), seconds_e, int(calls_d), seconds_d, batches)
 
 
 @dataclass(frozen=True)
@@ -174,12 +198,19 @@ class WhisperOnnx:
     """Engine over one built model (``tiny.en`` or ``base``); see the module docstring.
 
     ``options.extra["precision"]`` (int8, fp16, fp32) overrides the
-    precision chosen for the device.
+    precision chosen for the device. ``options.extra["encoder_batch_window_ms"]``
+    sets the encoder batching window (0 = off; default
+    ``CUDA_ENCODER_BATCH_WINDOW_MS`` on CUDA, off on the CPU), for batches
+    of at most ``max_encoder_batch`` windows. int8 models never batch: their
+    activations are quantized with one scale per tensor (onnxruntime's
+    ``DynamicQuantizeLinear``), which a batch shares, so a room's encoding,
+    and its words, would depend on the rooms batched with it.
     """
 
     name = ENGINE_NAME
 
-    def __init__(self, options: EngineOptions, window: WindowPolicy | None = None) -> None:
+    def __init__(self, options: EngineOptions, window: WindowPolicy | None = None,
+                 max_encoder_batch: int = MAX_ENCODER_BATCH) -> None:
         precision, providers = _choose_device(options.device, options.extra.get("precision"))
         cache = Path(options.model_cache) if options.model_cache else None
         try:
@@ -213,6 +244,20 @@ class WhisperOnnx:
         self._empty_k = np.zeros((1, dims.n_heads, dims.head_dim, 0), dtype=cache_type)
         self._empty_v = np.zeros((1, dims.n_heads, 0, dims.head_dim), dtype=cache_type)
         self._timings = _Timings()
+        window_ms = options.extra.get("encoder_batch_window_ms")
+        batch_window_ms = float(window_ms) if window_ms else (
+            CUDA_ENCODER_BATCH_WINDOW_MS if self.device == "cuda" else 0.0)
+        if batch_window_ms and self.manifest.precision == "int8":
+            if window_ms:
+                logger.warning("encoder batching is off for int8 models (a batch shares one quantization scale)")
+            batch_window_ms = 0.0
+        self._encode: MicroBatcher[np.ndarray, list[ort.OrtValue]] = MicroBatcher(
+            self._encode_batch, batch_window_ms / 1000.0, max_encoder_batch)
+
+    @property
+    def encoder_batch_window_s(self) -> float:
+        """How long an encoder call waits for others to batch with (0 = batching off)."""
+        return self._encode.window_s if self._encode.enabled else 0.0
 
     def timings(self) -> TimingSnapshot:
         return self._timings.snapshot()
@@ -247,7 +292,7 @@ class WhisperOnnx:
     def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool) -> tuple[list[Word], float]:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
-        cross = self._encode(mel[None])
+        cross = self._encode(mel)
         prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
         decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2))
@@ -268,16 +313,38 @@ class WhisperOnnx:
         ]
         return words, decoded.no_speech_probability
 
-    def _encode(self, mel: np.ndarray) -> list[ort.OrtValue]:
-        """Cross-attention keys and values of every decoder layer, left on the device."""
-        binding = self._encoder.io_binding()
-        binding.bind_cpu_input("mel", mel)
-        for name in self._cross_names():
-            binding.bind_output(name, self.device)
+    def _encode_batch(self, mels: list[np.ndarray]) -> list[list[ort.OrtValue]]:
+        """Cross-attention keys and values of every decoder layer for each
+        ``[n_mels, frames]`` mel, on the engine's device, in one encoder run.
+
+        Mels of different lengths are padded with 0.0 to the longest: the
+        features are already 0.0 past the audio (``log_mel_spectrogram``), so a
+        shorter request is encoded exactly as if ``WindowPolicy`` had chosen
+        the longer bucket for it, which is as safe (a larger silent margin).
+        """
+        frames = max(mel.shape[-1] for mel in mels)
+        batch = np.zeros((len(mels), mels[0].shape[0], frames), dtype=np.float32)
+        for row, mel in zip(batch, mels, strict=True):
+            row[:, : mel.shape[-1]] = mel
+        names = self._cross_names()
         began = time.perf_counter()
-        self._encoder.run_with_iobinding(binding)
-        self._timings.add(True, time.perf_counter() - began)
-        return list(binding.get_outputs())
+        if len(mels) == 1:
+            binding = self._encoder.io_binding()
+            binding.bind_cpu_input("mel", batch)
+            for name in names:
+                binding.bind_output(name, self.device)
+            self._encoder.run_with_iobinding(binding)
+            self._timings.add(True, time.perf_counter() - began)
+            return [list(binding.get_outputs())]
+        # onnxruntime's Python API cannot slice an OrtValue on the device, so a
+        # batch's outputs come to the host and each row goes back: on CUDA two
+        # copies of B x 2 x layers x heads x head_dim x frames/2 values (about
+        # 9 MB per window for tiny.en fp16 at 30 s: about 1 ms each way over PCIe, estimated),
+        # small beside the encoder run they share. On the CPU no copy is made.
+        outputs = self._encoder.run(names, {"mel": batch})
+        self._timings.add(True, time.perf_counter() - began, len(mels))
+        return [[ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(output[i : i + 1]), self.device, 0)
+                 for output in outputs] for i in range(len(mels))]
 
     def _cross_names(self) -> list[str]:
         return [f"cross_{kind}_{i}" for i in range(self._layers) for kind in ("k", "v")]
