@@ -158,7 +158,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
             wall = time.monotonic() - began
             cpu = _cpu_seconds(server) - cpu_before
         finally:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
     outcomes = [analyse(plan, result) for plan, result in zip(plans, results, strict=True)]
     word_lags = [lag for o in outcomes for lag in o.word_lags]

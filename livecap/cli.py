@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"operator key (all rooms):          {room_keys.key('operator')}")
         return 0
     configure(options.log_level, options.log_format)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options, room_keys))
+    asyncio.run(_serve(options, room_keys))
     return 0
 
 
@@ -83,8 +82,13 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
               f"  demo room publisher key: {publisher}", flush=True)
         demo = asyncio.create_task(play_demo(f"http://127.0.0.1:{port}", publisher))
     print("  room keys: livecap keys ROOM", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: docker stop, systemd; both drain the rooms
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("shutting down: finishing open utterances")
     finally:
         if demo is not None:
             demo.cancel()

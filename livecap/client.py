@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import websockets
@@ -38,7 +39,9 @@ class StreamResult:
 
 
 def ingest_url(base: str, room: str, key: str | None) -> str:
-    url = f"{base.rstrip('/')}/ws/ingest/{room}"
+    """The ingest WebSocket of ``room`` on the server at ``base`` (http(s):// or ws(s)://)."""
+    base = "ws" + base.removeprefix("http") if base.startswith("http") else base
+    url = f"{base.rstrip('/')}/ws/ingest/{quote(room, safe='')}"
     return f"{url}?token={key}" if key else url
 
 
