@@ -108,19 +108,22 @@ const ACK_INTERVAL_MS = 500;
  * reaches `onCaption` exactly once and in order: after a drop the socket
  * resumes with after_seq (the server replays the finals missed meanwhile)
  * and anything at or below the last seq is skipped. After `onCaption` has
- * rendered an event, its seq is acknowledged ({"type":"ack"}, at most twice
- * a second) so the operator can see how far behind viewers are.
+ * rendered an event, its seq is acknowledged ({"type":"ack","seq":N,
+ * "age_ms":M}: rendered M ms ago; at most twice a second) so the server can
+ * measure speech-to-screen delay and the operator see how far behind viewers are.
  */
 export function followCaptions({ onCaption, onState = () => {} }) {
   let lastSeq = null;
+  let renderedAt = 0; // when lastSeq was rendered (performance.now())
   let acked = 0; // on the current connection
   let ackedAt = -Infinity;
   let ackTimer = null;
   const ack = () => {
     ackTimer = null;
     if (lastSeq !== null && lastSeq > acked && connection.open) {
-      connection.send({ type: "ack", seq: lastSeq });
-      [acked, ackedAt] = [lastSeq, performance.now()];
+      const now = performance.now();
+      connection.send({ type: "ack", seq: lastSeq, age_ms: Math.round(now - renderedAt) });
+      [acked, ackedAt] = [lastSeq, now];
     }
   };
   // Right away when the last ack is old enough, else when it will be.
@@ -139,6 +142,7 @@ export function followCaptions({ onCaption, onState = () => {} }) {
         if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
         lastSeq = message.seq;
         onCaption(message);
+        renderedAt = performance.now();
         scheduleAck();
       },
     },

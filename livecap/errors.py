@@ -15,13 +15,14 @@ generated from this module's classes (see ``tests/test_errors.py``)::
     ├── IdleTimeout              4408  no audio from a publisher for too long
     ├── PublisherReplaced        4409  another publisher took over the room
     ├── ViewerTooSlow            4100  a viewer fell too far behind; resume with after_seq
+    ├── RoomEnded                4410  an operator ended the room (do not reconnect)
     ├── ServerBusy               1013  too many rooms; try again later
     └── InternalError            1011  a bug or a failed component; details go to the log
 
 Close codes come from RFC 6455 §7.4.1 (1003, 1007, 1008, 1009, 1011), RFC
 6455's registry (1013 "try again later") and the private range 4000–4999,
 where livecap mirrors HTTP status codes where one fits (4401, 4408, 4409,
-4429).
+4410, 4429).
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ class PublisherReplaced(LivecapError):
 class ViewerTooSlow(LivecapError):
     code = "viewer_too_slow"
     close_code = 4100
+
+
+class RoomEnded(LivecapError):
+    """An operator ended the room: its publisher and viewers are closed."""
+
+    code = "room_ended"
+    close_code = 4410
 
 
 class ServerBusy(LivecapError):

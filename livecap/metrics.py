@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
+from livecap import __version__
+
 MAX_ROOM_LABELS = 50
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -46,8 +48,9 @@ class Metrics:
                                   ["reason"], registry=registry)
         # latency as people see it
         self.word_lag_seconds = Histogram("livecap_word_lag_seconds",
-                                          "Server side: first display of a word minus the end of its audio",
-                                          ["room"], buckets=LATENCY_BUCKETS, registry=registry)
+                                          "Server side: first publication of a final's word at its position minus "
+                                          "the arrival of the audio where the word ends",
+                                          ["room", "engine"], buckets=LATENCY_BUCKETS, registry=registry)
         self.final_lag_seconds = Histogram("livecap_final_lag_seconds",
                                            "Final caption sent minus arrival of the utterance's last voiced frame",
                                            ["room", "engine"], buckets=LATENCY_BUCKETS, registry=registry)
@@ -61,11 +64,15 @@ class Metrics:
                                      registry=registry)
         self.connections = Gauge("livecap_connections", "Open WebSocket connections", ["role"], registry=registry)
         self.viewers = Gauge("livecap_viewers", "Viewers connected to a room", ["room"], registry=registry)
+        self.rooms = Gauge("livecap_rooms", "Rooms held in memory", registry=registry)
         self.partials_coalesced = Counter("livecap_viewer_partials_coalesced_total",
                                           "Queued partials replaced by a newer event before a viewer got them",
-                                          registry=registry)
+                                          ["room"], registry=registry)
         self.disconnects = Counter("livecap_disconnects_total", "Connections closed by the server, by error code",
                                    ["code"], registry=registry)
+        self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],
+                                registry=registry)
+        self.build_info.labels(__version__).set(1)
 
     def room(self, name: str) -> str:
         """The bounded label value for a room."""

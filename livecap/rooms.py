@@ -11,9 +11,11 @@ viewer, a reconnect, nor a server restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +28,18 @@ from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
 from livecap.captions import CaptionEvent, CaptionState
-from livecap.errors import ProtocolError, ServerBusy
-from livecap.fanout import Broadcaster
-from livecap.vad import VadOptions, VadSegmenter
+from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
+from livecap.fanout import Broadcaster, Subscriber
+from livecap.latency import RoomLatency
+from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
 log = logging.getLogger(__name__)
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+END_DRAIN_S = 2.0
+"""When a room is ended, how long its viewers get to receive the last final before they are closed."""
+
+Disconnect = Callable[[LivecapError], Awaitable[None]]
+"""Closes a publisher's connection with an error event and the error's close code."""
 
 
 class TranscriptStore:
@@ -67,36 +75,93 @@ class Room:
         self.store = store
         self.captions = CaptionState(name, store.load(name) if store else ())
         self.broadcaster = Broadcaster()
+        self.viewers: set[Subscriber] = set()
+        """The viewers' subscribers (the broadcaster also holds the publisher's)."""
         self.session: PublisherSession | None = None
         self.epoch: float | None = None
         self.audio_end = max((e.end for e in self.captions.finals), default=0.0)
         """Room time (seconds) up to which audio has been placed."""
+        self.latency = RoomLatency()
+        self.last_event: CaptionEvent | None = None
+        self.ended = False
 
     @property
     def idle(self) -> bool:
         return self.session is None and not self.broadcaster.subscribers
 
-    async def start_session(self, now: float, on_replaced: Callable[[], Awaitable[None]]) -> PublisherSession:
+    @property
+    def label(self) -> str:
+        """The room's bounded Prometheus label."""
+        return self.scheduler.metrics.room(self.name)
+
+    async def start_session(self, now: float, disconnect: Disconnect) -> PublisherSession:
         """Start a publisher session; one already running is finalised and its
-        publisher told (``on_replaced``) first, so a speaker whose laptop
+        publisher told (``PublisherReplaced``) first, so a speaker whose laptop
         reconnects takes the room over without losing the last sentence."""
+        if self.ended:
+            raise RoomEnded("an operator ended this room")
         if (old := self.session) is not None:
             await old.stop(now)
-            await old.on_replaced()
+            await old.disconnect(PublisherReplaced("another publisher took over this room"))
         if self.epoch is None:
             self.epoch = now - self.audio_end
-        self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), on_replaced)
+        self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), disconnect)
         return self.session
+
+    def add_viewer(self, subscriber: Subscriber) -> None:
+        if self.ended:
+            raise RoomEnded("an operator ended this room")
+        self.viewers.add(subscriber)
+        self.broadcaster.subscribers.add(subscriber)
+        self.scheduler.metrics.viewers.labels(self.label).inc()
+
+    def remove_viewer(self, subscriber: Subscriber) -> None:
+        if subscriber in self.viewers:
+            self.viewers.discard(subscriber)
+            self.scheduler.metrics.viewers.labels(self.label).dec()
+        self.broadcaster.subscribers.discard(subscriber)
 
     def publish(self, event: CaptionEvent) -> None:
         if self.store is not None and event.kind in ("final", "correction"):
             self.store.append(event)
-        metrics, label = self.scheduler.metrics, self.scheduler.metrics.room(self.name)
+        metrics, label = self.scheduler.metrics, self.label
+        published = self.latency.published(event, time.monotonic())
         metrics.captions_sent.labels(label, event.kind).inc()
         if event.kind == "final":
             metrics.utterances.labels(label, event.engine).inc()
-            metrics.final_lag_seconds.labels(label, event.engine).observe(event.latency_ms / 1000)
-        self.broadcaster.publish(event)
+            word_lag = metrics.word_lag_seconds.labels(label, event.engine)
+            for lag in published.word_lags:
+                word_lag.observe(lag)
+        if published.final_lag is not None:
+            metrics.final_lag_seconds.labels(label, event.engine).observe(published.final_lag)
+        self.last_event = event
+        if coalesced := self.broadcaster.publish(event):
+            metrics.partials_coalesced.labels(label).inc(coalesced)
+
+    def acknowledged(self, seq: int, now: float, age_s: float) -> None:
+        """A viewer rendered event ``seq`` (see ``RoomLatency.acknowledged``)."""
+        delay = self.latency.acknowledged(seq, now, age_s)
+        if delay is not None:
+            self.scheduler.metrics.speech_to_screen_seconds.labels(self.label).observe(delay)
+
+    async def end(self, now: float) -> tuple[bool, int]:
+        """An operator ends the room: the publisher's open utterance becomes
+        final, viewers get it (for up to ``END_DRAIN_S``), then the publisher
+        and every viewer are closed with ``RoomEnded``. The transcript stays.
+        Returns (whether a publisher was closed, how many viewers were)."""
+        self.ended = True
+        error = RoomEnded("an operator ended this room")
+        session = self.session
+        if session is not None:
+            await session.stop(now)
+        viewers = list(self.viewers)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(v.wait_sent(self.captions.seq) for v in viewers)), END_DRAIN_S)
+        if session is not None:
+            await session.disconnect(error)
+        for viewer in viewers:
+            viewer.disconnect(error)
+        return session is not None, len(viewers)
 
     def prompt(self) -> str:
         words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
@@ -106,26 +171,36 @@ class Room:
 class PublisherSession:
     """One stream of audio into a room, from ``start`` to ``stop``."""
 
-    def __init__(self, room: Room, offset: float, on_replaced: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, room: Room, offset: float, disconnect: Disconnect) -> None:
         self.room = room
+        self.id = secrets.token_hex(8)
+        """Names the session in the ``ready`` message and in logs."""
         self.offset = offset
         """Room time of the session's first sample."""
-        self.on_replaced = on_replaced
+        self.disconnect = disconnect
         self.vad = VadSegmenter(room.settings.vad)
         self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt,
                                        room.settings.streaming)
         self._segments: dict[int, int] = {}
         self.samples = 0
+        self.speaking = False
+        """Inside an utterance, by the VAD."""
 
     def push_audio(self, samples: np.ndarray, arrival: float) -> None:
-        self.room.scheduler.metrics.audio_seconds.labels(self.room.scheduler.metrics.room(self.room.name)).inc(
-            len(samples) / SAMPLE_RATE)
+        self.room.scheduler.metrics.audio_seconds.labels(self.room.label).inc(len(samples) / SAMPLE_RATE)
+        start = self._time(self.samples)
         self.samples += len(samples)
-        self.room.audio_end = max(self.room.audio_end, self.offset + self.samples / SAMPLE_RATE)
-        self.transcriber.submit(self.vad.feed(samples, arrival))
+        self.room.audio_end = max(self.room.audio_end, self._time(self.samples))
+        self.room.latency.audio(start, self._time(self.samples), arrival)
+        events = self.vad.feed(samples, arrival)
+        for event in events:
+            if isinstance(event, UtteranceStarted | UtteranceEnded):
+                self.speaking = isinstance(event, UtteranceStarted)
+        self.transcriber.submit(events)
 
     async def stop(self, arrival: float) -> None:
         """End of audio: the open utterance becomes final before this returns."""
+        self.speaking = False
         self.transcriber.submit(self.vad.flush(arrival))
         try:
             await self.transcriber.close()
@@ -186,6 +261,18 @@ class RoomRegistry:
             return
         for name in [name for name, room in self.rooms.items() if room.idle]:
             del self.rooms[name]
+
+    async def end(self, name: str) -> tuple[bool, int] | None:
+        """End the room ``name`` (see ``Room.end``) and let it leave memory;
+        None when no such room is held."""
+        room = self.rooms.get(name)
+        if room is None:
+            return None
+        try:
+            return await room.end(time.monotonic())
+        finally:
+            if self.rooms.get(name) is room:
+                del self.rooms[name]
 
     async def close(self) -> None:
         await asyncio.gather(*(room.session.stop(time.monotonic()) for room in self.rooms.values() if room.session),

@@ -9,26 +9,26 @@ with the error's close code, in one place (``_close_with``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-import secrets
 from collections.abc import AsyncIterator, Coroutine
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from livecap import __version__
 from livecap.asr.engine import ENGINES, EngineOptions
 from livecap.asr.faults import FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler
 from livecap.auth import Keys, Role
 from livecap.config import ServerOptions
-from livecap.errors import (IdleTimeout, InternalError, LivecapError, ProtocolError, PublisherReplaced, RateLimited,
-                            ServerBusy)
+from livecap.errors import IdleTimeout, InternalError, LivecapError, ProtocolError, RateLimited, ServerBusy
 from livecap.export import MEDIA_TYPES, export
-from livecap.fanout import Subscriber
-from livecap.metrics import Metrics
+from livecap.fanout import Subscriber, ViewerInbox
 from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
+from livecap.metrics import Metrics
 from livecap.rooms import PublisherSession, Room, RoomRegistry, RoomSettings, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ HEARTBEAT_S = 20.0
 """WebSocket ping interval; a peer that misses a pong is dropped (RFC 6455 §5.5.2)."""
 DEFAULT_HISTORY = 20
 """Finals replayed to a viewer that connects without ``after_seq``."""
+VIEWER_MAX_MESSAGE = 4096
+"""Largest message a viewer may send (acks are ~40 bytes)."""
 
 OPTIONS = web.AppKey("options", ServerOptions)
 KEYS = web.AppKey("keys", Keys)
@@ -43,6 +45,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 CONNECTIONS = web.AppKey("connections", Counter[str])
 METRICS = web.AppKey("metrics", Metrics)
+STARTED = web.AppKey("started", float)
 
 
 def create_app(options: ServerOptions, keys: Keys) -> web.Application:
@@ -52,8 +55,11 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[METRICS] = metrics = Metrics()
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog)
-    app[ROOMS] = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"), options.max_rooms)
+    app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
+                                      options.max_rooms)
+    metrics.rooms.set_function(lambda: len(rooms.rooms))
     app[CONNECTIONS] = Counter()
+    app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_engine_lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -62,9 +68,12 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app.router.add_get("/ws/ingest/{room}", ingest)
     app.router.add_get("/ws/captions/{room}", captions)
     app.router.add_get("/rooms/{room}/transcript.{fmt}", transcript)
-    from livecap.pages import add_page_routes  # here: pages imports this module's app keys
+    # here: these modules import this one's app keys
+    from livecap.dashboard import add_dashboard_routes
+    from livecap.pages import add_page_routes
 
     add_page_routes(app)
+    add_dashboard_routes(app)
     return app
 
 
@@ -73,7 +82,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     ONNX models) while the server already answers /healthz."""
     options, scheduler = app[OPTIONS], app[SCHEDULER]
     engine_options = EngineOptions(model=options.model, device=options.device, threads=options.inference_threads,
-                                   model_cache=str(options.model_cache) if options.model_cache else None)
+                                   model_cache=str(options.model_cache) if options.model_cache else None,
+                                   extra=options.engine_extra)
 
     async def load() -> None:
         """Fallback first (small, fast); a primary that fails to load is retried
@@ -113,19 +123,28 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Liveness: the process answers. Says nothing about the engines (that is /readyz)."""
+    app = request.app
+    return web.json_response({"status": "ok", "version": __version__,
+                              "uptime_s": round(time.monotonic() - app[STARTED], 1),
+                              "rooms": len(app[ROOMS].rooms), "connections": sum(app[CONNECTIONS].values())})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the engines are loaded; the body says which serve and how the primary is doing."""
+    """Readiness: 200 when captions can be served (the primary is loaded, or
+    the fallback serves while it is retried: "degraded"); 503 while loading.
+    The body says which engines serve and how the primary is doing."""
     scheduler = request.app[SCHEDULER]
     if not scheduler.ready.is_set():
-        return web.json_response({"status": "loading"}, status=503)
+        return web.json_response({"status": "loading", "engine": request.app[OPTIONS].engine,
+                                  "fallback": scheduler.fallback.name if scheduler.fallback else None},
+                                 status=503)
     primary, fallback = scheduler.primary, scheduler.fallback
     healthy = primary is not None and scheduler.health.healthy(time.monotonic())
     return web.json_response({
         "status": "ready" if healthy else "degraded",
         "engine": primary.name if primary else None, "model_version": primary.model_version if primary else None,
+        "device": primary.device if primary else None,
         "primary_healthy": healthy, "fallback": fallback.name if fallback else None,
         "latency_budget_s": scheduler.options.latency_budget_s,
     })
@@ -138,10 +157,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def set_faults(request: web.Request) -> web.Response:
     """Operator endpoint of the fault injector: {"delay_s": 0.0, "failure_rate": 0.0}."""
-    try:
-        request.app[KEYS].check("operator", "", _token(request))
-    except LivecapError as error:
-        raise web.HTTPUnauthorized(text=error.message) from None
+    require_operator(request)
     injector = request.app[SCHEDULER].primary
     if not isinstance(injector, FaultInjector):
         raise web.HTTPServiceUnavailable(text="engines are still loading")
@@ -164,8 +180,8 @@ async def transcript(request: web.Request) -> web.Response:
         room = request.app[ROOMS].get(request.match_info["room"])
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
-    return web.Response(text=export(room.captions.transcript(), fmt),  # type: ignore[arg-type]
-                        content_type=MEDIA_TYPES[fmt], charset="utf-8")  # type: ignore[index]
+    return web.Response(text=export(room.captions.transcript(), fmt),
+                        content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
 def _token(request: web.Request) -> str | None:
@@ -175,12 +191,20 @@ def _token(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
-async def _close_with(ws: web.WebSocketResponse, error: LivecapError) -> None:
+def require_operator(request: web.Request) -> None:
+    """The operator key (one for the whole server) or 401."""
+    try:
+        request.app[KEYS].check("operator", "", _token(request))
+    except LivecapError as error:
+        raise web.HTTPUnauthorized(text=error.message, headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+async def _close_with(ws: web.WebSocketResponse, error: LivecapError, metrics: Metrics) -> None:
+    """The one place where an error becomes an error event and a close code."""
     if not ws.closed:
-        try:
+        metrics.disconnects.labels(error.code).inc()
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(error.to_event())
-        except (ConnectionError, RuntimeError):
-            pass
         await ws.close(code=error.close_code, message=error.code.encode())
 
 
@@ -188,10 +212,12 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     """Upgrade, then check limits and key: errors are reported on the socket,
     since browsers cannot read the status of a refused upgrade."""
     options = request.app[OPTIONS]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=options.max_message_bytes * 2)
+    max_size = VIEWER_MAX_MESSAGE if role == "viewer" else options.max_message_bytes * 2
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=max_size)
     await ws.prepare(request)
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] += 1
+    request.app[METRICS].connections.labels(role).inc()
     try:
         if connections[peer] > options.max_connections_per_ip:
             raise RateLimited(f"more than {options.max_connections_per_ip} connections from one address")
@@ -201,27 +227,28 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
         return ws, error
 
 
-def _release(request: web.Request) -> None:
+def _release(request: web.Request, role: Role) -> None:
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] -= 1
     if connections[peer] <= 0:
         del connections[peer]
+    request.app[METRICS].connections.labels(role).dec()
 
 
 async def ingest(request: web.Request) -> web.WebSocketResponse:
     ws, room = await _accept(request, "publisher")
     try:
         if isinstance(room, LivecapError):
-            await _close_with(ws, room)
+            await _close_with(ws, room, request.app[METRICS])
             return ws
         await _publish(request, ws, room)
     finally:
-        _release(request)
+        _release(request, "publisher")
     return ws
 
 
 async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
-    options, scheduler = request.app[OPTIONS], request.app[SCHEDULER]
+    options, scheduler, metrics = request.app[OPTIONS], request.app[SCHEDULER], request.app[METRICS]
     protocol = IngestProtocol(options.ingest_limits)
     # The publisher sees its room's captions too, like any viewer.
     subscriber = Subscriber(lambda error: None, options.viewer_backlog, sent_seq=room.captions.seq)
@@ -238,33 +265,45 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             for event in events:
                 match event:
                     case Started():
-                        session = await room.start_session(now, lambda: _close_with(ws, PublisherReplaced(
-                            "another publisher took over this room")))
-                        await ws.send_json({"type": "ready", "session": secrets.token_hex(8)})
+                        session = await room.start_session(now, lambda error: _close_with(ws, error, metrics))
+                        log.info("room %s: publisher session %s started", room.name, session.id,
+                                 extra={"room": room.name, "session": session.id, "peer": request.remote})
+                        await ws.send_json({"type": "ready", "session": session.id})
                     case AudioReceived(samples, arrival) if session is not None and room.session is session:
                         session.push_audio(samples, arrival)
                     case Stopped() if session is not None:
                         await session.stop(now)
+                        _log_session_end(room, session, "stop")
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
                         await ws.send_json({"type": "stopped"})
     except LivecapError as error:
-        await _close_with(ws, error)
+        log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
+                 extra={"room": room.name, "session": session.id if session else None, "code": error.code})
+        await _close_with(ws, error, metrics)
     except Exception:
-        log.exception("ingest for room %s failed", room.name)
-        await _close_with(ws, InternalError("internal error; see the server log"))
+        log.exception("ingest for room %s failed", room.name,
+                      extra={"room": room.name, "session": session.id if session else None})
+        await _close_with(ws, InternalError("internal error; see the server log"), metrics)
     finally:
-        if session is not None and room.session is session:
-            await session.stop(time.monotonic())
+        if session is not None:
+            if room.session is session:
+                await session.stop(time.monotonic())
+            _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
+
+
+def _log_session_end(room: Room, session: PublisherSession, how: str) -> None:
+    log.info("room %s: publisher session %s ended (%s) after %.1f s of audio", room.name, session.id, how,
+             session.samples / 16000, extra={"room": room.name, "session": session.id})
 
 
 async def _receive(ws: web.WebSocketResponse, idle_timeout: float) -> str | bytes | None:
     """Next text or binary payload; None when the client closed."""
     try:
         message = await ws.receive(timeout=idle_timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise IdleTimeout(f"nothing received for {idle_timeout:g} s") from None
     if message.type == WSMsgType.TEXT:
         return str(message.data)
@@ -293,22 +332,22 @@ async def captions(request: web.Request) -> web.WebSocketResponse:
     ws, room = await _accept(request, "viewer")
     try:
         if isinstance(room, LivecapError):
-            await _close_with(ws, room)
+            await _close_with(ws, room, request.app[METRICS])
             return ws
         await _view(request, ws, room)
     finally:
-        _release(request)
+        _release(request, "viewer")
     return ws
 
 
 async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
-    options = request.app[OPTIONS]
+    options, metrics = request.app[OPTIONS], request.app[METRICS]
     try:
         after_seq = _after_seq(request)
-        if len(room.broadcaster.subscribers) >= options.max_viewers_per_room:
+        if len(room.viewers) >= options.max_viewers_per_room:
             raise RateLimited(f"room {room.name!r} has its maximum of {options.max_viewers_per_room} viewers")
     except LivecapError as error:
-        await _close_with(ws, error)
+        await _close_with(ws, error, metrics)
         return
     # Snapshot the history and subscribe in one step (no await between):
     # every final is then either in the backlog or in the queue, never both.
@@ -317,14 +356,27 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     backlog = [e.to_message() for e in history]
     if room.captions.current_partial is not None:
         backlog.append(room.captions.current_partial.to_message())
-    subscriber = Subscriber(lambda error: _spawn(_close_with(ws, error)), options.viewer_backlog)
-    room.broadcaster.subscribers.add(subscriber)
+    subscriber = Subscriber(lambda error: _spawn(_close_with(ws, error, metrics)), options.viewer_backlog)
+    inbox = ViewerInbox(live_from=room.captions.seq)
+    try:
+        room.add_viewer(subscriber)
+    except LivecapError as error:
+        await _close_with(ws, error, metrics)
+        return
     writer = asyncio.create_task(_write_captions(ws, subscriber, backlog))
     try:
-        async for _ in ws:
-            pass
+        async for message in ws:
+            now = time.monotonic()
+            if message.type == WSMsgType.TEXT:
+                ack = inbox.receive_text(str(message.data), now, subscriber.sent_seq)
+                if ack is not None:
+                    room.acknowledged(ack.seq, now, ack.age_s)
+            elif message.type == WSMsgType.BINARY:
+                inbox.receive_bytes(bytes(message.data), now)
+    except LivecapError as error:
+        await _close_with(ws, error, metrics)
     finally:
-        room.broadcaster.subscribers.discard(subscriber)
+        room.remove_viewer(subscriber)
         writer.cancel()
 
 

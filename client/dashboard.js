@@ -1,0 +1,289 @@
+// /dashboard[?token=OPERATOR_KEY][&theme=dark|light]: every open room, live.
+// Polls GET /operator/rooms each second (see livecap/dashboard.py for the
+// fields); "End room" posts to /operator/rooms/ROOM/end. Charts: uPlot,
+// vendored by client/vendor/update.sh.
+import uPlot from "/static/vendor/uplot/uPlot.esm.js";
+import { formatTime, params } from "/static/captions.js";
+
+const $ = (id) => document.getElementById(id);
+const root = document.documentElement;
+const POLL_MS = 1000;
+const KEY_STORAGE = "livecap.operatorKey";
+
+if (["dark", "light"].includes(params.get("theme"))) root.dataset.theme = params.get("theme");
+
+// The key is kept for this tab only and taken out of the address bar, so it
+// does not end up in screenshots, screen shares or the browser history.
+let key = params.get("token") ?? sessionStorage.getItem(KEY_STORAGE);
+if (params.has("token")) {
+  sessionStorage.setItem(KEY_STORAGE, key);
+  const url = new URL(location.href);
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url);
+}
+
+function status(state, text) {
+  $("status").dataset.state = state;
+  $("status-text").textContent = text;
+}
+
+function askForKey(message) {
+  clearTimeout(pollTimer);
+  status("failed", "Locked");
+  $("key-form").hidden = false;
+  $("key-message").hidden = !message;
+  $("key-message").textContent = message ?? "";
+  $("rooms").hidden = true;
+  $("empty").hidden = true;
+  $("server").hidden = true;
+  $("key").focus();
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  key = $("key").value.trim();
+  sessionStorage.setItem(KEY_STORAGE, key);
+  poll();
+});
+
+function authorized(init = {}) {
+  return { ...init, cache: "no-store", headers: { Authorization: `Bearer ${key}` } };
+}
+
+let pollTimer = null;
+async function poll() {
+  clearTimeout(pollTimer);
+  if (!key) {
+    askForKey();
+    return;
+  }
+  try {
+    const response = await fetch("/operator/rooms", authorized());
+    if (response.status === 401) {
+      askForKey("This key was not accepted. Paste the operator key.");
+      return;
+    }
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    render(await response.json());
+    status("open", "Live");
+  } catch {
+    status("reconnecting", "Reconnecting…");
+  }
+  pollTimer = setTimeout(poll, POLL_MS);
+}
+
+// ---- formatting
+
+function seconds(value) {
+  if (value === null || value === undefined) return "—";
+  return value < 10 ? `${value.toFixed(2)} s` : `${value.toFixed(1)} s`;
+}
+const STATES = { speaking: "Speaking", silent: "Silent", no_publisher: "No speaker" };
+
+// ---- charts
+
+function palette() {
+  const css = getComputedStyle(root);
+  const value = (name) => css.getPropertyValue(name).trim();
+  return { fg: value("--muted"), line: value("--line"), word: value("--accent"), screen: value("--chart-2") };
+}
+
+const CHART_HEIGHT = 140;
+
+/** Dots where a line would be too short to see: runs of one or two points
+ * (a single final's word lags, the newest second). */
+function shortRuns(u, seriesIndex) {
+  const values = u.data[seriesIndex];
+  const present = (i) => values[i] !== null && values[i] !== undefined;
+  const dots = [];
+  for (let i = 0; i < values.length; i++) {
+    if (present(i) && !present(i - 1) && !(present(i + 1) && present(i + 2))) dots.push(i, ...(present(i + 1) ? [i + 1] : []));
+  }
+  return dots.length ? dots : null;
+}
+
+function chartOptions(width) {
+  const colors = palette();
+  const axis = {
+    stroke: colors.fg,
+    grid: { stroke: colors.line, width: 1 },
+    ticks: { stroke: colors.line, width: 1, size: 4 },
+    font: "11px system-ui, sans-serif",
+  };
+  const points = { show: false, size: 5, filter: shortRuns }; // no dots, except where shortRuns says
+  return {
+    width,
+    height: CHART_HEIGHT,
+    padding: [6, 14, 0, 0],
+    cursor: { drag: { x: false, y: false }, points: { size: 6 } },
+    legend: { show: false }, // the latency table above the chart is its legend
+    // x: seconds relative to the newest point, so the axis reads "−60 s … now".
+    scales: { x: { time: false, range: [-60, 0] }, y: { range: (u, min, max) => [0, Math.max(1, (max ?? 0) * 1.15)] } },
+    axes: [
+      { ...axis, size: 24, space: 60, incrs: [5, 10, 15, 30], values: (u, splits) => splits.map((v) => (v === 0 ? "now" : `${v} s`)) },
+      { ...axis, size: 44, space: 28, values: (u, splits) => splits.map((v) => `${+v.toFixed(1)} s`) },
+    ],
+    series: [
+      {},
+      { label: "Word lag p50", stroke: colors.word, width: 2, points },
+      { label: "Word lag p95", stroke: colors.word, width: 1.5, dash: [5, 4], points },
+      { label: "Speech to screen p50", stroke: colors.screen, width: 2, points },
+      { label: "Speech to screen p95", stroke: colors.screen, width: 1.5, dash: [5, 4], points },
+    ],
+  };
+}
+
+function chartData(series) {
+  const newest = series.t.at(-1) ?? 0;
+  return [series.t.map((t) => Math.round(t - newest)), series.word_lag_p50, series.word_lag_p95,
+    series.speech_to_screen_p50, series.speech_to_screen_p95];
+}
+
+// ---- rooms
+
+const cards = new Map(); // room name → {card, chart, data, room}
+
+function createCard(name) {
+  const card = $("room-template").content.firstElementChild.cloneNode(true);
+  card.dataset.room = name;
+  const field = (selector) => card.querySelector(selector);
+  field(".name").textContent = name;
+  field(".name").title = `${name}: open the phone view`;
+  field(".end").addEventListener("click", () => confirmEnd(name));
+  const plot = field(".plot");
+  const entry = { card, field, plot, chart: null, data: null };
+  new ResizeObserver(() => {
+    if (entry.chart && plot.clientWidth) entry.chart.setSize({ width: plot.clientWidth, height: CHART_HEIGHT });
+  }).observe(plot);
+  return entry;
+}
+
+function drawChart(entry) {
+  entry.chart?.destroy();
+  entry.chart = new uPlot(chartOptions(entry.plot.clientWidth || 360), entry.data, entry.plot);
+}
+
+function updateCard(entry, room) {
+  const { card, field } = entry;
+  entry.room = room;
+  card.dataset.state = room.state;
+  field(".name").href = room.links.view;
+  field(".state-text").textContent = STATES[room.state] ?? room.state;
+  const engine = field(".engine");
+  engine.textContent = room.engine ?? "—";
+  engine.title = room.model_version ? `model ${room.model_version}` : "";
+  engine.dataset.fallback = room.on_fallback;
+  field(".viewers").textContent = room.viewers;
+  field(".fallback").textContent = room.fallback_share === null ? "—" : `${Math.round(room.fallback_share * 100)} %`;
+  field(".fallback").dataset.level = room.fallback_share > 0.5 ? "bad" : room.fallback_share > 0 ? "warn" : "";
+  for (const [row, kind] of [[".word-lag", "word_lag"], [".screen", "speech_to_screen"], [".final-lag", "final_lag"]]) {
+    field(`${row} .p50`).textContent = seconds(room.latency[kind].p50);
+    field(`${row} .p95`).textContent = seconds(room.latency[kind].p95);
+  }
+  field(".qr").href = room.links.qr;
+  field(".overlay").href = room.links.overlay;
+  field(".transcript").href = room.links.transcript;
+
+  const items = room.recent.map((final) => {
+    const item = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = formatTime(final.start);
+    item.append(time, ` ${final.text}`);
+    return item;
+  });
+  if (room.partial) {
+    const item = document.createElement("li");
+    item.className = "partial";
+    item.textContent = room.partial;
+    items.push(item);
+  }
+  if (!items.length) {
+    const item = document.createElement("li");
+    item.className = "none";
+    item.textContent = "No captions yet";
+    items.push(item);
+  }
+  field(".recent").replaceChildren(...items);
+
+  entry.data = chartData(room.series);
+  if (!entry.chart) drawChart(entry);
+  else entry.chart.setData(entry.data);
+}
+
+function render(snapshot) {
+  $("key-form").hidden = true;
+  $("rooms").hidden = false;
+  const { server } = snapshot;
+  $("server").hidden = false;
+  $("server").dataset.status = server.status;
+  $("server-engine").textContent = `Engine ${server.engine}${server.fallback ? ` · fallback ${server.fallback}` : ""}` +
+    ` · step budget ${seconds(server.latency_budget_s)}${server.status === "ready" ? "" : ` · ${server.status}`}`;
+  const count = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+  $("server-totals").textContent = `${count(snapshot.rooms.length, "room", "rooms")} · ` +
+    `${count(server.publishers, "speaker", "speakers")} · ${count(server.viewers, "viewer", "viewers")}`;
+  $("empty").hidden = snapshot.rooms.length > 0;
+
+  const seen = new Set();
+  let previous = null;
+  for (const room of snapshot.rooms) {
+    seen.add(room.name);
+    let entry = cards.get(room.name);
+    if (!entry) {
+      entry = createCard(room.name);
+      cards.set(room.name, entry);
+    }
+    // Keep the server's order (speaking rooms first) without re-inserting cards that are in place.
+    const expected = previous ? previous.nextElementSibling : $("rooms").firstElementChild;
+    if (expected !== entry.card) $("rooms").insertBefore(entry.card, expected);
+    updateCard(entry, room);
+    previous = entry.card;
+  }
+  for (const [name, entry] of cards) {
+    if (!seen.has(name)) {
+      entry.chart?.destroy();
+      entry.card.remove();
+      cards.delete(name);
+    }
+  }
+}
+
+// A change of theme (the system's, or data-theme) re-colours the charts.
+const redraw = () => {
+  for (const entry of cards.values()) if (entry.data) drawChart(entry);
+};
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", redraw);
+new MutationObserver(redraw).observe(root, { attributes: true, attributeFilter: ["data-theme"] });
+
+// ---- actions
+
+function confirmEnd(name) {
+  const entry = cards.get(name);
+  const viewers = entry?.room?.viewers ?? 0;
+  const audience = viewers === 1 ? "the 1 viewer" : `all ${viewers} viewers`;
+  $("end-room").textContent = name;
+  $("end-detail").textContent = (entry?.room?.state === "no_publisher"
+    ? `${audience[0].toUpperCase()}${audience.slice(1)} ${viewers === 1 ? "is" : "are"} disconnected. `
+    : `The speaker's last sentence is finished, then the speaker and ${audience} are disconnected. `) +
+    "The transcript is kept and the room can be started again.";
+  const dialog = $("end-dialog");
+  dialog.returnValue = "";
+  dialog.onclose = () => {
+    if (dialog.returnValue === "end") endRoom(name);
+  };
+  dialog.showModal();
+}
+
+async function endRoom(name) {
+  $("notice").hidden = true;
+  try {
+    const response = await fetch(`/operator/rooms/${encodeURIComponent(name)}/end`, authorized({ method: "POST" }));
+    if (response.status === 401) return askForKey("This key was not accepted. Paste the operator key.");
+    if (!response.ok && response.status !== 404) throw new Error(await response.text());
+  } catch (error) {
+    $("notice").hidden = false;
+    $("notice").textContent = `Room “${name}” could not be ended: ${error.message}`;
+  }
+  poll();
+}
+
+poll();

@@ -1,0 +1,128 @@
+"""The operator dashboard: ``/dashboard`` and the operator's room endpoints.
+
+The page (``client/dashboard.html``) holds no data and no secret, so it is
+served to anyone; everything it shows comes from ``GET /operator/rooms``,
+polled every second, and its actions go to ``POST /operator/rooms/{room}/end``.
+Both need the **operator key**: one key for the whole server (derived from
+the server secret like the rooms' keys, printed by ``livecap keys ROOM``),
+given as ``Authorization: Bearer KEY`` or ``?token=KEY``.
+
+Latency figures are the room's own rolling window of the last minute
+(``livecap.latency``), not a Prometheus query: the dashboard works without
+a Prometheus server, and Grafana (``livecap/monitoring/``) is there for
+history.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from livecap.latency import LATENCY_KINDS, WINDOW_S
+from livecap.pages import CLIENT_DIR, PAGE_HEADERS
+from livecap.rooms import ROOM_NAME, Room
+from livecap.server import KEYS, OPTIONS, ROOMS, SCHEDULER, require_operator
+
+RECENT_FINALS = 4
+"""Finals shown per room card."""
+
+
+def add_dashboard_routes(app: web.Application) -> None:
+    app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/operator/rooms", operator_rooms)
+    app.router.add_post("/operator/rooms/{room}/end", end_room)
+
+
+async def dashboard_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CLIENT_DIR / "dashboard.html", headers=PAGE_HEADERS)
+
+
+async def operator_rooms(request: web.Request) -> web.Response:
+    """Every room held in memory with its live state; see ``room_state``."""
+    require_operator(request)
+    app = request.app
+    scheduler, mono, wall = app[SCHEDULER], time.monotonic(), time.time()
+    primary, fallback = scheduler.primary, scheduler.fallback
+    if not scheduler.ready.is_set():
+        status = "loading"
+    else:
+        status = "ready" if primary is not None and scheduler.health.healthy(mono) else "degraded"
+    rooms = sorted(app[ROOMS].rooms.values(), key=lambda r: (r.session is None, -len(r.viewers), r.name))
+    return web.json_response({
+        "time": wall,
+        "window_s": WINDOW_S,
+        "server": {"status": status, "engine": primary.name if primary else app[OPTIONS].engine,
+                   "fallback": fallback.name if fallback else None,
+                   "latency_budget_s": scheduler.options.latency_budget_s,
+                   "publishers": sum(r.session is not None for r in rooms),
+                   "viewers": sum(len(r.viewers) for r in rooms)},
+        "rooms": [room_state(request, room, mono, wall, fallback.name if fallback else None) for room in rooms],
+    }, headers={"Cache-Control": "no-store"})
+
+
+def room_state(request: web.Request, room: Room, mono: float, wall: float, fallback: str | None) -> dict[str, Any]:
+    """A room as the dashboard shows it. Times in the chart series are Unix
+    seconds; latencies are seconds over the last minute."""
+    session = room.session
+    state = "speaking" if session is not None and session.speaking else "silent" if session else "no_publisher"
+    latency = room.latency
+    summaries = {kind: latency.windows[kind].summary(mono) for kind in LATENCY_KINDS}
+    series: dict[str, list[Any]] = {"t": []}
+    for kind in ("word_lag", "speech_to_screen"):
+        points = latency.windows[kind].series(mono)
+        series["t"] = [round(wall - (mono - t), 3) for t, _, _ in points]
+        series[f"{kind}_p50"] = [_round(p50) for _, p50, _ in points]
+        series[f"{kind}_p95"] = [_round(p95) for _, _, p95 in points]
+    engines = latency.engine_share(mono)
+    finals = sum(engines.values())
+    last = room.last_event
+    partial = room.captions.current_partial
+    return {
+        "name": room.name,
+        "state": state,
+        "session": session.id if session else None,
+        "engine": last.engine if last else None,
+        "model_version": last.model_version if last else None,
+        "on_fallback": last is not None and fallback is not None and last.engine == fallback,
+        "viewers": len(room.viewers),
+        "latency": {kind: {"p50": _round(s.p50), "p95": _round(s.p95), "count": s.count}
+                    for kind, s in summaries.items()},
+        "finals": finals,
+        "fallback_share": round(engines.get(fallback, 0) / finals, 3) if finals and fallback else None,
+        "recent": [{"seq": e.seq, "start": round(e.start, 1), "text": e.text, "engine": e.engine}
+                   for e in room.captions.finals[-RECENT_FINALS:] if e.text],
+        "partial": partial.text if partial is not None else None,
+        "series": series,
+        "links": _links(request, room.name),
+    }
+
+
+def _links(request: web.Request, room: str) -> dict[str, str]:
+    """Pages of the room, with the viewer key when viewers need one."""
+    keys = request.app[KEYS]
+    query = f"?{urlencode({'token': keys.key('viewer', room)})}" if keys.viewer_keys_required else ""
+    name = quote(room)
+    return {"view": f"/view/{name}{query}", "overlay": f"/overlay/{name}{query}", "qr": f"/qr/{name}{query}",
+            "transcript": f"/rooms/{name}/transcript.txt{query}"}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def end_room(request: web.Request) -> web.Response:
+    """End a room (``Room.end``): the open utterance becomes final, then its
+    publisher and viewers are closed with ``room_ended`` (4410) and the room
+    leaves memory. Its transcript stays; a new publisher may start it again."""
+    require_operator(request)
+    name = request.match_info["room"]
+    if not ROOM_NAME.match(name):
+        raise web.HTTPNotFound(text="no such room")
+    result = await request.app[ROOMS].end(name)
+    if result is None:
+        raise web.HTTPNotFound(text=f"room {name!r} is not open")
+    publisher, viewers = result
+    return web.json_response({"room": name, "ended": True, "publisher_closed": publisher, "viewers_closed": viewers})
