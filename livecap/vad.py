@@ -16,6 +16,10 @@ recognizer's cost grows with the utterance. Past ``soft_max_utterance_s`` the
 silence needed to end an utterance shrinks linearly, so the cut lands in the
 next short pause; at ``max_utterance_s`` it is cut regardless. This does not
 hold audio back to look for a pause later, which would delay every partial.
+The defaults (6 s soft, 10 s hard) match two lines of roll-up captions and
+keep Whisper's encoder window at 20 s or less: with 20 s utterances four
+rooms on two cores overloaded the primary (benchmarks/live.py: 32% of
+utterances fell back; with 10 s, none).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import webrtcvad
 
 from livecap.audio import TARGET_RATE, float_to_s16le
 
+_PEAK_DECAY_DB_PER_S = 1.0
+_FLOOR_RISE_DB_PER_S = 3.0
+
 
 @dataclass(frozen=True, slots=True)
 class VadOptions:
@@ -42,10 +49,16 @@ class VadOptions:
     """Window in which 90% of frames must be unvoiced to end an utterance."""
     pre_roll_ms: int = 240
     """Audio before the onset window that is added to the utterance."""
-    soft_max_utterance_s: float = 12.0
-    max_utterance_s: float = 20.0
-    min_level_dbfs: float = -55.0
-    """Frames quieter than this (RMS) are unvoiced whatever webrtcvad says."""
+    soft_max_utterance_s: float = 6.0
+    max_utterance_s: float = 10.0
+    min_level_dbfs: float = -80.0
+    """Frames quieter than this (RMS) are unvoiced whatever webrtcvad says (digital near-silence)."""
+    min_snr_db: float = 6.0
+    """Frames must stand this far above the tracked noise floor: steady hiss or hum never starts an utterance."""
+    target_level_dbfs: float = -26.0
+    """webrtcvad judges frames scaled so that recent peaks reach this level: a quiet microphone (speech at
+    -60 dBFS) is heard like a loud one. The recognizer gets the audio unscaled."""
+    max_gain_db: float = 36.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,14 @@ class VadSegmenter:
         self._onset_frames = max(1, options.onset_ms // options.frame_ms)
         self._endpoint_frames = max(1, options.endpoint_ms // options.frame_ms)
         self._min_rms = 10 ** (options.min_level_dbfs / 20)
+        self._min_snr = 10 ** (options.min_snr_db / 20)
+        self._target = 10 ** (options.target_level_dbfs / 20)
+        self._max_gain = 10 ** (options.max_gain_db / 20)
+        frame_s = options.frame_ms / 1000
+        self._peak_decay = 10 ** (-_PEAK_DECAY_DB_PER_S * frame_s / 20)
+        self._floor_rise = 10 ** (_FLOOR_RISE_DB_PER_S * frame_s / 20)
+        self._peak = 0.0
+        self._floor = 0.0
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0
         """Sample index of the first sample in ``_pending``."""
@@ -141,9 +162,14 @@ class VadSegmenter:
         return events
 
     def _is_voiced(self, frame: np.ndarray) -> bool:
-        if float(np.sqrt(np.mean(frame * frame))) < self._min_rms:
+        rms = float(np.sqrt(np.mean(frame * frame)))
+        # Peak: instant attack, slow release. Floor: instant fall, slow rise (minimum statistics).
+        self._peak = max(rms, self._peak * self._peak_decay)
+        self._floor = min(rms, self._floor * self._floor_rise) if self._floor else rms
+        if rms < self._min_rms or rms < self._floor * self._min_snr:
             return False
-        return bool(self._vad.is_speech(float_to_s16le(frame), TARGET_RATE))
+        gain = min(self._max_gain, self._target / self._peak) if self._peak > 0 else 1.0
+        return bool(self._vad.is_speech(float_to_s16le(frame * gain), TARGET_RATE))
 
     def _start(self, onset_end: int, arrival: float) -> UtteranceStarted:
         self._utterance += 1

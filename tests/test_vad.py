@@ -88,3 +88,15 @@ def test_flush_ends_the_open_utterance() -> None:
     assert not any(isinstance(e, UtteranceEnded) for e in events)
     ended = [e for e in segmenter.flush(2.0) if isinstance(e, UtteranceEnded)]
     assert len(ended) == 1 and ended[0].reason == "flush" and ended[0].end == len(signal)
+
+
+@pytest.mark.parametrize("level_db", [0.0, -40.0])
+def test_a_quiet_microphone_is_heard_like_a_loud_one(level_db: float) -> None:
+    """Speech 40 dB down (about -65 dBFS, a far or badly set microphone) still
+    makes utterances covering the speech; steady hiss at that level does not."""
+    signal = audio("librispeech-2412-153948-0000") * np.float32(10 ** (level_db / 20))
+    rng = np.random.default_rng(2)
+    floor = rng.normal(0, float(np.sqrt(np.mean(signal**2))) / 30, len(signal)).astype(np.float32)
+    found = segments(run(signal + floor, [320]))
+    covered = sum(end - start for start, end, _, _ in found)
+    assert covered >= 0.8 * len(signal), f"{covered / len(signal):.0%} of the speech is in utterances"
