@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, normalize, word_error_rate
 from livecap.audio import TARGET_RATE, read_wav
@@ -157,6 +158,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
             results = asyncio.run(run_rooms(f"ws://127.0.0.1:{port}", plans))
             wall = time.monotonic() - began
             cpu = _cpu_seconds(server) - cpu_before
+            misses = asyncio.run(deadline_misses(f"http://127.0.0.1:{port}"))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -180,9 +182,24 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
         "finals_by_engine": engines,
         "fallback_share": round(sum(c for e, c in engines.items() if e != primary) / finals, 4) if finals else None,
         "server_cpu_per_audio_second": round(cpu / (audio_seconds / rooms), 3),
+        "deadline_misses": misses,
         "rooms_detail": [{k: v for k, v in asdict(o).items() if k not in ("word_lags", "final_lags",
                                                                            "server_final_lags")} for o in outcomes],
     }
+
+
+async def deadline_misses(base: str) -> dict[str, float]:
+    """The server's ``livecap_deadline_misses_total`` by reason."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    misses: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "livecap_deadline_misses":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    reason = sample.labels["reason"]
+                    misses[reason] = misses.get(reason, 0.0) + sample.value
+    return misses
 
 
 def _cpu_seconds(process: psutil.Process) -> float:

@@ -25,7 +25,7 @@ from livecap.asr.streaming import StreamingOptions
 from livecap.ingest import IngestLimits
 from livecap.vad import VadOptions
 
-_VAD, _STREAMING, _LIMITS = VadOptions(), StreamingOptions(), IngestLimits()
+_VAD, _STREAMING, _LIMITS, _SCHEDULER = VadOptions(), StreamingOptions(), IngestLimits(), SchedulerOptions()
 ENV_PREFIX = "LIVECAP_"
 
 
@@ -63,12 +63,18 @@ class ServerOptions:
                                                     "(pocketsphinx or none)")
     latency_budget_s: float = _setting(0.0, "deadline of each decoding step, from audio arrival to caption "
                                             "(seconds; 0 = by device: 1.0 on CPU, 0.5 on CUDA)")
+    primary_retry_s: float = _setting(_SCHEDULER.retry_after_s,
+                                      "after a miss, a room tries the primary again this much later (seconds); "
+                                      "doubles per failed try up to 12 times this")
     model: str = _setting("tiny.en", "Whisper model for whisper-onnx: tiny.en or base")
     device: Literal["auto", "cpu", "cuda"] = _setting("auto", "inference device; auto uses CUDA when a session gets it")
     model_cache: Path | None = _setting(None, "directory of built ONNX models",
                                         shown="$LIVECAP_MODEL_CACHE or ~/.cache/livecap/models")
     inference_threads: int = _setting(max(1, min(4, os.cpu_count() or 1)),
-                                      "threads of the shared inference executor", shown="CPU cores, at most 4")
+                                      "threads of the shared inference executor (calls that run at once)",
+                                      shown="CPU cores, at most 4")
+    engine_threads: int = _setting(0, "threads one engine call may use (0 = CPU cores / inference_threads, at "
+                                      "least 1); more than that oversubscribes the cores when all calls run at once")
     encoder_batch_window_ms: float = _setting(
         -1.0, "whisper-onnx: encoder calls of different rooms due within this window run as one batch, "
               "padded to a common length, at most 8 and at most inference_threads per batch (ms; 0 = off, "
@@ -103,6 +109,10 @@ class ServerOptions:
                                    soft_max_utterance_s=min(_VAD.soft_max_utterance_s, self.max_utterance_s * 0.6))
 
     @property
+    def threads_per_call(self) -> int:
+        return self.engine_threads or max(1, (os.cpu_count() or 1) // self.inference_threads)
+
+    @property
     def engine_extra(self) -> dict[str, str]:
         """Engine-specific settings for ``EngineOptions.extra``; engines ignore what they do not use."""
         extra = {}
@@ -113,7 +123,8 @@ class ServerOptions:
     def scheduler(self, device: str) -> SchedulerOptions:
         """Scheduler settings once the primary's device is known."""
         budget = self.latency_budget_s or (0.5 if device == "cuda" else 1.0)
-        return SchedulerOptions(latency_budget_s=budget, workers=self.inference_threads)
+        return SchedulerOptions(latency_budget_s=budget, workers=self.inference_threads,
+                                retry_after_s=self.primary_retry_s, max_retry_after_s=12 * self.primary_retry_s)
 
     @property
     def streaming(self) -> StreamingOptions:

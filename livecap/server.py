@@ -81,7 +81,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Load the engines off the event loop (the first start also builds the
     ONNX models) while the server already answers /healthz."""
     options, scheduler = app[OPTIONS], app[SCHEDULER]
-    engine_options = EngineOptions(model=options.model, device=options.device, threads=options.inference_threads,
+    engine_options = EngineOptions(model=options.model, device=options.device, threads=options.threads_per_call,
+                                   workers=options.inference_threads,
                                    model_cache=str(options.model_cache) if options.model_cache else None,
                                    extra=options.engine_extra)
 

@@ -56,7 +56,7 @@ def test_a_miss_falls_back_until_a_trial_passes() -> None:
     routing.record_miss(1.0)
     assert routing.next_route(2.0, True).role == "fallback", "stays on the fallback during the back-off"
     trial = routing.next_route(6.1, True)
-    assert trial.role == "primary" and trial.trial and trial.standby, "a trial keeps the fallback hot"
+    assert trial.role == "primary" and trial.trial, "the first utterance after the back-off is a trial"
     assert routing.record_utterance(worst_share=0.5)
     after = routing.next_route(7.0, True)
     assert after.role == "primary" and not after.trial
@@ -94,13 +94,3 @@ def test_an_unhealthy_primary_moves_every_room_to_the_fallback() -> None:
     health.succeeded()
     health.failed(30.0)
     assert health.retry_at == 35.0
-
-
-def test_standby_follows_the_primary_load() -> None:
-    routing = RoomRouting(OPTIONS)
-    for _ in range(10):
-        routing.record_call(0.2)
-    assert not routing.next_route(0.0, True).standby
-    for _ in range(10):
-        routing.record_call(0.8)
-    assert routing.next_route(0.0, True).standby

@@ -58,8 +58,12 @@ class RecognizerStream(Protocol):
     def feed(self, audio: np.ndarray) -> None:
         """Append 16 kHz mono float32 samples to the utterance."""
 
-    def hypothesis(self) -> Hypothesis:
-        """Best guess for all audio fed so far; the utterance may continue."""
+    def hypothesis(self, settled: str = "") -> Hypothesis:
+        """Best guess for all audio fed so far; the utterance may continue.
+
+        ``settled`` is the leading text viewers already see as stable (it is
+        never retracted): an engine that re-decodes from scratch may take it
+        as given and decode only what follows; others ignore it."""
 
     def finish(self) -> Hypothesis:
         """Final result for the whole utterance; the stream is not used after."""
@@ -85,6 +89,9 @@ class EngineOptions:
     model: str = "tiny.en"
     device: str = "auto"
     threads: int = 1
+    """Threads one call may use."""
+    workers: int = 1
+    """Calls that may run at once (engines that need processes or pools size them by it)."""
     model_cache: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 

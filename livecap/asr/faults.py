@@ -68,9 +68,9 @@ class _FaultyStream:
     def feed(self, audio: np.ndarray) -> None:
         self._stream.feed(audio)
 
-    def hypothesis(self) -> Hypothesis:
+    def hypothesis(self, settled: str = "") -> Hypothesis:
         self._injector.strike()
-        return self._stream.hypothesis()
+        return self._stream.hypothesis(settled)
 
     def finish(self) -> Hypothesis:
         self._injector.strike()

@@ -102,7 +102,7 @@ class ProcessStream:
     def feed(self, audio: np.ndarray) -> None:
         self._worker.call("feed", self._id, audio)
 
-    def hypothesis(self) -> Hypothesis:
+    def hypothesis(self, settled: str = "") -> Hypothesis:  # incremental engines gain nothing from settled
         return self._worker.call("hypothesis", self._id, None)  # type: ignore[no-any-return]
 
     def finish(self) -> Hypothesis:

@@ -43,7 +43,7 @@ class PocketsphinxStream:
     def feed(self, audio: np.ndarray) -> None:
         self._decoder.process_raw(float_to_s16le(audio), False, False)
 
-    def hypothesis(self) -> Hypothesis:
+    def hypothesis(self, settled: str = "") -> Hypothesis:  # decodes incrementally: settled text gains nothing
         return self._engine.hypothesis_of(self._decoder)
 
     def finish(self) -> Hypothesis:
@@ -90,4 +90,4 @@ class PocketsphinxEngine:
 @register_engine("pocketsphinx")
 def create(options: EngineOptions) -> ProcessEngine:
     """PocketSphinx holds the GIL while decoding, so it runs in worker processes."""
-    return ProcessEngine(PocketsphinxEngine.name, f"{__name__}:PocketsphinxEngine", options, options.threads)
+    return ProcessEngine(PocketsphinxEngine.name, f"{__name__}:PocketsphinxEngine", options, options.workers)

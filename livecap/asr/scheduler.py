@@ -12,10 +12,11 @@ the fallback engine — fed from the utterance's audio buffer, so nothing is
 lost — and its room stays on the fallback until a later *trial* utterance
 shows the primary meeting deadlines with a margin again. Trials back off
 exponentially while they fail, which keeps a primary hovering around the
-budget from flapping. During a trial, and while a room's primary runs close
-to its budget, the fallback is fed as a hot standby so that a miss costs
-no catch-up time; otherwise the fallback costs nothing until it is needed
-(measured in README: hot standby of PocketSphinx costs ~0.2 CPU per room).
+budget from flapping. During a trial the fallback is fed as a hot standby,
+since a miss is likely then; otherwise it catches up from the buffer when
+needed and costs nothing before. Measured (README): a hot standby saves the
+catch-up (~0.1 s for a 5 s utterance) but costs ~0.25 CPU per speaking room,
+on the same cores the primary needs when it is the CPU that is overloaded.
 """
 
 from __future__ import annotations
@@ -52,12 +53,17 @@ class SchedulerOptions:
     max_retry_after_s: float = 60.0
     trial_margin: float = 0.8
     """A trial succeeds only if every call finished within this share of the budget."""
-    standby_above: float = 0.5
-    """Feed the fallback as a hot standby while a room's primary calls use more than this share of the budget."""
+    target_utilization: float = 0.75
+    """Share of the executor's threads that partial steps may keep busy; beyond it steps space out."""
 
 
 class Late(Exception):
     """A primary call dropped at dequeue time: it could no longer meet its deadline."""
+
+
+class StepSkipped(Exception):
+    """A partial step that waited too long for a thread was dropped: under load
+    the next step covers its audio. Not an engine problem, so no fallback."""
 
 
 @dataclass(order=True)
@@ -163,9 +169,8 @@ class PrimaryHealth:
 @dataclass(frozen=True, slots=True)
 class Route:
     role: EngineRole
-    standby: bool
-    """Feed the fallback too, so a miss costs no catch-up."""
     trial: bool
+    """The primary is on probation: the fallback is fed too (hot standby), so a miss costs no catch-up."""
 
 
 class RoomRouting:
@@ -177,8 +182,6 @@ class RoomRouting:
         self.retry_at = 0.0
         self._backoff = options.retry_after_s
         self._trial = False
-        self.load = 0.0
-        """Recent primary call time as a share of the budget (moving average)."""
         self.switches = 0
 
     def next_route(self, now: float, primary_healthy: bool) -> Route:
@@ -187,11 +190,7 @@ class RoomRouting:
             self._trial = True
         if self.role == "primary" and not primary_healthy:
             self._switch("fallback")
-        standby = self.role == "primary" and (self._trial or self.load > self._options.standby_above)
-        return Route(self.role, standby, self._trial and self.role == "primary")
-
-    def record_call(self, seconds: float) -> None:
-        self.load = 0.7 * self.load + 0.3 * seconds / self._options.latency_budget_s
+        return Route(self.role, self._trial and self.role == "primary")
 
     def record_miss(self, now: float) -> None:
         """A primary call missed its deadline: fall back, try again later."""
@@ -233,6 +232,26 @@ class Scheduler:
         self._routes: dict[str, RoomRouting] = {}
         self.expected_step_s = 0.0
         """Moving average of primary call time, for dropping calls that would be late."""
+        self.speaking = 0
+        """Utterances open right now, in all rooms."""
+
+    @property
+    def primary_name(self) -> str:
+        return self.primary.name if self.primary else "none"
+
+    def step_interval_s(self, base_s: float) -> float:
+        """Audio to collect before an utterance is decoded again.
+
+        Each partial step re-decodes the whole utterance, so the demand on the
+        executor grows with the number of rooms speaking at once. Spacing the
+        steps out so that the threads stay below ``target_utilization`` keeps
+        queue waits short and deadlines met: under load words appear a little
+        later instead of the rooms piling onto the fallback (which cannot serve
+        many rooms on a small CPU either)."""
+        if self.primary is None or self.speaking <= 1:
+            return base_s
+        share = self.expected_step_s * self.speaking / (self.options.workers * self.options.target_utilization)
+        return max(base_s, share)
 
     def routing(self, room: str) -> RoomRouting:
         if room not in self._routes:
@@ -263,12 +282,12 @@ class ScheduledUtterance:
 
     def __init__(self, scheduler: Scheduler, room: str, prompt: str) -> None:
         self._scheduler = scheduler
+        scheduler.speaking += 1
         self._room = room
         self._prompt = prompt
         self._routing = scheduler.routing(room)
         route = self._routing.next_route(time.monotonic(), scheduler.health.healthy(time.monotonic()))
         self.role: EngineRole = route.role if scheduler.primary is not None else "fallback"
-        self._standby = route.standby
         self._trial = route.trial
         self._audio: list[np.ndarray] = []
         """Every chunk of the utterance, so an engine that joins late catches up."""
@@ -278,29 +297,58 @@ class ScheduledUtterance:
         self._fallback_fed = 0
         self._fallback_lock = asyncio.Lock()
         self._worst_share = 0.0
+        self._started: dict[int, float] = {}
+        """When the primary run of each call began on a thread."""
+        self._calls = itertools.count()
+        self._skipped_in_a_row = 0
 
-    async def step(self, audio: np.ndarray, newest_arrival: float) -> Hypothesis:
-        """Feed new audio; the hypothesis for all audio so far."""
-        return await self._call("step", audio, newest_arrival + self._scheduler.options.latency_budget_s)
+    async def step(self, audio: np.ndarray, newest_arrival: float, settled: str = "") -> Hypothesis:
+        """Feed new audio; the hypothesis for all audio so far (``settled``: see ``RecognizerStream``)."""
+        return await self._call("step", audio, newest_arrival + self._scheduler.options.latency_budget_s, settled)
 
     async def finish(self, audio: np.ndarray) -> Hypothesis:
         """Feed the last audio; the final hypothesis (the endpoint was just detected)."""
-        hypothesis = await self._call("finish", audio, time.monotonic() + self._scheduler.options.latency_budget_s)
+        try:
+            hypothesis = await self._call("finish", audio,
+                                          time.monotonic() + self._scheduler.options.latency_budget_s)
+        finally:
+            self._scheduler.speaking -= 1
         if self.role == "primary" and self._routing.record_utterance(self._worst_share):
             self._scheduler.health.succeeded()
         return hypothesis
 
-    async def _call(self, kind: Literal["step", "finish"], audio: np.ndarray, deadline: float) -> Hypothesis:
+    async def _call(self, kind: Literal["step", "finish"], audio: np.ndarray, deadline: float,
+                    settled: str = "") -> Hypothesis:
         self._audio.append(audio)
         upto = len(self._audio)
         if self._scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
-            return await self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto))
+            return await self._scheduler.executor.submit(
+                deadline, lambda: self._run_primary(kind, upto, settled=settled))
         if self.role == "primary":
-            primary = self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto),
-                                                      0.0 if self._trial else self._scheduler.expected_step_s)
-            standby = asyncio.ensure_future(self._feed_fallback()) if self._standby else None
+            call = next(self._calls)
+            droppable = kind == "step" and not self._trial
+            primary = self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto, call, settled),
+                                                      self._scheduler.expected_step_s if droppable else 0.0)
+            standby = asyncio.ensure_future(self._feed_fallback()) if self._trial else None
             done, _ = await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
+            budget = self._scheduler.options.latency_budget_s
+            run_time = deadline - self._started.get(call, deadline)
+            squeezed = not primary.done() and run_time < self._scheduler.options.trial_margin * budget
+            dropped = primary.done() and not primary.cancelled() and isinstance(primary.exception(), Late)
+            if (squeezed or dropped) and not self._trial:
+                # The call waited for a thread and has had too little of its budget to run: the
+                # machine is busy, the engine is not slow. A final waits one more budget; a partial
+                # is skipped once (the next step covers its audio); a second skip in a row falls back.
+                if kind == "finish":
+                    done, _ = await asyncio.wait({primary}, timeout=budget)
+                    self._scheduler.metrics.deadline_misses.labels(self._scheduler.primary_name, "queued").inc()
+                elif not self._skipped_in_a_row:
+                    primary.cancel()
+                    self._skipped_in_a_row += 1
+                    self._scheduler.metrics.deadline_misses.labels(self._scheduler.primary_name, "skipped").inc()
+                    raise StepSkipped()
             if primary in done and primary.exception() is None:
+                self._skipped_in_a_row = 0
                 return primary.result()
             self._demote(primary, kind)
             if standby is not None:
@@ -316,10 +364,11 @@ class ScheduledUtterance:
             return await fallback
         return await self._run_fallback(kind)
 
-    def _run_primary(self, kind: Literal["step", "finish"], upto: int) -> Hypothesis:
+    def _run_primary(self, kind: Literal["step", "finish"], upto: int, call: int = -1, settled: str = "") -> Hypothesis:
         """On an executor thread: feed the audio up to chunk ``upto`` and decode with the primary."""
         scheduler = self._scheduler
         assert scheduler.primary is not None
+        self._started[call] = time.monotonic()
         started = time.monotonic()
         try:
             if self._primary is None:
@@ -328,14 +377,13 @@ class ScheduledUtterance:
                 if len(chunk):
                     self._primary.feed(chunk)
             self._primary_fed = upto
-            hypothesis = self._primary.hypothesis() if kind == "step" else self._primary.finish()
+            hypothesis = self._primary.hypothesis(settled) if kind == "step" else self._primary.finish()
         except Exception as error:
             raise _Failed(error) from error
         seconds = time.monotonic() - started
         scheduler.metrics.step_seconds.labels(scheduler.primary.name, kind).observe(seconds)
         scheduler.expected_step_s = seconds if not scheduler.expected_step_s else \
             0.8 * scheduler.expected_step_s + 0.2 * seconds
-        self._routing.record_call(seconds)
         self._worst_share = max(self._worst_share, seconds / scheduler.options.latency_budget_s)
         return hypothesis
 
@@ -351,8 +399,7 @@ class ScheduledUtterance:
         else:
             reason = "late"
             primary.add_done_callback(_ignore_result)
-        scheduler.metrics.deadline_misses.labels(scheduler.primary.name if scheduler.primary else "none",
-                                                 reason).inc()
+        scheduler.metrics.deadline_misses.labels(scheduler.primary_name, reason).inc()
         self._routing.record_miss(time.monotonic())
         self.role = "fallback"
         log.info("room %s: primary missed the deadline of a %s (%s); the utterance continues on the fallback",

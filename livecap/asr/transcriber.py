@@ -19,7 +19,7 @@ import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Hypothesis, Word
 from livecap.asr.guardrails import suppression_reason
-from livecap.asr.scheduler import ScheduledUtterance, Scheduler
+from livecap.asr.scheduler import ScheduledUtterance, Scheduler, StepSkipped
 from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions
 from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
@@ -124,12 +124,16 @@ class Transcriber:
     def _step_due(self, utterance: _Utterance) -> bool:
         if utterance.decoded == 0:
             return utterance.received >= self.options.first_step_s * SAMPLE_RATE
-        return utterance.received - utterance.decoded >= self.options.step_s * SAMPLE_RATE
+        interval = self._scheduler.step_interval_s(self.options.step_s)
+        return utterance.received - utterance.decoded >= interval * SAMPLE_RATE
 
     async def _step(self, utterance: _Utterance) -> None:
         audio = _take(utterance.pending)
         try:
-            hypothesis = await utterance.recognizer.step(audio, utterance.newest_arrival)
+            settled = " ".join(word.text for word in utterance.agreement.stable)
+            hypothesis = await utterance.recognizer.step(audio, utterance.newest_arrival, settled)
+        except StepSkipped:
+            return
         except Exception:
             log.exception("recognizer step failed; the partial is skipped")
             return

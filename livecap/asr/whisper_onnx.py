@@ -265,11 +265,15 @@ class WhisperOnnx:
     def open_stream(self, prompt: str = "") -> WhisperStream:
         return WhisperStream(self, prompt)
 
-    def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False) -> Hypothesis:
+    def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False,
+                   settled: str = "") -> Hypothesis:
         """Recognise a whole utterance (16 kHz mono float32).
 
         ``prompt`` is earlier text that biases spelling and style. Without
-        ``word_timestamps`` every word spans its whole window.
+        ``word_timestamps`` every word spans its whole window. ``settled`` is
+        leading text taken as given (forced in one decoder call instead of one
+        call per token: on a long partial this halves the decoder's time); it
+        needs one window and no word timestamps, and is ignored otherwise.
         """
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         if not len(samples):
@@ -280,8 +284,11 @@ class WhisperOnnx:
         words: list[Word] = []
         no_speech = 1.0
         context = prompt
+        forced = self.tokenizer.encode(" " + settled.strip()) if settled.strip() and pieces == 1 \
+            and not word_timestamps else []
         for start, end in itertools.pairwise(bounds):
-            window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps)
+            window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
+                                                                     forced)
             offset = start / SAMPLE_RATE
             words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
             # an utterance is speech if any of its windows is
@@ -289,13 +296,14 @@ class WhisperOnnx:
             context = " ".join([context] + [w.text for w in window_words]).strip()
         return Hypothesis(tuple(words), self.name, self.model_version, no_speech)
 
-    def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool) -> tuple[list[Word], float]:
+    def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool,
+                           forced: Sequence[int] = ()) -> tuple[list[Word], float]:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
         cross = self._encode(mel)
         prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
-        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2))
+        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced)
         spans = alignment.word_spans([self.tokenizer.starts_word(t) for t in decoded.tokens])
         texts = [self.tokenizer.decode(decoded.tokens[a:b]).strip() for a, b in spans]
         if word_timestamps and spans:
@@ -374,16 +382,20 @@ class WhisperOnnx:
         return [ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
                 for _ in range(self._layers) for empty in (self._empty_k, self._empty_v)]
 
-    def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int) -> _Decoded:
+    def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int,
+                forced: Sequence[int] = ()) -> _Decoded:
+        """Greedy decoding after the ``forced`` text tokens; alignment rows
+        exist only for what is decoded, so word times need ``forced`` empty."""
         special = self.tokenizer.special
         max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
         prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
         # First call ends at <|startoftranscript|>: its logits give the no-speech probability.
         logits, _, cache = self._step([*prefix, special.sot], self._empty_cache(), cross)
         no_speech = float(_softmax(logits)[special.no_speech])
-        logits, scores, cache = self._step([*self.tokenizer.sot_sequence[1:], special.no_timestamps], cache, cross)
-        tokens: list[int] = []
-        probabilities: list[float] = []
+        logits, scores, cache = self._step([*self.tokenizer.sot_sequence[1:], special.no_timestamps, *forced],
+                                           cache, cross)
+        tokens = list(forced)
+        probabilities = [1.0] * len(forced)
         rows = [scores]
         while len(tokens) < budget:
             probability = _softmax(logits[: special.eot])
@@ -430,8 +442,8 @@ class WhisperStream:
             self._pieces = [np.concatenate(self._pieces) if self._pieces else np.zeros(0, dtype=np.float32)]
         return self._pieces[0]
 
-    def hypothesis(self) -> Hypothesis:
-        return self._engine.transcribe(self._audio(), self._prompt)
+    def hypothesis(self, settled: str = "") -> Hypothesis:
+        return self._engine.transcribe(self._audio(), self._prompt, settled=settled)
 
     def finish(self) -> Hypothesis:
         return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True)
