@@ -78,10 +78,12 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
     demo: asyncio.Task[None] | None = None
     if options.demo:
         publisher = keys.key("publisher", DEMO_ROOM)
-        print(f"  demo captions (overlay): {base}/overlay/{DEMO_ROOM}\n"
-              f"  demo room publisher key: {publisher}", flush=True)
+        print(f"  demo captions (overlay):    {base}/overlay/{DEMO_ROOM}\n"
+              f"  demo captions (phone view): {base}/view/{DEMO_ROOM}\n"
+              f"  demo room publisher key:    {publisher}", flush=True)
         demo = asyncio.create_task(play_demo(f"http://127.0.0.1:{port}", publisher))
-    print("  room keys: livecap keys ROOM", flush=True)
+    print(f"  operator dashboard: {base}/dashboard?token={keys.key('operator')}\n"
+          f"  speak into a room:  {base}/speak/ROOM (publisher key: livecap keys ROOM)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: docker stop, systemd; both drain the rooms
