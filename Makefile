@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,base
 
-.PHONY: setup demo test lint browser bench
+.PHONY: setup demo test lint system-deps bench
 
 $(BIN)/livecap: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,11 @@ $(BIN)/livecap: pyproject.toml
 
 setup: $(BIN)/livecap
 
-# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download)
+# and promtool (package prometheus) to check the scrape config and the /metrics output.
+system-deps:
+	@command -v chromium >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null; }
 
 demo: setup
 	$(BIN)/livecap serve --demo
@@ -27,7 +29,7 @@ lint: setup
 	$(BIN)/ruff check livecap models benchmarks tests
 	$(BIN)/mypy
 
-test: setup browser
+test: lint system-deps
 	$(BIN)/python -m pytest -ra
 
 bench: setup

@@ -67,6 +67,8 @@ class RoomOutcome:
     final_lags: list[float]
     server_final_lags: list[float]
     engines: dict[str, int]
+    segments_without_final: int
+    """Utterances that showed captions but never got a final: must be 0."""
 
 
 def plan_rooms(recordings: Sequence[Recording], rooms: int, seconds: float) -> list[RoomPlan]:
@@ -107,18 +109,33 @@ def analyse(plan: RoomPlan, result: StreamResult) -> RoomOutcome:
             word_lags.append(shown - audio_end)
         final_lags.append(arrival - (result.audio_started + message["words"][-1]["end"]))
         server_lags.append(message["latency_ms"] / 1000)
+    unfinished = {m["segment"] for m, _ in events} - {m["segment"] for m in result.finals}
     return RoomOutcome(plan.room, len(plan.audio) / TARGET_RATE, " ".join(plan.references),
-                       " ".join(m["text"] for m in result.finals), word_lags, final_lags, server_lags, engines)
+                       " ".join(m["text"] for m in result.finals), word_lags, final_lags, server_lags, engines,
+                       len(unfinished))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
-async def run_rooms(base: str, plans: Sequence[RoomPlan]) -> list[StreamResult]:
+async def run_rooms(base: str, plans: Sequence[RoomPlan], fail_primary_after: float | None) -> list[StreamResult]:
     keys = Keys(SECRET)
-    return list(await asyncio.gather(*(
+    failing = asyncio.create_task(fail_primary(base, keys, fail_primary_after)) if fail_primary_after else None
+    results = list(await asyncio.gather(*(
         stream_audio(ingest_url(base, plan.room, keys.key("publisher", plan.room)), plan.audio) for plan in plans)))
+    if failing is not None:
+        await failing
+    return results
+
+
+async def fail_primary(base: str, keys: Keys, after_s: float) -> None:
+    """Make every primary call raise from ``after_s`` on (the fault injector's operator endpoint)."""
+    await asyncio.sleep(after_s)
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{base}/operator/faults", json={"failure_rate": 1.0},
+            headers={"Authorization": f"Bearer {keys.key('operator')}"}) as response:
+        response.raise_for_status()
 
 
 def free_port() -> int:
@@ -143,7 +160,8 @@ async def wait_ready(base: str, process: subprocess.Popen[bytes], limit_s: float
     raise TimeoutError("server not ready")
 
 
-def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str]) -> dict[str, Any]:
+def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str],
+            fail_primary_after: float | None = None) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         command = [sys.executable, "-m", "livecap", "serve", "--port", str(port), "--secret", SECRET,
@@ -155,7 +173,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
             server = psutil.Process(process.pid)
             cpu_before = _cpu_seconds(server)
             began = time.monotonic()
-            results = asyncio.run(run_rooms(f"ws://127.0.0.1:{port}", plans))
+            results = asyncio.run(run_rooms(f"http://127.0.0.1:{port}", plans, fail_primary_after))
             wall = time.monotonic() - began
             cpu = _cpu_seconds(server) - cpu_before
             misses = asyncio.run(deadline_misses(f"http://127.0.0.1:{port}"))
@@ -183,6 +201,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
         "fallback_share": round(sum(c for e, c in engines.items() if e != primary) / finals, 4) if finals else None,
         "server_cpu_per_audio_second": round(cpu / (audio_seconds / rooms), 3),
         "deadline_misses": misses,
+        "utterances_without_final": sum(o.segments_without_final for o in outcomes),
         "rooms_detail": [{k: v for k, v in asdict(o).items() if k not in ("word_lags", "final_lags",
                                                                            "server_final_lags")} for o in outcomes],
     }
@@ -220,13 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/live-<label>.json)")
     parser.add_argument("--label", default="default")
+    parser.add_argument("--fail-primary-after", type=float, metavar="S",
+                        help="make the primary fail on every call S seconds into each run (fault injector)")
     parser.add_argument("server_args", nargs="*", help="flags passed to 'livecap serve' (after --)")
     arguments = parser.parse_args(argv)
     recordings = load_manifest(arguments.manifest)
     report = {"label": arguments.label, "server_args": arguments.server_args, "cpu_count": os.cpu_count(),
               "runs": []}
     for rooms in arguments.rooms:
-        run = measure(rooms, recordings, arguments.seconds, arguments.server_args)
+        run = measure(rooms, recordings, arguments.seconds, arguments.server_args, arguments.fail_primary_after)
         report["runs"].append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "rooms_detail"}), flush=True)
     out = arguments.out or RESULTS / f"live-{arguments.label}.json"

@@ -66,7 +66,7 @@ def server(sphinx_server: LiveServer) -> LiveServer:
 @pytest.fixture(scope="session")
 async def playwright() -> AsyncIterator[Playwright]:
     if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium is not installed (make browser)")
+        pytest.fail("Chromium is not installed: make system-deps")
     async with async_playwright() as driver:
         yield driver
 
