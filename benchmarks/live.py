@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, normalize, word_error_rate
 from livecap.audio import TARGET_RATE, read_wav
 from livecap.auth import Keys
-from livecap.client import StreamResult, ingest_url, stream_audio
+from livecap.client import StreamResult, ingest_url, stream_audio, wait_until_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GAP_S = 1.0
@@ -144,22 +144,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_ready(base: str, process: subprocess.Popen[bytes], limit_s: float = 900) -> None:
-    deadline = time.monotonic() + limit_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                async with http.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("server not ready")
-
-
 def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str],
             fail_primary_after: float | None = None) -> dict[str, Any]:
     port = free_port()
@@ -168,7 +152,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
                    "--data-dir", data_dir, "--log-level", "warning", *server_args]
         process = subprocess.Popen(command)
         try:
-            asyncio.run(wait_ready(f"http://127.0.0.1:{port}", process))
+            asyncio.run(wait_until_ready(f"http://127.0.0.1:{port}", 900, lambda: process.poll() is None))
             plans = plan_rooms(recordings, rooms, seconds)
             server = psutil.Process(process.pid)
             cpu_before = _cpu_seconds(server)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import numpy as np
 import websockets
 
@@ -43,6 +45,24 @@ def ingest_url(base: str, room: str, key: str | None) -> str:
     base = "ws" + base.removeprefix("http") if base.startswith("http") else base
     url = f"{base.rstrip('/')}/ws/ingest/{quote(room, safe='')}"
     return f"{url}?token={key}" if key else url
+
+
+async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``/readyz`` of the server at ``base`` (http://) until its engines are loaded.
+    Raises ``RuntimeError`` when ``alive()`` turns false, ``TimeoutError`` after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError("the server is gone")
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"{base} not ready after {limit_s:.0f} s")
 
 
 async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,

@@ -12,10 +12,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-import aiohttp
-
 from livecap.audio import read_wav
-from livecap.client import ingest_url, stream_audio
+from livecap.client import ingest_url, stream_audio, wait_until_ready
 
 log = logging.getLogger(__name__)
 DEMO_ROOM = "demo"
@@ -25,19 +23,10 @@ DEMO_AUDIO = Path(__file__).parent / "assets" / "demo.wav"
 async def play_demo(base_url: str, key: str) -> None:
     """Wait for the server to be ready, then loop the clip forever."""
     samples = read_wav(DEMO_AUDIO).mono_16k()
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(f"{base_url}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    websocket_base = base_url.replace("http", "ws", 1)
+    await wait_until_ready(base_url)
     while True:
         try:
-            await stream_audio(ingest_url(websocket_base, DEMO_ROOM, key), samples)
+            await stream_audio(ingest_url(base_url, DEMO_ROOM, key), samples)
         except Exception:
             log.exception("demo stream failed; restarting in 5 s")
             await asyncio.sleep(5)

@@ -5,6 +5,7 @@ measured from the arrival of audio."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,6 +43,16 @@ async def set_faults(server: LiveServer, delay_s: float = 0.0, failure_rate: flo
             f"{server.base}/operator/faults", json={"delay_s": delay_s, "failure_rate": failure_rate},
             headers={"Authorization": f"Bearer {server.keys.key('operator')}"}) as response:
         assert response.status == 200, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def faults(server: LiveServer, delay_s: float = 0.0, failure_rate: float = 0.0) -> AsyncIterator[None]:
+    """The primary is slow or failing inside the block (the fault injector), healthy after it."""
+    await set_faults(server, delay_s, failure_rate)
+    try:
+        yield
+    finally:
+        await set_faults(server)
 
 
 def speech(clips: list[str]) -> tuple[np.ndarray, str]:
@@ -88,21 +99,15 @@ def assert_served_by_fallback_within_budget(result: StreamResult, reference: str
 
 
 async def test_a_primary_slower_than_the_budget_hands_over_to_the_fallback(budget_server: LiveServer) -> None:
-    await set_faults(budget_server, delay_s=3 * BUDGET_S)
-    try:
+    async with faults(budget_server, delay_s=3 * BUDGET_S):
         result, reference = await stream(budget_server, "slow-primary", CLIPS[:3])
-    finally:
-        await set_faults(budget_server)
     assert_served_by_fallback_within_budget(result, reference)
     assert await metric(budget_server, "livecap_deadline_misses_total", reason="late") >= 1
 
 
 async def test_a_failing_primary_hands_over_and_comes_back_when_healthy(budget_server: LiveServer) -> None:
-    await set_faults(budget_server, failure_rate=1.0)
-    try:
+    async with faults(budget_server, failure_rate=1.0):
         result, reference = await stream(budget_server, "failing-primary", CLIPS[:3])
-    finally:
-        await set_faults(budget_server)
     assert_served_by_fallback_within_budget(result, reference)
     assert await metric(budget_server, "livecap_engine_failures_total", engine="whisper-onnx") >= 1
 
@@ -121,11 +126,8 @@ async def test_a_failing_primary_hands_over_and_comes_back_when_healthy(budget_s
 
 async def test_a_primary_near_the_budget_does_not_flap(budget_server: LiveServer) -> None:
     # A call then takes about 0.75 budget plus the real decoding: sometimes in time, sometimes not.
-    await set_faults(budget_server, delay_s=0.75 * BUDGET_S)
-    try:
+    async with faults(budget_server, delay_s=0.75 * BUDGET_S):
         result, reference = await stream(budget_server, "borderline", CLIPS + CLIPS[:2])
-    finally:
-        await set_faults(budget_server)
     engines = [m["engine"] for m in result.finals]
     switches = sum(a != b for a, b in itertools.pairwise(engines))
     assert len(engines) >= 5 and switches <= 2, f"finals by engine: {engines}"
