@@ -125,8 +125,9 @@ async def test_a_failing_primary_hands_over_and_comes_back_when_healthy(budget_s
 
 
 async def test_a_primary_near_the_budget_does_not_flap(budget_server: LiveServer) -> None:
-    # A call then takes about 0.75 budget plus the real decoding: sometimes in time, sometimes not.
-    async with faults(budget_server, delay_s=0.75 * BUDGET_S):
+    # A call then takes 0.9 budget plus the real decoding: sometimes in time, sometimes not, and
+    # never within the trial margin (0.8), so after its first miss the room stays on the fallback.
+    async with faults(budget_server, delay_s=0.9 * BUDGET_S):
         result, reference = await stream(budget_server, "borderline", CLIPS + CLIPS[:2])
     engines = [m["engine"] for m in result.finals]
     switches = sum(a != b for a, b in itertools.pairwise(engines))
