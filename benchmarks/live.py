@@ -40,7 +40,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, normalize, word_error_rate
+from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, normalize, word_error_rate, write_results
 from livecap.audio import TARGET_RATE, read_wav
 from livecap.auth import Keys
 from livecap.client import StreamResult, ingest_url, stream_audio, wait_until_ready
@@ -235,9 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["runs"].append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "rooms_detail"}), flush=True)
     out = arguments.out or RESULTS / f"live-{arguments.label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(out, report)
     return 0
 
 

@@ -12,14 +12,13 @@ side: no recording of the evaluation set may lose its text to them.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scoring import DEFAULT_MANIFEST, load_manifest
+from benchmarks.scoring import DEFAULT_MANIFEST, load_manifest, write_results
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions
 from livecap.asr.guardrails import suppression_reason
 from livecap.asr.whisper_onnx import WhisperOnnx, WindowPolicy
@@ -117,10 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for o in captions + lost:
         print(f"  {o.name}: {o.text!r} no_speech={o.no_speech_probability:.2f} conf={o.mean_confidence:.2f} {o.reason}")
     out = args.out or RESULTS / f"noise-{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model_version": engine.model_version, "window": asdict(window),
-                               "noise": [asdict(o) for o in noise], "speech": [asdict(o) for o in speech]},
-                              indent=2) + "\n")
+    write_results(out, {"model_version": engine.model_version, "window": asdict(window),
+                        "noise": [asdict(o) for o in noise], "speech": [asdict(o) for o in speech]})
     return 1 if captions or lost else 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from livecap_models.catalog import resource_paths, source_for
 
-from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, word_error_rate
+from benchmarks.scoring import DEFAULT_MANIFEST, Recording, load_manifest, word_error_rate, write_results
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions
 from livecap.asr.whisper_onnx import WhisperOnnx, WindowPolicy
 from livecap.audio import read_wav
@@ -147,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "compute_type": "int8", "beam_size": 1, **asdict(reference)}
         print(f"{args.reference}: WER {reference.wer:.2%}, RTF {reference.rtf:.3f}")
     out = args.out or RESULTS / f"offline-{args.model}-{engine.manifest.precision}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(out, result)
     return 0
 
 

@@ -115,3 +115,10 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     if not pairs:
         return 0.0
     return float(jiwer.wer([r for r, _ in pairs], [h if h else "<empty>" for _, h in pairs]))
+
+
+def write_results(path: Path, results: object) -> None:
+    """Write a benchmark's JSON (creating ``benchmarks/results/``) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {path}")
