@@ -57,6 +57,10 @@ class LocalAgreement:
             if comparable(old.text) != comparable(new.text):
                 break
             agreed += 1
+        if agreed and agreed == len(self._previous_tail):
+            # The older hypothesis's last word ended at the edge of its audio, where Whisper
+            # often guesses a word that is cut off ("can" for "can fly"): wait for one more.
+            agreed -= 1
         self.stable += tail[:agreed]
         self._previous_tail = tail[agreed:]
         return Agreement(self.stable, self._previous_tail)
