@@ -107,8 +107,9 @@ class Transcriber:
     async def _handle(self, item: VadEvent | _Flush) -> None:
         match item:
             case UtteranceStarted(index, start):
+                agreement = LocalAgreement(self.options.agreement_horizon_s, self.options.agreement_min_audio_s)
                 self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
-                                           LocalAgreement(), [])
+                                           agreement, [])
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
                 self._current.received += len(samples)
@@ -141,7 +142,7 @@ class Transcriber:
             utterance.decoded = utterance.received
         if self._suppressed(hypothesis):
             return
-        agreement = utterance.agreement.update(hypothesis.words)
+        agreement = utterance.agreement.update(hypothesis.words, utterance.received / SAMPLE_RATE)
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
                                       utterance.start + utterance.received, utterance.newest_arrival))
 
