@@ -104,9 +104,10 @@ class ServerOptions:
 
     @property
     def vad(self) -> VadOptions:
+        soft_share = _VAD.soft_max_utterance_s / _VAD.max_utterance_s
         return dataclasses.replace(_VAD, aggressiveness=self.vad_aggressiveness, onset_ms=self.onset_ms,
                                    endpoint_ms=self.endpoint_ms, max_utterance_s=self.max_utterance_s,
-                                   soft_max_utterance_s=min(_VAD.soft_max_utterance_s, self.max_utterance_s * 0.6))
+                                   soft_max_utterance_s=self.max_utterance_s * soft_share)
 
     @property
     def threads_per_call(self) -> int:

@@ -16,10 +16,11 @@ recognizer's cost grows with the utterance. Past ``soft_max_utterance_s`` the
 silence needed to end an utterance shrinks linearly, so the cut lands in the
 next short pause; at ``max_utterance_s`` it is cut regardless. This does not
 hold audio back to look for a pause later, which would delay every partial.
-The defaults (6 s soft, 10 s hard) match two lines of roll-up captions and
-keep Whisper's encoder window at 20 s or less: with 20 s utterances four
-rooms on two cores overloaded the primary (benchmarks/live.py: 32% of
-utterances fell back; with 10 s, none).
+The defaults (10 s soft, 15 s hard) leave most cuts to real pauses: every
+cut costs the recognizer the context across it (benchmarks/streaming.py:
+finals 5.7% WER with 15 s, 6.2-6.5% with 10 s on the evaluation set). With
+the step interval scaled to the load (``Scheduler.step_interval_s``) four
+rooms on two cores still fit the budget (benchmarks/live.py).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class VadOptions:
     """Window in which 90% of frames must be unvoiced to end an utterance."""
     pre_roll_ms: int = 240
     """Audio before the onset window that is added to the utterance."""
-    soft_max_utterance_s: float = 6.0
-    max_utterance_s: float = 10.0
+    soft_max_utterance_s: float = 10.0
+    max_utterance_s: float = 15.0
     min_level_dbfs: float = -80.0
     """Frames quieter than this (RMS) are unvoiced whatever webrtcvad says (digital near-silence)."""
     min_snr_db: float = 6.0

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.scoring import word_error_rate
 from livecap.client import StreamResult, stream_audio
+from livecap.vad import VadOptions
 from tests.conftest import LiveServer, start_server
 from tests.speech import audio, recordings
 
@@ -119,8 +120,9 @@ async def test_a_failing_primary_hands_over_and_comes_back_when_healthy(budget_s
     first = engines.index("whisper-onnx")
     assert set(engines[first:]) == {"whisper-onnx"}, f"the primary stays once it is back: {engines}"
     back_after = result.arrivals[result.messages.index(result.finals[first])] - result.audio_started
-    # the trial utterance starts within the back-off and its final comes at its end (VAD cut: 10 s)
-    assert back_after < MAX_RETRY_S + 10.0 + 2 * BUDGET_S, f"primary back after {back_after:.1f} s"
+    # the trial utterance starts within the back-off and its final comes at its end (the VAD's cut at the latest)
+    latest = MAX_RETRY_S + VadOptions().max_utterance_s + 2 * BUDGET_S
+    assert back_after < latest, f"primary back after {back_after:.1f} s"
     assert word_error_rate([reference], [final_text(result)]) < FALLBACK_WER_BOUND
 
 
