@@ -27,6 +27,20 @@ async def test_executor_runs_the_earliest_deadline_first() -> None:
     executor.close()
 
 
+async def test_executor_runs_urgent_jobs_before_earlier_deadlines() -> None:
+    """Finals are urgent: a partial can be skipped, a final cannot."""
+    executor = DeadlineExecutor(1, "test", Metrics())
+    gate, order = threading.Event(), list[str]()
+    blocker = executor.submit(0.0, gate.wait)
+    now = time.monotonic()
+    partial = executor.submit(now + 1, functools.partial(order.append, "partial"))
+    final = executor.submit(now + 2, functools.partial(order.append, "final"), urgent=True)
+    gate.set()
+    await asyncio.gather(blocker, partial, final)
+    assert order == ["final", "partial"]
+    executor.close()
+
+
 async def test_executor_drops_a_job_that_cannot_meet_its_deadline() -> None:
     executor = DeadlineExecutor(1, "test", Metrics())
     ran = []

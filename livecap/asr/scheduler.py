@@ -2,9 +2,10 @@
 
 Every recognizer call has a deadline: the arrival of the newest audio it
 covers plus the latency budget (for a final: the endpoint plus the budget).
-Calls of all rooms share one ``DeadlineExecutor`` whose threads take the
-call with the earliest deadline first, and drop a primary call that can no
-longer meet its deadline instead of running it late.
+Calls of all rooms share one ``DeadlineExecutor`` whose threads take finals
+first (a partial may be skipped, a final commits the words and cannot be),
+then the call with the earliest deadline, and drop a primary call that can
+no longer meet its deadline instead of running it late.
 
 Each call to the primary races its deadline. If the primary misses it
 (slow, overloaded, raising, or predicted late), the utterance continues on
@@ -71,6 +72,8 @@ class StepSkipped(Exception):
 
 @dataclass(order=True)
 class _Job(Generic[T]):
+    rank: int
+    """0 for urgent jobs (finals), which go before every other; 1 otherwise."""
     deadline: float
     order: int
     function: Callable[[], T] = field(compare=False)
@@ -82,7 +85,7 @@ class _Job(Generic[T]):
 
 
 class DeadlineExecutor:
-    """A thread pool that runs the job with the earliest deadline first."""
+    """A thread pool that runs urgent jobs first, then the one with the earliest deadline."""
 
     def __init__(self, workers: int, name: str, metrics: Metrics) -> None:
         self.name = name
@@ -95,9 +98,11 @@ class DeadlineExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, deadline: float, function: Callable[[], T], expected_s: float = 0.0) -> asyncio.Future[T]:
+    def submit(self, deadline: float, function: Callable[[], T], expected_s: float = 0.0,
+               urgent: bool = False) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        job = _Job(deadline, next(self._order), function, loop.create_future(), loop, time.monotonic(), expected_s)
+        job = _Job(0 if urgent else 1, deadline, next(self._order), function, loop.create_future(), loop,
+                   time.monotonic(), expected_s)
         with self._condition:
             heapq.heappush(self._heap, job)
             self._metrics.queue_depth.labels(self.name).set(len(self._heap))
@@ -326,12 +331,13 @@ class ScheduledUtterance:
         upto = len(self._audio)
         if self._scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
             return await self._scheduler.executor.submit(
-                deadline, lambda: self._run_primary(kind, upto, settled=settled))
+                deadline, lambda: self._run_primary(kind, upto, settled=settled), urgent=kind == "finish")
         if self.role == "primary":
             call = next(self._calls)
             droppable = kind == "step" and not self._trial
             primary = self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto, call, settled),
-                                                      self._scheduler.expected_step_s if droppable else 0.0)
+                                                      self._scheduler.expected_step_s if droppable else 0.0,
+                                                      urgent=kind == "finish")
             standby = asyncio.ensure_future(self._feed_fallback()) if self._trial else None
             done, _ = await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
             budget = self._scheduler.options.latency_budget_s
