@@ -99,6 +99,7 @@ def stream(engine: WhisperOnnx, audio: np.ndarray, options: StreamingOptions,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-cache", default=None)
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     recordings: list[Recording] = load_manifest(args.manifest, args.ids)
-    engine = WhisperOnnx(EngineOptions(args.model, "cpu", args.threads, args.model_cache))
+    engine = WhisperOnnx(EngineOptions(args.model, args.device, args.threads, args.model_cache))
     options = StreamingOptions(step_s=args.step, prompt_words=args.prompt_words,
                                agreement_horizon_s=args.horizon, agreement_min_audio_s=args.min_audio)
     vad_options = VadOptions(soft_max_utterance_s=args.soft_max, max_utterance_s=args.max_utterance)
