@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from livecap.asr.engine import Hypothesis, Word
-from livecap.asr.guardrails import compression_ratio, longest_repeat, normalise, suppression_reason
+from livecap.asr.guardrails import compression_ratio, echoes_prompt, longest_repeat, normalise, suppression_reason
 
 
 def _hypothesis(text: str, confidence: float = 0.9, no_speech: float | None = 0.05) -> Hypothesis:
@@ -59,3 +59,15 @@ def test_known_hallucinations_unless_clearly_spoken() -> None:
 def test_normalise() -> None:
     assert normalise("Thanks for watching!") == "thanks for watching"
     assert normalise("Don’t  forget") == "dont forget"
+
+
+def test_echoes_of_the_prompt() -> None:
+    """Whisper given context and no speech copies the context, verbatim or shuffled."""
+    prompt = "Man in white shirt is standing in the city street. A white dog is jumping to catch it."
+    assert echoes_prompt("a white dog is jumping", prompt)
+    assert echoes_prompt("Standing in the city street!", prompt)  # case and punctuation do not matter
+    assert echoes_prompt("a white dog to catch it to catch it", prompt)
+    assert not echoes_prompt("in the", prompt)  # short texts of common words occur by chance
+    assert not echoes_prompt("a white dog is running", prompt)
+    assert not echoes_prompt("white shirts standing", prompt)  # whole words only
+    assert not echoes_prompt("a white dog is jumping", "")

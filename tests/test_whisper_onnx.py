@@ -13,7 +13,7 @@ from livecap_models import Manifest, cli, ensure_model, list_models, verify
 from benchmarks.noise import noises
 from benchmarks.scoring import word_error_rate
 from livecap.asr.engine import ENGINES, SAMPLE_RATE, EngineOptions, Hypothesis
-from livecap.asr.guardrails import suppression_reason
+from livecap.asr.guardrails import echoes_prompt, suppression_reason
 from livecap.asr.whisper_onnx import WhisperOnnx, WindowPolicy, create_engine, repeated_tail
 from tests.speech import audio, recordings
 
@@ -61,6 +61,20 @@ def test_prompt_biases_spelling(whisper_engine: WhisperOnnx) -> None:
     stream = whisper_engine.open_stream(prompt="Captain Frere")
     stream.feed(audio("librispeech-3752-4944-0000"))  # "Captain Frere says ...", "Freer" without the prompt
     assert "Frere" in stream.finish().text
+
+
+def test_prompt_is_not_echoed_over_non_speech() -> None:
+    """base, prompted with the captions before it, copies them over the
+    second before a speaker starts (no-speech probability 0.92, yet confident);
+    decoded again without the prompt, it writes no such sentence."""
+    ensure_model("base", "int8")
+    base = WhisperOnnx(EngineOptions(model="base", device="cpu", threads=2))
+    prompt = ("Had he married a more amiable woman, he might have been made still more respectable than he was. "
+              "He might even have been made amiable himself.")
+    before_speech = audio("ami-ES2011a-headset0-40s-46s")[: SAMPLE_RATE]
+    hypothesis = base.transcribe(before_speech, prompt)
+    assert not echoes_prompt(hypothesis.text, prompt), hypothesis.text
+    assert len(hypothesis.words) <= 1
 
 
 def test_long_audio_is_split_into_windows(whisper_engine: WhisperOnnx) -> None:

@@ -67,6 +67,23 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower().replace("'", "").replace("’", "")).split())
 
 
+MIN_ECHO_WORDS = 3
+"""Shorter texts made of the prompt's words ("and the") occur by chance."""
+
+
+def echoes_prompt(text: str, prompt: str) -> bool:
+    """Whether ``text`` has at least ``MIN_ECHO_WORDS`` words, all of them
+    words of ``prompt``.
+
+    Given earlier captions as context and little or no speech, Whisper copies
+    the context, verbatim or shuffled and repeated ("a white dog ... to catch
+    it any to catch it any" after "a white and black dog ... trying to catch
+    it"). A sentence really said twice looks the same; re-decoding without
+    the prompt tells the two apart."""
+    words = normalise(text).split()
+    return len(words) >= MIN_ECHO_WORDS and set(words) <= set(normalise(prompt).split())
+
+
 def compression_ratio(text: str) -> float:
     """Bytes over zlib-compressed bytes: high for text that repeats itself."""
     raw = text.encode("utf-8")

@@ -47,6 +47,7 @@ from livecap.asr import alignment
 from livecap.asr.batching import MicroBatcher
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
+from livecap.asr.guardrails import echoes_prompt
 from livecap.asr.tokenizer import WhisperTokenizer
 from livecap.errors import ModelError
 
@@ -279,7 +280,9 @@ class WhisperOnnx:
                    settled: str = "") -> Hypothesis:
         """Recognise a whole utterance (16 kHz mono float32).
 
-        ``prompt`` is earlier text that biases spelling and style. Without
+        ``prompt`` is earlier text that biases spelling and style; a window
+        whose text merely repeats it is decoded again without it
+        (``guardrails.echoes_prompt``). Without
         ``word_timestamps`` every word spans its whole window. ``settled`` is
         leading text taken as given (forced in one decoder call instead of one
         call per token: on a long partial this halves the decoder's time); it
@@ -299,6 +302,8 @@ class WhisperOnnx:
         for start, end in itertools.pairwise(bounds):
             window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
                                                                      forced)
+            if context and echoes_prompt(" ".join(w.text for w in window_words), context):
+                window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps)
             offset = start / SAMPLE_RATE
             words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
             # an utterance is speech if any of its windows is
