@@ -63,11 +63,13 @@ def test_normalise() -> None:
 
 def test_echoes_of_the_prompt() -> None:
     """Whisper given context and no speech copies the context, verbatim or shuffled."""
-    prompt = "Man in white shirt is standing in the city street. A white dog is jumping to catch it."
-    assert echoes_prompt("a white dog is jumping", prompt)
-    assert echoes_prompt("Standing in the city street!", prompt)  # case and punctuation do not matter
-    assert echoes_prompt("a white dog to catch it to catch it", prompt)
-    assert not echoes_prompt("in the", prompt)  # short texts of common words occur by chance
-    assert not echoes_prompt("a white dog is running", prompt)
-    assert not echoes_prompt("white shirts standing", prompt)  # whole words only
-    assert not echoes_prompt("a white dog is jumping", "")
+    prompt = "Sintra, OBS. Man in white shirt is standing in the city street. A white dog is jumping to catch it."
+    assert echoes_prompt("a white dog is jumping", prompt, 0.0)
+    assert echoes_prompt("Standing in the city street!", prompt, 0.0)  # case and punctuation do not matter
+    assert echoes_prompt("a white dog to catch it to catch it", prompt, 0.0)
+    assert not echoes_prompt("a white dog is running", prompt, 0.9)
+    assert not echoes_prompt("white shirts standing", prompt, 0.9)  # whole words only
+    assert not echoes_prompt("a white dog is jumping", "", 0.9)
+    # short texts of prompt words occur by chance: suspect only where speech is in doubt
+    assert not echoes_prompt("in the", prompt, 0.05)
+    assert echoes_prompt("Sintra.", prompt, 0.38)

@@ -68,20 +68,27 @@ def normalise(text: str) -> str:
 
 
 MIN_ECHO_WORDS = 3
-"""Shorter texts made of the prompt's words ("and the") occur by chance."""
+"""Shorter texts made of the prompt's words ("and the") occur by chance..."""
+SHORT_ECHO_NO_SPEECH = 0.2
+"""...so they are suspect only when the model doubts there is speech: a
+glossary term written over a breath measured 0.3-0.4, the first words of
+real speech 0.0-0.2."""
 
 
-def echoes_prompt(text: str, prompt: str) -> bool:
-    """Whether ``text`` has at least ``MIN_ECHO_WORDS`` words, all of them
-    words of ``prompt``.
+def echoes_prompt(text: str, prompt: str, no_speech_probability: float) -> bool:
+    """Whether ``text`` may be a copy of ``prompt`` rather than of the audio:
+    all its words are words of the prompt, and it is long
+    (``MIN_ECHO_WORDS``) or the audio doubtful (``SHORT_ECHO_NO_SPEECH``).
 
-    Given earlier captions as context and little or no speech, Whisper copies
-    the context, verbatim or shuffled and repeated ("a white dog ... to catch
-    it any to catch it any" after "a white and black dog ... trying to catch
-    it"). A sentence really said twice looks the same; re-decoding without
-    the prompt tells the two apart."""
+    Given context and little or no speech, Whisper copies the context,
+    verbatim or shuffled and repeated ("a white dog ... to catch it any to
+    catch it any" after "a white and black dog ... trying to catch it"), or
+    writes a glossary term. A sentence really said twice looks the same;
+    re-decoding without the prompt tells the two apart."""
     words = normalise(text).split()
-    return len(words) >= MIN_ECHO_WORDS and set(words) <= set(normalise(prompt).split())
+    if not words or not set(words) <= set(normalise(prompt).split()):
+        return False
+    return len(words) >= MIN_ECHO_WORDS or no_speech_probability >= SHORT_ECHO_NO_SPEECH
 
 
 def compression_ratio(text: str) -> float:

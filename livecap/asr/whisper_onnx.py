@@ -302,7 +302,7 @@ class WhisperOnnx:
         for start, end in itertools.pairwise(bounds):
             window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
                                                                      forced)
-            if context and echoes_prompt(" ".join(w.text for w in window_words), context):
+            if context and echoes_prompt(" ".join(w.text for w in window_words), context, window_no_speech):
                 window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps)
             offset = start / SAMPLE_RATE
             words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
