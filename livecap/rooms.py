@@ -30,6 +30,7 @@ from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, Tra
 from livecap.captions import CaptionEvent, CaptionState
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
+from livecap.glossary import Glossary
 from livecap.latency import RoomLatency
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
@@ -65,6 +66,7 @@ class RoomSettings:
     vad: VadOptions
     streaming: StreamingOptions
     viewer_backlog: int
+    glossary: Glossary = Glossary()
 
 
 class Room:
@@ -164,8 +166,10 @@ class Room:
         return session is not None, len(viewers)
 
     def prompt(self) -> str:
+        """Context for the recognizer: the glossary, then the latest finals."""
         words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
-        return " ".join(words[-self.settings.streaming.prompt_words :])
+        recent = " ".join(words[-self.settings.streaming.prompt_words :])
+        return " ".join(part for part in (self.settings.glossary.prompt, recent) if part)
 
 
 class PublisherSession:
@@ -217,16 +221,19 @@ class PublisherSession:
         if segment is None:
             segment = self._segments[update.utterance] = captions.new_segment()
         hypothesis = update.hypothesis
+        glossary = self.room.settings.glossary
         latency_ms = 0.0
         match update:
             case PartialUpdate(agreement=agreement, start=start, end=end, newest_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
-                event = captions.partial(segment, agreement.stable, agreement.unstable, self._time(start),
-                                         self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
+                event = captions.partial(segment, glossary.apply(agreement.stable), glossary.apply(agreement.unstable),
+                                         self._time(start), self._time(end), hypothesis.engine,
+                                         hypothesis.model_version, latency_ms)
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 offset = self._time(start)
-                timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in words)
+                timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence)
+                              for w in glossary.apply(words))
                 event = captions.final(segment, timed, offset, self._time(end), hypothesis.engine,
                                        hypothesis.model_version, latency_ms)
                 del self._segments[update.utterance]

@@ -27,6 +27,7 @@ from livecap.config import ServerOptions
 from livecap.errors import IdleTimeout, InternalError, LivecapError, ProtocolError, RateLimited, ServerBusy
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Subscriber, ViewerInbox
+from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
 from livecap.metrics import Metrics
 from livecap.rooms import PublisherSession, Room, RoomRegistry, RoomSettings, TranscriptStore
@@ -54,7 +55,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[KEYS] = keys
     app[METRICS] = metrics = Metrics()
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
-    settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog)
+    settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
     app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
                                       options.max_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
