@@ -36,13 +36,16 @@ class Glossary:
     def apply(self, words: Sequence[Word]) -> tuple[Word, ...]:
         """``words`` with each run that matches a term (longest terms first)
         spelled as the term, keeping the punctuation around each word."""
+        if not self.terms:
+            return tuple(words)
         keys = [comparable(w.text) for w in words]
         out = list(words)
         terms = sorted((term.split() for term in self.terms), key=len, reverse=True)
+        term_keys = [[comparable(t) for t in term] for term in terms]
         i = 0
         while i < len(out):
-            for term in terms:
-                if keys[i : i + len(term)] == [comparable(t) for t in term]:
+            for term, term_key in zip(terms, term_keys, strict=True):
+                if keys[i : i + len(term)] == term_key:
                     for k, spelling in enumerate(term):
                         word = out[i + k]
                         before, _, after = _AFFIXES.match(word.text).groups()  # type: ignore[union-attr]
