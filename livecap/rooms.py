@@ -226,9 +226,11 @@ class PublisherSession:
         match update:
             case PartialUpdate(agreement=agreement, start=start, end=end, newest_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
-                event = captions.partial(segment, glossary.apply(agreement.stable), glossary.apply(agreement.unstable),
-                                         self._time(start), self._time(end), hypothesis.engine,
-                                         hypothesis.model_version, latency_ms)
+                # one pass over the whole partial, so a term may straddle stable and unstable words
+                shown = glossary.apply((*agreement.stable, *agreement.unstable))
+                settled = len(agreement.stable)
+                event = captions.partial(segment, shown[:settled], shown[settled:], self._time(start),
+                                         self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 offset = self._time(start)
