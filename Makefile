@@ -16,11 +16,13 @@ $(BIN)/livecap: pyproject.toml
 
 setup: $(BIN)/livecap
 
-# Debian's Chromium for the browser tests (Playwright drives it; no browser download)
-# and promtool (package prometheus) to check the scrape config and the /metrics output.
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download),
+# promtool (package prometheus) to check the scrape config and the /metrics output, and
+# sox + espeak-ng, with which ../shared/cases/make_cases.sh builds the failing-case inputs.
 system-deps:
-	@command -v chromium >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null; }
+	@command -v chromium >/dev/null && command -v promtool >/dev/null && command -v sox >/dev/null && \
+	  command -v espeak-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends chromium prometheus sox espeak-ng >/dev/null; }
 
 demo: setup
 	$(BIN)/livecap serve --demo
