@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent, VadOptions, VadSegmenter
-from tests.speech import audio
+from benchmarks import noise
+from livecap.asr.whisper_onnx import WhisperOnnx
+from livecap.audio import read_wav
+from livecap.vad import (
+    SpeechCheck,
+    UtteranceAudio,
+    UtteranceEnded,
+    UtteranceStarted,
+    VadEvent,
+    VadOptions,
+    VadSegmenter,
+)
+from tests.cases import case
+from tests.speech import audio, recordings
 
 SR = 16_000
 
@@ -100,3 +114,73 @@ def test_a_quiet_microphone_is_heard_like_a_loud_one(level_db: float) -> None:
     found = segments(run(signal + floor, [320]))
     covered = sum(end - start for start, end, _, _ in found)
     assert covered >= 0.8 * len(signal), f"{covered / len(signal):.0%} of the speech is in utterances"
+
+
+def test_a_cut_mid_speech_opens_the_next_utterance_at_the_same_sample() -> None:
+    """Run-on speech (../shared/cases/runon.wav has no pause over 0.15 s):
+    where no pause comes, the cut is hard and the next utterance starts at
+    once, so no audio between them is lost."""
+    options = VadOptions(soft_max_utterance_s=3.0, max_utterance_s=4.0, min_pause_ms=600)
+    signal = read_wav(case("runon.wav")).mono_16k()[: 20 * SR]
+    found = segments(run(signal, [320], options))
+    assert [r for *_, r, _ in found[:-1]].count("max_length") >= 3
+    for (_, end, reason, _), (start, *_) in itertools.pairwise(found):
+        if reason == "max_length":
+            assert start == end, "the next utterance begins where the cut one ended"
+
+
+def test_short_pauses_end_long_utterances_before_the_hard_cut() -> None:
+    """In fluent speech webrtcvad's hang-over calls 0.1-0.2 s breaks voiced;
+    past the soft maximum a deep dip in level counts as the pause it is."""
+    own = _run_on(["ljspeech-LJ050-0160", "vctk-p226_003", "librispeech-2412-153948-0000", "jfk-inaugural-ask-not"])
+    for signal in (read_wav(case("runon.wav")).mono_16k(), own):
+        found = segments(run(signal, [320]))
+        assert found and all(reason != "max_length" for _, _, reason, _ in found)
+        assert all(end - start <= 15.0 * SR for start, end, _, _ in found)
+
+
+def _run_on(recordings: list[str], gap_s: float = 0.12) -> np.ndarray:
+    """Recordings back to back, their leading and trailing silence trimmed, ``gap_s`` of quiet between."""
+    pieces = []
+    for recording in recordings:
+        signal = audio(recording)
+        level = np.convolve(np.abs(signal), np.ones(160) / 160, mode="same")
+        voiced = np.flatnonzero(level > 0.05 * level.max())
+        pieces += [signal[voiced[0] : voiced[-1]], np.zeros(int(gap_s * SR), dtype=np.float32)]
+    return np.concatenate(pieces)
+
+
+def test_flush_keeps_a_last_word_too_short_for_an_onset() -> None:
+    """A speaker who says one short word and stops: the stream ends before the onset window fills."""
+    word = audio("vctk-p226_003")
+    level = np.convolve(np.abs(word), np.ones(160) / 160, mode="same")
+    begin = int(np.flatnonzero(level > 0.1 * level.max())[0])
+    signal = np.concatenate([np.zeros(SR, dtype=np.float32), word[begin : begin + int(0.14 * SR)]])
+    found = segments(run(signal, [320]))
+    assert len(found) == 1 and found[0][2] == "flush" and found[0][1] == len(signal)
+
+
+@pytest.mark.parametrize("name", ["chime.wav"])
+def test_speech_check_rejects_the_handed_non_speech(name: str) -> None:
+    check = SpeechCheck()
+    assert not check.feed(read_wav(case(name)).mono_16k())
+
+
+@pytest.mark.parametrize("signal", ["tones", "dtmf", "chimes", "clicks", "applause", "music"])
+def test_speech_check_rejects_other_non_speech(signal: str) -> None:
+    samples = getattr(noise, signal)()
+    for level in (-30, -12):
+        assert not SpeechCheck().feed(noise._at_level(samples, level)), f"{signal} at {level} dBFS"
+
+
+def test_speech_check_confirms_speech_within_a_second_after_its_first_word(whisper_engine: WhisperOnnx) -> None:
+    """Every recording of the evaluation set (accents, telephone bandwidth,
+    far and quiet microphones) is confirmed as speech within a second after its first
+    word, so the first partial waits for little."""
+    late = []
+    for recording in recordings():
+        signal = audio(recording)
+        first = next(w for w in whisper_engine.transcribe(signal, word_timestamps=True).words if w.text.strip(".,"))
+        if not SpeechCheck().feed(signal[: int((first.end + 1.0) * SR)]):
+            late.append(recording)
+    assert not late
