@@ -5,24 +5,25 @@ from __future__ import annotations
 import random
 
 from livecap.asr.engine import Word
-from livecap.asr.streaming import Agreement, LocalAgreement, comparable
+from livecap.asr.streaming import Agreement, LocalAgreement, align, comparable, split_at_cut
 
 
-def words(text: str, start: float = 0.0) -> list[Word]:
+def words(text: str, start: float = 0.0, confidence: float = 1.0) -> list[Word]:
     """Words one second apart from ``start``."""
-    return [Word(w, start + i, start + i + 1.0) for i, w in enumerate(text.split())]
+    return [Word(w, start + i, start + i + 1.0, confidence) for i, w in enumerate(text.split())]
 
 
 class Stepper:
     """Feeds a policy hypotheses decoded from 0.5 s more audio each time."""
 
-    def __init__(self, policy: LocalAgreement) -> None:
+    def __init__(self, policy: LocalAgreement, confidence: float = 1.0) -> None:
         self.policy = policy
         self.audio_s = 0.0
+        self.confidence = confidence
 
     def __call__(self, text: str) -> Agreement:
         self.audio_s += 0.5
-        return self.policy.update(words(text), self.audio_s)
+        return self.policy.update(words(text, confidence=self.confidence), self.audio_s)
 
 
 def texts(ws: tuple[Word, ...]) -> str:
@@ -73,7 +74,7 @@ def test_stable_words_are_never_retracted_on_random_hypotheses() -> None:
     vocabulary = ["a", "b", "c", "d", "e", "f", "g"]
     for _ in range(300):
         policy, shown = LocalAgreement(rng.choice([0.0, 1.0])), tuple[Word, ...]()
-        update = Stepper(policy)
+        update = Stepper(policy, confidence=0.5)
         truth = [rng.choice(vocabulary) for _ in range(12)]
         for step in range(1, 14):
             guess = truth[:step] + [rng.choice(vocabulary) for _ in range(rng.randint(0, 3))]
@@ -83,8 +84,13 @@ def test_stable_words_are_never_retracted_on_random_hypotheses() -> None:
             result = update(" ".join(guess))
             assert [comparable(w.text) for w in result.stable[: len(shown)]] == [comparable(w.text) for w in shown]
             shown = result.stable
-        final = policy.finish(words(" ".join(truth)))
-        assert [comparable(w.text) for w in final[: len(shown)]] == [comparable(w.text) for w in shown]
+        # a final hypothesis that is unsure of its words never retracts a settled one...
+        unsure = policy.finish(words(" ".join(truth), confidence=0.3))
+        assert [comparable(w.text) for w in unsure[: len(shown)]] == [comparable(w.text) for w in shown]
+        # ...and nothing a surer final hypothesis heard after them is lost
+        kept = iter(comparable(w.text) for w in policy.finish(words(" ".join(truth), confidence=0.9)))
+        assert all(any(word == other for other in kept) for word in truth[len(shown) :]), \
+            "the final hypothesis' words after the settled ones all appear, in order"
 
 
 def test_agreement_spans_the_horizon_not_just_the_last_step() -> None:
@@ -109,6 +115,80 @@ def test_replaced_stable_word_is_not_followed_by_its_replacement() -> None:
     update("the town of cintra which")
     update("the town of cintra which was")
     assert texts(policy.stable) == "the town of cintra"
-    final = policy.finish(words("the town of stintra which was made famous", start=10.0))
-    assert texts(final) == "the town of cintra which was made famous"
+    final = policy.finish(words("the town of stintra which was made famous", start=10.0, confidence=0.4))
+    assert texts(final) == "the town of cintra which was made famous", "an unsure final keeps the settled word"
     assert (final[3].start, final[3].end) == (13.0, 14.0), "the stable word takes its replacement's timing"
+
+
+def _settle(text: str) -> LocalAgreement:
+    """A policy whose partials settled every word of ``text`` but the last."""
+    policy = LocalAgreement()
+    update = Stepper(policy, confidence=0.6)
+    update(text)
+    update(text)
+    return policy
+
+
+def test_a_sure_final_replaces_settled_words_the_audio_no_longer_supports() -> None:
+    """The numbers case: "for the $5.00." settled early; with all the audio the
+    final hears "$45." and is sure of it."""
+    policy = _settle("tickets cost for the $5.00. call 555")
+    final = [*words("tickets cost", confidence=0.9), Word("$45.", 2, 3, 0.8),
+             *words("call 555-0199 for details.", start=3, confidence=0.9)]
+    assert texts(policy.finish(final)) == "tickets cost $45. call 555-0199 for details."
+    policy = _settle("the commission recommends that trump and favorable consideration")
+    final = words("the commission recommends that prompt and favorable consideration be given", confidence=0.7)
+    assert texts(policy.finish(final)).startswith("the commission recommends that prompt and")
+
+
+def test_an_unsure_final_does_not_make_settled_words_worse() -> None:
+    """Viewers saw "555-0199" settle; the final's own decode writes "555.01.9", unsure."""
+    policy = _settle("call 555-0199 for details today")
+    final = [Word("call", 0, 1, 0.9), Word("555.01.9", 1, 2, 0.3), *words("for details today", 2, 0.9)]
+    assert texts(policy.finish(final)) == "call 555-0199 for details today"
+
+
+def test_settled_words_the_final_skipped_are_kept() -> None:
+    """Whisper's final decode sometimes leaves out a long stretch it had
+    recognised in the partials; settled words are never lost that way."""
+    policy = _settle("in planning its data processing techniques and so my fellow americans ask")
+    final = policy.finish(words("and so my fellow americans ask not what your country can", confidence=0.9))
+    assert texts(final) == ("in planning its data processing techniques and so my fellow americans ask "
+                            "not what your country can")
+
+
+def test_a_far_match_does_not_swallow_what_lies_between() -> None:
+    """Stable "... for the $5.00. Call" against a final "... $45. call 555 for
+    details.": "for" must not pair with the "for" of "for details"."""
+    policy = _settle("cost for the $5.00. call now")
+    final = policy.finish(words("cost $45. call 555-0199 for details.", confidence=0.9))
+    assert texts(final) == "cost $45. call 555-0199 for details."
+
+
+def test_unsettled_words_give_way_to_the_final() -> None:
+    """Words the last partial had not settled were guesses from less audio."""
+    policy = LocalAgreement(horizon_s=5.0)
+    policy.update(words("to be ill disposed"), 1.0)
+    policy.update([*words("to be", confidence=0.9), Word("old-sposed", 2, 3, 0.9)], 1.5)
+    assert texts(policy.stable) == "" and texts(policy.unstable) == "to be old-sposed"
+    assert texts(policy.finish(words("to be ill-disposed.", confidence=0.4))) == "to be ill-disposed."
+    assert texts(policy.finish(words("to be", confidence=0.4))) == "to be", "nor are they kept where the final has none"
+
+
+def test_align_prefix() -> None:
+    segments, tail = align(["for", "the", "5", "call"], ["45", "call", "555", "for", "details"])
+    assert segments == [(range(0, 3), range(0, 1), False), (range(3, 4), range(1, 2), True)] and tail == 2
+    assert align(["a", "b", "c"], ["a", "b", "c", "d", "e"])[1] == 3
+    assert align([], ["x"]) == ([], 0)
+    assert align(["x", "y"], []) == ([(range(0, 2), range(0, 0), False)], 0)
+
+
+def test_split_at_cut_moves_the_words_at_the_cut_to_the_next_utterance() -> None:
+    heard = [Word("the", 0.0, 0.3), Word("agencies", 0.3, 1.0), Word("from", 1.1, 1.4), Word("wh-", 14.8, 15.0)]
+    kept, carry_from = split_at_cut(heard, 15.0, settled=0)
+    assert texts(kept) == "the agencies from" and carry_from == 1.4, "the cut-off word and all after go on"
+    kept, carry_from = split_at_cut(heard, 15.0, settled=4)
+    assert texts(kept) == "the agencies from wh-" and carry_from == 15.0, "settled words stay"
+    assert split_at_cut([], 15.0, 0) == ((), 0.0), "nothing heard: all of it goes on"
+    kept, carry_from = split_at_cut([Word("a", 0.0, 0.5), Word("b", 0.5, 14.9)], 15.0, 0, max_carry_s=5.0)
+    assert texts(kept) == "a" and carry_from == 10.0, "at most max_carry_s goes on"

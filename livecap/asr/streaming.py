@@ -21,10 +21,12 @@ word gaining a comma or a capital does not count as a disagreement.
 
 from __future__ import annotations
 
-import difflib
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from livecap.asr.engine import Word
 
@@ -69,6 +71,8 @@ class LocalAgreement:
         self.horizon_s = horizon_s
         self.min_audio_s = min_audio_s
         self.stable: tuple[Word, ...] = ()
+        self.unstable: tuple[Word, ...] = ()
+        """The newest hypothesis' words after the stable ones: what else viewers see now."""
         self._history: list[tuple[float, tuple[Word, ...]]] = []
         """Earlier hypotheses with the audio (seconds) they covered, oldest first."""
 
@@ -94,46 +98,144 @@ class LocalAgreement:
             self.stable += tail[:agreed]
             tail = tail[agreed:]
         self._history.append((audio_s, words))
+        self.unstable = tail
         return Agreement(self.stable, tail)
 
-    def finish(self, words: Sequence[Word]) -> tuple[Word, ...]:
-        """The final words: the stable prefix (never retracted) followed by the
-        rest of the final hypothesis. A stable word takes the timing of the
-        final hypothesis' word it stands for, and its spelling and punctuation
-        where the two are the same word."""
+    def finish(self, words: Sequence[Word], confidences: bool = True) -> tuple[Word, ...]:
+        """The final words, from the final hypothesis ``words`` (decoded with
+        all the utterance's audio) and what the partials showed.
+
+        The two are aligned (``align``). Where they agree, the final's word
+        stands (its spelling, punctuation and timing). Where they differ, the
+        final hypothesis replaces *settled* words only when it is sure of its
+        own (mean confidence ``REPLACE_SETTLED_CONFIDENCE``): the evidence
+        changed ("for the" settled early, "45 dollars" heard at the end); an
+        unsure final keeps what viewers saw settle ("555-0199", not
+        "555.01.9"), and a final that skipped settled words keeps them, so
+        a settled word is never lost. The last partial's *unsettled* words
+        give way to the final's: they were guesses from less audio (measured:
+        keeping the surer of the two cost more than it saved). After the
+        shown text, the rest of the final hypothesis follows. Engines whose
+        confidences mean nothing (``confidences=False``) keep every settled
+        word.
+        """
         words = tuple(words)
-        pairs = self._pairing(words)
-        settled: list[Word] = []
-        for i, word in enumerate(self.stable):
-            if i in pairs:
-                match = words[pairs[i]]
-                same = comparable(match.text) == comparable(word.text)
-                settled.append(match if same else Word(word.text, match.start, match.end, word.confidence))
-            else:  # the final hypothesis lost this word: it sits where the previous one ended
-                at = settled[-1].end if settled else 0.0
-                settled.append(Word(word.text, at, at, word.confidence))
-        return (*settled, *self._tail_after_stable(words))
+        shown = (*self.stable, *self.unstable)
+        segments, tail = align([comparable(w.text) for w in shown], [comparable(w.text) for w in words])
+        final: list[Word] = []
+        for old, new, equal in segments:
+            before, after = shown[old.start : old.stop], words[new.start : new.stop]
+            settled = old.start < len(self.stable)  # the stretch begins among the settled words
+            if equal or _final_wins(before, after, settled, confidences):
+                final += after
+            else:  # viewers' words stay, timed where the final put what it heard instead
+                at = final[-1].end if final else 0.0
+                start, end = (after[0].start, after[-1].end) if after else (at, at)
+                final += [Word(w.text, start + (end - start) * k / len(before),
+                               start + (end - start) * (k + 1) / len(before), w.confidence)
+                          for k, w in enumerate(before)]
+        return (*final, *words[tail:])
 
     def _tail_after_stable(self, words: Sequence[Word]) -> tuple[Word, ...]:
-        """The words of ``words`` that come after the stable prefix."""
+        """The words of ``words`` that come after the stable prefix.
+
+        Normally the hypothesis starts with the stable words. When it has
+        drifted, the two are aligned, so that a replaced stable word
+        ("Cintra" for "Stintra") is not followed by its replacement as well."""
         words = tuple(words)
         n = len(self.stable)
         if [comparable(w.text) for w in words[:n]] == [comparable(w.text) for w in self.stable]:
             return words[n:]
-        pairs = self._pairing(words)
-        return words[max(pairs.values()) + 1 :] if pairs else words[n:]
+        _, tail = align([comparable(w.text) for w in self.stable], [comparable(w.text) for w in words])
+        return words[tail:]
 
-    def _pairing(self, words: Sequence[Word]) -> dict[int, int]:
-        """Stable word index → index of the hypothesis word it stands for.
 
-        Normally the hypothesis starts with the stable words. When it has
-        drifted, the two are aligned (difflib): equal words pair up, and so do
-        words replaced one for one ("Cintra" for "Stintra"), so that a
-        replaced stable word is not followed by its replacement as well."""
-        matcher = difflib.SequenceMatcher(
-            a=[comparable(w.text) for w in self.stable], b=[comparable(w.text) for w in words], autojunk=False)
-        pairs: dict[int, int] = {}
-        for tag, a1, a2, b1, b2 in matcher.get_opcodes():
-            if tag in ("equal", "replace"):
-                pairs.update((a1 + k, b1 + k) for k in range(min(a2 - a1, b2 - b1)))
-        return pairs
+REPLACE_SETTLED_CONFIDENCE = 0.5
+"""Mean word confidence at which a final hypothesis replaces settled words it disagrees with."""
+
+
+def _final_wins(shown: Sequence[Word], final: Sequence[Word], settled: bool, confidences: bool) -> bool:
+    """Whether the final hypothesis' words replace the differing ``shown`` ones (see ``LocalAgreement.finish``)."""
+    if settled:  # also a word the final hears between settled words: the settled text changes only when sure
+        return confidences and bool(final) and _mean_confidence(final) >= REPLACE_SETTLED_CONFIDENCE
+    return True
+
+
+def _mean_confidence(words: Sequence[Word]) -> float:
+    return sum(w.confidence for w in words) / len(words)
+
+
+def align(a: Sequence[str], b: Sequence[str]) -> tuple[list[tuple[range, range, bool]], int]:
+    """Align all of ``a`` with a prefix of ``b`` at the least edit distance
+    (one per substituted, missing or extra word; the rest of ``b`` is free).
+
+    Returns the alignment as segments ``(range in a, range in b, equal)``, in
+    order, covering all of ``a`` and ``b[:tail]``: single equal words, and the
+    differing stretches between them; and ``tail``, where the unaligned rest
+    of ``b`` begins. A prefix, not a global alignment: ``a`` is what was shown
+    of an utterance, ``b`` a hypothesis of all of it, and a word of ``a``
+    pairing with a far word of ``b`` ("for" with "for details") would drop
+    what lies between.
+    """
+    n, m = len(a), len(b)
+    cost = np.zeros((n + 1, m + 1), dtype=np.int32)
+    cost[:, 0] = np.arange(n + 1)
+    cost[0, :] = np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost[i, j] = min(cost[i - 1, j - 1] + (a[i - 1] != b[j - 1]), cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+    tail = max(range(m + 1), key=lambda j: (-cost[n, j], j))  # the cheapest end; the longest on a tie
+    steps: list[tuple[int, int]] = []
+    i, j = n, tail
+    while i or j:  # back to the start, preferring pairs (diagonal) over gaps
+        if i and j and cost[i, j] == cost[i - 1, j - 1] + (a[i - 1] != b[j - 1]):
+            i, j = i - 1, j - 1
+        elif i and cost[i, j] == cost[i - 1, j] + 1:
+            i -= 1
+        else:
+            j -= 1
+        steps.append((i, j))
+    path = [*reversed(steps), (n, tail)]
+    segments: list[tuple[range, range, bool]] = []
+    open_a, open_b = 0, 0
+    for (i0, j0), (i1, j1) in itertools.pairwise(path):
+        if i1 - i0 == 1 and j1 - j0 == 1 and a[i0] == b[j0]:
+            if (open_a, open_b) != (i0, j0):
+                segments.append((range(open_a, i0), range(open_b, j0), False))
+            segments.append((range(i0, i1), range(j0, j1), True))
+            open_a, open_b = i1, j1
+    if (open_a, open_b) != (n, tail):
+        segments.append((range(open_a, n), range(open_b, tail), False))
+    return segments, tail
+
+
+CUT_EDGE_S = 0.3
+"""At a cut mid-speech, a word ending this close to the cut may be cut off."""
+MAX_CARRY_S = 15.0
+"""At most this much audio of a cut utterance is recognised again in the next one: with the VAD's 15 s
+cut, an utterance and its carry stay within Whisper's 30 s window."""
+
+
+def split_at_cut(words: Sequence[Word], duration_s: float, settled: int,
+                 edge_s: float = CUT_EDGE_S, max_carry_s: float = MAX_CARRY_S) -> tuple[tuple[Word, ...], float]:
+    """The words an utterance cut mid-speech keeps, and the time (seconds
+    into it) from which its audio moves into the next utterance.
+
+    A recogniser drops or garbles words at the edge of its audio: a word cut
+    in half, or a sentence it has not heard end (Whisper leaves out "The
+    Secret Service should not" before a cut rather than guess). So the words
+    ending within ``edge_s`` of the cut, and everything after the last word
+    kept, are recognised again with the speech that follows; nothing is lost,
+    and nothing is said twice. The first ``settled`` words stay (viewers have
+    seen them settle), and so does everything more than ``max_carry_s``
+    before the cut. Word times are the engine's (``Word.start``/``end``)."""
+    words = tuple(words)
+    keep = len(words)
+    while keep > settled and words[keep - 1].end > duration_s - edge_s:
+        keep -= 1
+    carry_from = words[keep - 1].end if keep else 0.0
+    if duration_s - carry_from > max_carry_s:
+        carry_from = duration_s - max_carry_s
+        keep = max(settled, sum(1 for word in words if word.end <= carry_from))
+        carry_from = max(carry_from, words[keep - 1].end if keep else 0.0)
+    return words[:keep], min(carry_from, duration_s)
