@@ -310,6 +310,14 @@ class ScheduledUtterance:
         self._calls = itertools.count()
         self._skipped_in_a_row = 0
 
+    def audio(self) -> np.ndarray:
+        """The utterance's audio given to ``step`` and ``finish`` so far."""
+        return np.concatenate(self._audio) if self._audio else np.zeros(0, dtype=np.float32)
+
+    def abandon(self) -> None:
+        """End the utterance without a final decode (it held no speech)."""
+        self._scheduler.speaking -= 1
+
     async def step(self, audio: np.ndarray, newest_arrival: float, settled: str = "") -> Hypothesis:
         """Feed new audio; the hypothesis for all audio so far (``settled``: see ``RecognizerStream``)."""
         return await self._call("step", audio, newest_arrival + self._scheduler.options.latency_budget_s, settled)

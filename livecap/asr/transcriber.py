@@ -5,7 +5,13 @@ callback. The loop drains every event that is waiting before it decodes, so
 when recognition is slower than speech it decodes less often instead of
 falling behind: audio is never skipped, only intermediate partials are.
 Which words of a partial are settled is decided by the pure
-``LocalAgreement`` policy.
+``LocalAgreement`` policy; where a cut mid-speech leaves the final's last
+words, by ``split_at_cut``.
+
+Nothing is shown of an utterance until ``SpeechCheck`` has heard speech in
+it: tones, chimes and music pass webrtcvad, and the recognizer writes
+something for them. The check runs off the event loop, and only until the
+utterance is confirmed.
 """
 
 from __future__ import annotations
@@ -13,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Hypothesis, Word
-from livecap.asr.guardrails import suppression_reason
+from livecap.asr.guardrails import guardrails_for, suppression_reason
 from livecap.asr.scheduler import ScheduledUtterance, Scheduler, StepSkipped
-from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions
-from livecap.vad import UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
+from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions, split_at_cut
+from livecap.vad import SpeechCheck, SpeechCheckOptions, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,10 @@ class FinalUpdate:
     hypothesis: Hypothesis
     start: int
     end: int
+    """End of the audio the words cover; at a cut mid-speech, where the next utterance takes over."""
     last_voiced_arrival: float
+    suppressed: str | None = None
+    """Why the final hypothesis was dropped (a guardrail's reason, ``not_speech``), or None."""
 
 
 TranscriptUpdate = PartialUpdate | FinalUpdate
@@ -57,12 +66,26 @@ class _Flush:
 
 
 @dataclass(slots=True)
+class _Carry:
+    """Audio at the end of an utterance cut mid-speech that the next utterance recognises again."""
+
+    audio: np.ndarray
+    end: int
+    """Sample where the cut utterance ended: the next one must start there to take the carry."""
+    arrival: float
+
+
+@dataclass(slots=True)
 class _Utterance:
     index: int
     start: int
     recognizer: ScheduledUtterance
     agreement: LocalAgreement
+    speech: SpeechCheck
     pending: list[np.ndarray]
+    """Audio not yet given to the recognizer."""
+    unchecked: list[np.ndarray] = field(default_factory=list)
+    """Audio not yet given to the speech check (empty once it is confirmed)."""
     received: int = 0
     decoded: int = 0
     newest_arrival: float = 0.0
@@ -70,14 +93,17 @@ class _Utterance:
 
 class Transcriber:
     def __init__(self, scheduler: Scheduler, room: str, on_update: Callable[[TranscriptUpdate], None],
-                 prompt: Callable[[], str], options: StreamingOptions = StreamingOptions()) -> None:
+                 prompt: Callable[[], str], options: StreamingOptions = StreamingOptions(),
+                 speech_check: SpeechCheckOptions = SpeechCheckOptions()) -> None:
         self._scheduler = scheduler
         self._room = room
         self._on_update = on_update
         self._prompt = prompt
         self.options = options
+        self.speech_check = speech_check
         self._queue: asyncio.Queue[VadEvent | _Flush] = asyncio.Queue()
         self._current: _Utterance | None = None
+        self._carry: _Carry | None = None
         self._task = asyncio.create_task(self._run(), name="transcriber")
 
     def submit(self, events: list[VadEvent]) -> None:
@@ -85,7 +111,8 @@ class Transcriber:
             self._queue.put_nowait(event)
 
     async def flush(self) -> None:
-        """Wait until every event submitted so far has been recognised."""
+        """Wait until every event submitted so far has been recognised,
+        including the decoding step they made due."""
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Flush(done))
         await asyncio.shield(done)
@@ -99,28 +126,37 @@ class Transcriber:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            flushes = [item for item in batch if isinstance(item, _Flush)]
             for item in batch:
-                await self._handle(item)
+                if not isinstance(item, _Flush):
+                    await self._handle(item)
             if self._current is not None and self._step_due(self._current):
                 await self._step(self._current)
+            for flush in flushes:
+                flush.done.set_result(None)
 
-    async def _handle(self, item: VadEvent | _Flush) -> None:
-        match item:
+    async def _handle(self, event: VadEvent) -> None:
+        match event:
             case UtteranceStarted(index, start):
+                pending, arrival = [], 0.0
+                carry, self._carry = self._carry, None
+                if carry is not None and carry.end == start:
+                    pending, start, arrival = [carry.audio], start - len(carry.audio), carry.arrival
                 agreement = LocalAgreement(self.options.agreement_horizon_s, self.options.agreement_min_audio_s)
                 self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
-                                           agreement, [])
+                                           agreement, SpeechCheck(self.speech_check), pending, list(pending),
+                                           received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
+                if not self._current.speech.confirmed:
+                    self._current.unchecked.append(samples)
                 self._current.received += len(samples)
                 self._current.newest_arrival = arrival
-            case UtteranceEnded(_, end, last_voiced_arrival, _) if self._current is not None:
+            case UtteranceEnded(_, end, last_voiced_arrival, reason) if self._current is not None:
                 utterance, self._current = self._current, None
-                await self._finish(utterance, end, last_voiced_arrival)
-            case _Flush(done):
-                done.set_result(None)
+                await self._finish(utterance, end, last_voiced_arrival, cut=reason == "max_length")
             case _:
-                log.warning("transcriber got %r outside an utterance", item)
+                log.warning("transcriber got %r outside an utterance", event)
 
     def _step_due(self, utterance: _Utterance) -> bool:
         if utterance.decoded == 0:
@@ -128,7 +164,16 @@ class Transcriber:
         interval = self._scheduler.step_interval_s(self.options.step_s)
         return utterance.received - utterance.decoded >= interval * SAMPLE_RATE
 
+    async def _is_speech(self, utterance: _Utterance) -> bool:
+        """Run the speech check over the audio it has not seen (off the event loop)."""
+        if utterance.speech.confirmed:
+            return True
+        return await asyncio.to_thread(utterance.speech.feed, _take(utterance.unchecked))
+
     async def _step(self, utterance: _Utterance) -> None:
+        if not await self._is_speech(utterance):
+            utterance.decoded = utterance.received  # nothing to show yet; the audio waits in `pending`
+            return
         audio = _take(utterance.pending)
         try:
             settled = " ".join(word.text for word in utterance.agreement.stable)
@@ -146,24 +191,48 @@ class Transcriber:
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
                                       utterance.start + utterance.received, utterance.newest_arrival))
 
-    async def _finish(self, utterance: _Utterance, end: int, last_voiced_arrival: float) -> None:
+    async def _finish(self, utterance: _Utterance, end: int, last_voiced_arrival: float, cut: bool) -> None:
+        """The utterance's final. At a ``cut`` mid-speech, words at the cut
+        and the audio after the last word kept go to the next utterance."""
+        if not await self._is_speech(utterance):
+            utterance.recognizer.abandon()
+            self._count("not_speech")
+            self._on_update(FinalUpdate(utterance.index, (), Hypothesis((), "none", "none"), utterance.start, end,
+                                        last_voiced_arrival, "not_speech"))
+            return
+        stable = utterance.agreement.stable
+        suppressed: str | None = None
         try:
             hypothesis = await utterance.recognizer.finish(_take(utterance.pending))
-            words = utterance.agreement.finish(() if self._suppressed(hypothesis) else hypothesis.words)
+            suppressed = self._suppression(hypothesis)
+            words = utterance.agreement.finish(() if suppressed else hypothesis.words,
+                                               guardrails_for(hypothesis.engine).calibrated)
         except Exception:
             log.exception("recognizer failed at the endpoint; the final keeps the stable words")
-            words = utterance.agreement.stable
+            words = stable
             hypothesis = Hypothesis(words, "none", "none")
-        self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival))
+        if cut:
+            audio = utterance.recognizer.audio()
+            words, carry_from = split_at_cut(words, len(audio) / SAMPLE_RATE, len(stable))
+            kept = min(len(audio), round(carry_from * SAMPLE_RATE))
+            self._carry = _Carry(audio[kept:], end, last_voiced_arrival)
+            end = utterance.start + kept
+        self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival,
+                                    suppressed))
 
-
-    def _suppressed(self, hypothesis: Hypothesis) -> bool:
+    def _suppression(self, hypothesis: Hypothesis) -> str | None:
         """Guardrails: hallucinations on silence or noise never become captions."""
         reason = suppression_reason(hypothesis)
         if reason is not None:
-            self._scheduler.metrics.suppressed.labels(reason).inc()
+            self._count(reason)
             log.debug("suppressed %r (%s)", hypothesis.text, reason)
-        return reason is not None
+        return reason
+
+    def _suppressed(self, hypothesis: Hypothesis) -> bool:
+        return self._suppression(hypothesis) is not None
+
+    def _count(self, reason: str) -> None:
+        self._scheduler.metrics.suppressed.labels(reason).inc()
 
 
 def _take(chunks: list[np.ndarray]) -> np.ndarray:
