@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from livecap.asr.faults import MAX_DELAY_S, Faults
 from livecap.asr.scheduler import SchedulerOptions
 from livecap.asr.streaming import StreamingOptions
 from livecap.ingest import IngestLimits
@@ -97,12 +98,16 @@ class ServerOptions:
     idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
     viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
     # fault injection (tests and demos of the latency budget only)
-    inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step")
+    inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step "
+                                             f"(0-{MAX_DELAY_S:g} s)")
     inject_primary_failure_rate: float = _setting(0.0, "fault injector: share of primary steps that raise")
     # demo and logs
     demo: bool = _setting(False, "play a public-domain recording in a loop into the room 'demo'")
     log_format: Literal["text", "json"] = _setting("text", "log line format")
     log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "log level")
+
+    def __post_init__(self) -> None:
+        Faults(self.inject_primary_delay_s, self.inject_primary_failure_rate)  # ValueError when out of range
 
     @property
     def vad(self) -> VadOptions:

@@ -11,14 +11,13 @@ frames directly (see websockets' ``protocol.py`` for the pattern).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
 import numpy as np
 
 from livecap.audio import BYTES_PER_SAMPLE, Resampler, SampleFormat, decode_pcm
-from livecap.errors import InvalidFrame, InvalidJson, MessageTooBig, ProtocolError, RateLimited, UnsupportedFormat
+from livecap.errors import InvalidFrame, MessageTooBig, ProtocolError, RateLimited, UnsupportedFormat, json_object
 
 SUPPORTED_LANGUAGES = ("en",)
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
@@ -81,12 +80,7 @@ class IngestProtocol:
 
     def receive_text(self, text: str, now: float) -> list[IngestEvent]:
         self._check_size(len(text.encode()))
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise InvalidJson("text frames must be JSON objects") from None
-        if not isinstance(message, dict):
-            raise InvalidJson("text frames must be JSON objects")
+        message = json_object(text)
         kind = message.get("type")
         if kind == "start":
             return self._start(message)

@@ -35,12 +35,20 @@ from livecap.latency import RoomLatency
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
 log = logging.getLogger(__name__)
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ROOM_NAME_RULE = "room names are 1-64 letters, digits, '.', '_' or '-'"
+
 END_DRAIN_S = 2.0
 """When a room is ended, how long its viewers get to receive the last final before they are closed."""
 
 Disconnect = Callable[[LivecapError], Awaitable[None]]
 """Closes a publisher's connection with an error event and the error's close code."""
+
+
+def is_room_name(name: str) -> bool:
+    """Whether ``name`` may name a room (and so a transcript file). A full
+    match: with ``re.match`` and ``$``, a name ending in a newline would pass."""
+    return _ROOM_NAME.fullmatch(name) is not None
 
 
 class TranscriptStore:
@@ -254,8 +262,8 @@ class RoomRegistry:
 
     def get(self, name: str) -> Room:
         """The room called ``name``, created (with its stored transcript) if needed."""
-        if not ROOM_NAME.match(name):
-            raise ProtocolError("room names are 1-64 letters, digits, '.', '_' or '-'")
+        if not is_room_name(name):
+            raise ProtocolError(ROOM_NAME_RULE)
         room = self.rooms.get(name)
         if room is None:
             self._evict_idle()

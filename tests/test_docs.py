@@ -1,5 +1,6 @@
 """README.md stays true: its settings table is the one config.py describes,
-and its error table lists exactly the codes the protocol reports.
+and its error table lists exactly the closes the server can send (its own
+and the WebSocket library's).
 
 ``python -m tests.test_docs`` rewrites the settings table after a change."""
 
@@ -9,8 +10,13 @@ import inspect
 import re
 from pathlib import Path
 
+import aiohttp.web_ws
+from aiohttp import WSCloseCode
+from aiohttp._websocket import reader_py
+
 from livecap import errors
 from livecap.config import settings_table
+from livecap.server import LIBRARY_ERRORS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -31,12 +37,31 @@ def test_settings_table_matches_the_configuration() -> None:
         "README settings table is stale: run python -m tests.test_docs"
 
 
+def documented_closes() -> tuple[set[tuple[str, int]], set[int]]:
+    """README's error table: (error code, close code) of every close that an
+    error event explains, and the close codes that come without one."""
+    rows = re.findall(r"^\| (`\w+`|—) \| (\d+) \|", section(README.read_text(), "errors"), re.M)
+    return ({(code.strip("`"), int(close)) for code, close in rows if code != "—"},
+            {int(close) for code, close in rows if code == "—"})
+
+
 def test_error_table_lists_every_code_the_protocol_reports() -> None:
-    documented = set(re.findall(r"^\| `(\w+)` \| (\d+) \|", section(README.read_text(), "errors"), re.M))
-    reported = {(cls.code, str(cls.close_code)) for _, cls in inspect.getmembers(errors, inspect.isclass)
-                if issubclass(cls, errors.LivecapError) and cls is not errors.LivecapError
-                and cls.close_code is not None}
-    assert documented == reported
+    reported = {(cls.code, cls.close_code) for _, cls in inspect.getmembers(errors, inspect.isclass)
+                if issubclass(cls, errors.LivecapError) and cls is not errors.LivecapError}
+    assert documented_closes()[0] == reported
+
+
+def test_error_table_lists_every_close_the_websocket_library_sends() -> None:
+    """Every close code aiohttp's server side uses (its frame reader's errors, its
+    own closes) is either explained by a livecap error with the same close code
+    or listed without one; a new aiohttp that closes otherwise fails here."""
+    library = {WSCloseCode[name] for module in (aiohttp.web_ws, reader_py)
+               for name in re.findall(r"WSCloseCode\.([A-Z_]+)", inspect.getsource(module))}
+    assert {WSCloseCode.PROTOCOL_ERROR, WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.ABNORMAL_CLOSURE} <= library
+    explained, silent = documented_closes()
+    for code, error in LIBRARY_ERRORS.items():
+        assert error.close_code == code and (error.code, code) in explained
+    assert silent == library - set(LIBRARY_ERRORS)
 
 
 def main() -> None:
