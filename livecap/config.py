@@ -91,7 +91,11 @@ class ServerOptions:
     # limits
     max_message_bytes: int = _setting(_LIMITS.max_message_bytes, "largest accepted WebSocket message")
     max_audio_rate: float = _setting(_LIMITS.max_audio_rate, "sustained audio seconds per second a publisher may send")
-    max_rooms: int = _setting(100, "rooms held in memory at once")
+    max_rooms: int = _setting(100, "rooms a publisher holds at once (one more publisher is refused with "
+                              "server_busy); a room whose publisher left gives its place up when it is needed")
+    max_viewer_rooms: int = _setting(100, "rooms with nothing to show held for keyless viewers (no publisher "
+                                     "yet, no transcript: a phone waiting for a talk, or an invented name); "
+                                     "counted apart, so viewers never take a publisher's place")
     max_viewers_per_room: int = _setting(2000, "viewer connections per room")
     max_connections_per_ip: int = _setting(1000, "WebSocket connections from one IP address (a venue's phones "
                                                  "may share one NAT address)")

@@ -89,7 +89,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
     app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
-                                      options.max_rooms)
+                                      options.max_rooms, options.max_viewer_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     app[CONNECTIONS] = Counter()
     app[STARTED] = time.monotonic()
@@ -217,10 +217,9 @@ async def transcript(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=ROOM_NAME_RULE)
     try:
         request.app[KEYS].check("viewer", name, presented_key(request))
-        room = request.app[ROOMS].get(name)
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
-    return web.Response(text=export(room.captions.transcript(), fmt),
+    return web.Response(text=export(request.app[ROOMS].transcript(name), fmt),
                         content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
@@ -301,7 +300,7 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
         if connections[peer] > options.max_connections_per_ip:
             raise RateLimited(f"more than {options.max_connections_per_ip} connections from one address")
         request.app[KEYS].check(role, request.match_info["room"], presented_key(request))
-        return ws, request.app[ROOMS].get(request.match_info["room"])
+        return ws, request.app[ROOMS].get(request.match_info["room"], publisher=role == "publisher")
     except LivecapError as error:
         return ws, error
 

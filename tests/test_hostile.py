@@ -1,11 +1,15 @@
 """Hostile input stops at the boundary: every bad frame, query, path or body
 gets a documented refusal (an ``error`` event and close code from README's
-table, or a 4xx), never an internal error, a dropped connection or a 500."""
+table, or a 4xx), never an internal error, a dropped connection or a 500;
+and keyless viewers cannot take what publishers need."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -15,12 +19,14 @@ import pytest
 import websockets
 
 from livecap.asr.faults import Faults
+from livecap.client import stream_audio
 from livecap.errors import InvalidJson
 from livecap.fanout import ViewerInbox
 from livecap.ingest import IngestProtocol
 from livecap.rooms import is_room_name
 from livecap.server import ROOMS
-from tests.conftest import LiveServer, timeout
+from tests.conftest import LiveServer, start_server, timeout
+from tests.speech import audio
 from tests.test_docs import documented_closes
 from tests.test_server import drain
 
@@ -212,3 +218,126 @@ def test_faults_refuse_what_comparisons_let_through() -> None:
         with pytest.raises(ValueError):
             Faults(delay_s, failure_rate)
     assert Faults(60.0, 1.0).active
+
+
+# --- kind 6: keyless viewers cannot take what publishers need -------------------------------------------------------
+
+async def viewer(url: str) -> websockets.ClientConnection:
+    """A connected viewer, once the server has registered it (a ping answered after its upgrade)."""
+    ws = await websockets.connect(url)
+    await ws.ping()
+    return ws
+
+
+async def start_publisher(server: LiveServer, room: str) -> tuple[websockets.ClientConnection, dict[str, Any]]:
+    """A publisher that sent ``start``, and the server's answer (``ready``, or the error it was refused with)."""
+    ws = await websockets.connect(server.ingest_url(room))
+    with contextlib.suppress(websockets.ConnectionClosed):  # a refused publisher may be closed already
+        await ws.send(json.dumps({"type": "start"}))
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), timeout(30)))
+
+
+async def test_viewers_of_invented_rooms_do_not_lock_publishers_out(tmp_path: Path) -> None:
+    """The case from the issue: 100 keyless viewers of invented names used to
+    fill ``max_rooms``, and a publisher with a valid key got ``server_busy``."""
+    server = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none")
+    viewers: list[websockets.ClientConnection] = []
+    try:
+        viewers = list(await asyncio.gather(*(viewer(server.captions_url(f"invented-{i}")) for i in range(100))))
+        publisher, answer = await start_publisher(server, "keynote")
+        assert answer["type"] == "ready", answer
+        await publisher.close()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in viewers))
+        await server.runner.cleanup()
+
+
+async def test_viewer_rooms_have_their_own_bound(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none", max_audio_rate=50.0,
+                                max_rooms=1, max_viewer_rooms=3)
+    rooms, viewers = server.app[ROOMS], list[websockets.ClientConnection]()
+    try:
+        result = await stream_audio(server.ingest_url("talk-1"), audio("librispeech-1988-24833-0000"), speed=8.0)
+        assert result.finals, "talk-1 has a transcript"
+        viewers = [await viewer(server.captions_url(f"waiting-{i}")) for i in range(3)]
+        messages, closed_with = await refusal(server.captions_url("waiting-3"))
+        assert_explained(messages, closed_with, "server_busy")
+        assert closed_with == 1013
+
+        async with aiohttp.ClientSession() as http:  # downloads hold no room
+            for i in range(10):
+                async with http.get(f"{server.base}/rooms/download-{i}/transcript.txt") as response:
+                    assert response.status == 200
+            async with http.get(f"{server.base}/rooms/talk-1/transcript.txt") as response:
+                assert "kittens" in (await response.text()).lower()
+        assert not any(name.startswith("download-") for name in rooms.rooms)
+
+        publisher, answer = await start_publisher(server, "talk-2")  # talk-1's publisher left: its place is free
+        assert answer["type"] == "ready", answer
+        assert "talk-1" not in rooms.rooms, "an idle room left memory"
+        async with websockets.connect(server.captions_url("talk-1")) as ws:  # a stored transcript is still shown
+            replayed = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+            assert replayed["kind"] == "final" and replayed["room"] == "talk-1"
+        async with websockets.connect(server.captions_url("talk-2")) as ws:  # a publisher's room always is
+            await ws.ping()
+            assert ws.close_code is None
+
+        second, answer = await start_publisher(server, "talk-3")
+        assert (answer["type"], answer["code"]) == ("error", "server_busy"), answer
+        await second.close()
+        await publisher.close()
+
+        await viewers.pop().close()  # a waiting phone leaves: its place is free for another
+        await asyncio.wait_for(_until(lambda: not rooms.rooms["waiting-2"].viewers), timeout(10))
+        viewers.append(await viewer(server.captions_url("waiting-4")))
+        assert "waiting-4" in rooms.rooms
+    finally:
+        await asyncio.gather(*(ws.close() for ws in viewers))
+        await server.runner.cleanup()
+
+
+async def test_a_room_whose_publisher_left_gives_its_place_up(tmp_path: Path) -> None:
+    """Viewers who stay in a finished talk keep watching it, but do not hold the publishers' place."""
+    server = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none", max_rooms=1)
+    try:
+        lingering = await viewer(server.captions_url("morning"))
+        publisher, answer = await start_publisher(server, "morning")
+        assert answer["type"] == "ready"
+        await publisher.send(json.dumps({"type": "stop"}))
+        while json.loads(await publisher.recv())["type"] != "stopped":
+            pass
+        await publisher.close()
+        afternoon, answer = await start_publisher(server, "afternoon")
+        assert answer["type"] == "ready", answer
+        await lingering.ping()
+        assert lingering.close_code is None, "the lingering viewer is still connected"
+        await afternoon.close()
+        await lingering.close()
+    finally:
+        await server.runner.cleanup()
+
+
+async def test_viewers_of_invented_rooms_do_not_take_the_publishers_metric_labels(tmp_path: Path) -> None:
+    from livecap.metrics import MAX_ROOM_LABELS
+    from tests.test_operator import scrape, value
+
+    server = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none")
+    viewers: list[websockets.ClientConnection] = []
+    try:
+        viewers = list(await asyncio.gather(*(viewer(server.captions_url(f"label-{i}"))
+                                              for i in range(MAX_ROOM_LABELS + 5))))
+        early = await viewer(server.captions_url("keynote"))  # came before the speaker
+        publisher, answer = await start_publisher(server, "keynote")
+        assert answer["type"] == "ready"
+        metrics = await scrape(server)
+        assert value(metrics, "livecap_viewers", room="keynote") == 1, "the keynote has its own label"
+        assert value(metrics, "livecap_viewers", room="other") == MAX_ROOM_LABELS + 5
+        viewers += [early, publisher]
+    finally:
+        await asyncio.gather(*(ws.close() for ws in viewers))
+        await server.runner.cleanup()
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
