@@ -1,6 +1,7 @@
 """README.md stays true: its settings table is the one config.py describes,
-and its error table lists exactly the closes the server can send (its own
-and the WebSocket library's).
+its error table lists exactly the closes the server can send (its own and
+the WebSocket library's), and its page table exactly the query parameters
+the pages read.
 
 ``python -m tests.test_docs`` rewrites the settings table after a change."""
 
@@ -15,10 +16,12 @@ from aiohttp import WSCloseCode
 from aiohttp._websocket import reader_py
 
 from livecap import errors
-from livecap.config import settings_table
-from livecap.server import LIBRARY_ERRORS
+from livecap.auth import Keys
+from livecap.config import ServerOptions, settings_table
+from livecap.server import LIBRARY_ERRORS, ROOMS, create_app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def section(text: str, name: str) -> str:
@@ -62,6 +65,33 @@ def test_error_table_lists_every_close_the_websocket_library_sends() -> None:
     for code, error in LIBRARY_ERRORS.items():
         assert error.close_code == code and (error.code, code) in explained
     assert silent == library - set(LIBRARY_ERRORS)
+
+
+PAGE_SCRIPTS = {"/overlay/{room}": "overlay.js", "/view/{room}": "view.js", "/speak/{room}": "speak.js",
+                "/dashboard": "dashboard.js"}
+
+
+def page_parameters(script: str) -> set[str]:
+    """The query parameters a page script reads, itself or through captions.js."""
+    source = (ROOT / "client" / script).read_text()
+    if script != "captions.js" and '/static/captions.js"' in source:
+        source += (ROOT / "client" / "captions.js").read_text()
+    return set(re.findall(r'(?:params\.(?:get|has)|numberParam)\("(\w+)"', source))
+
+
+def test_page_table_lists_every_parameter_the_pages_read() -> None:
+    documented = set(re.findall(r"^\| `([^`]+)` \| `(\w+)` \|", section(README.read_text(), "page-parameters"), re.M))
+    read = {(page, name) for page, script in PAGE_SCRIPTS.items() for name in page_parameters(script)}
+    assert {page for page, _ in documented} == set(PAGE_SCRIPTS)
+    assert documented == read
+
+
+def test_readme_says_where_transcripts_are_kept(tmp_path: Path) -> None:
+    """README once said DATA_DIR/rooms/; the store is elsewhere."""
+    said = re.findall(r"`DATA_DIR/(\w+)/`", README.read_text())
+    assert said, "README says where transcripts are kept"
+    store = create_app(ServerOptions(data_dir=tmp_path, secret="s"), Keys("s"))[ROOMS].store
+    assert store is not None and {tmp_path / name for name in said} == {store.directory}
 
 
 def main() -> None:
