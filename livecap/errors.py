@@ -141,6 +141,13 @@ def json_object(text: str) -> dict[str, Any]:
     return message
 
 
+def shown(value: object) -> str:
+    """A client's value quoted in an error message: a short string as it is,
+    anything else by its type, so a message never echoes (nor has to
+    render) a huge or deeply nested value."""
+    return repr(value[:40]) if isinstance(value, str) else type(value).__name__
+
+
 class ModelError(Exception):
     """An engine failed (missing model, onnxruntime error, lost GPU).
 

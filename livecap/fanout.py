@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livecap.captions import CaptionEvent
-from livecap.errors import LivecapError, ProtocolError, RateLimited, ViewerTooSlow, json_object
+from livecap.errors import LivecapError, ProtocolError, RateLimited, ViewerTooSlow, json_object, shown
 
 
 class ViewerQueue:
@@ -148,7 +148,7 @@ class ViewerInbox:
         self._spend(now)
         message = json_object(text)
         if message.get("type") != "ack":
-            raise ProtocolError(f"viewers may only send acks, not {str(message.get('type'))[:40]!r}")
+            raise ProtocolError(f"viewers may only send acks, not {shown(message.get('type'))}")
         seq, age_ms = message.get("seq"), message.get("age_ms", 0)
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError("ack.seq must be a non-negative integer")

@@ -17,7 +17,15 @@ from typing import Any, cast, get_args
 import numpy as np
 
 from livecap.audio import BYTES_PER_SAMPLE, Resampler, SampleFormat, decode_pcm
-from livecap.errors import InvalidFrame, MessageTooBig, ProtocolError, RateLimited, UnsupportedFormat, json_object
+from livecap.errors import (
+    InvalidFrame,
+    MessageTooBig,
+    ProtocolError,
+    RateLimited,
+    UnsupportedFormat,
+    json_object,
+    shown,
+)
 
 SUPPORTED_LANGUAGES = ("en",)
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
@@ -86,7 +94,7 @@ class IngestProtocol:
             return self._start(message)
         if kind == "stop":
             return self._stop(now)
-        raise ProtocolError(f"unknown message type {kind!r}; expected 'start' or 'stop'")
+        raise ProtocolError(f"unknown message type {shown(kind)}; expected 'start' or 'stop'")
 
     def receive_bytes(self, data: bytes, now: float) -> list[IngestEvent]:
         self._check_size(len(data))

@@ -20,7 +20,7 @@ import websockets
 
 from livecap.asr.faults import Faults
 from livecap.client import stream_audio
-from livecap.errors import InvalidJson
+from livecap.errors import InvalidJson, ProtocolError
 from livecap.fanout import ViewerInbox
 from livecap.ingest import IngestProtocol
 from livecap.rooms import is_room_name
@@ -134,6 +134,16 @@ def test_every_json_parse_failure_is_invalid_json(text: str) -> None:
         IngestProtocol().receive_text(text, 0.0)
     with pytest.raises(InvalidJson):
         ViewerInbox(live_from=0).receive_text(text, 0.0, sent_seq=0)
+
+
+@pytest.mark.parametrize("text", [json.dumps({"type": "x" * 400_000}), json.dumps({"type": ["["] * 50_000}),
+                                  '{"type": ' + "[" * 900 + "]" * 900 + "}"], ids=["long", "wide", "deep"])
+def test_error_messages_do_not_echo_what_was_sent(text: str) -> None:
+    for receive in (lambda: IngestProtocol().receive_text(text, 0.0),
+                    lambda: ViewerInbox(live_from=0).receive_text(text, 0.0, sent_seq=0)):
+        with pytest.raises(ProtocolError) as raised:
+            receive()
+        assert len(raised.value.message) < 100, raised.value.message[:200]
 
 
 async def test_deeply_nested_json_is_invalid_json_on_both_sockets(sphinx_server: LiveServer) -> None:
