@@ -21,6 +21,9 @@ from typing import Literal
 from livecap.errors import Unauthorized
 
 Role = Literal["publisher", "operator", "viewer"]
+MAX_KEY_CHARS = 256
+"""Keys are 24 characters; anything presented as a key that is longer than
+this is refused before it is used anywhere."""
 
 
 class Keys:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from livecap.asr.faults import MAX_DELAY_S, Faults
 from livecap.asr.scheduler import SchedulerOptions
 from livecap.asr.streaming import StreamingOptions
 from livecap.ingest import IngestLimits
@@ -90,19 +91,27 @@ class ServerOptions:
     # limits
     max_message_bytes: int = _setting(_LIMITS.max_message_bytes, "largest accepted WebSocket message")
     max_audio_rate: float = _setting(_LIMITS.max_audio_rate, "sustained audio seconds per second a publisher may send")
-    max_rooms: int = _setting(100, "rooms held in memory at once")
+    max_rooms: int = _setting(100, "rooms a publisher holds at once (one more publisher is refused with "
+                              "server_busy); a room whose publisher left gives its place up when it is needed")
+    max_viewer_rooms: int = _setting(100, "rooms with nothing to show held for keyless viewers (no publisher "
+                                     "yet, no transcript: a phone waiting for a talk, or an invented name); "
+                                     "counted apart, so viewers never take a publisher's place")
     max_viewers_per_room: int = _setting(2000, "viewer connections per room")
     max_connections_per_ip: int = _setting(1000, "WebSocket connections from one IP address (a venue's phones "
                                                  "may share one NAT address)")
     idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
     viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
     # fault injection (tests and demos of the latency budget only)
-    inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step")
+    inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step "
+                                             f"(0-{MAX_DELAY_S:g} s)")
     inject_primary_failure_rate: float = _setting(0.0, "fault injector: share of primary steps that raise")
     # demo and logs
     demo: bool = _setting(False, "play a public-domain recording in a loop into the room 'demo'")
     log_format: Literal["text", "json"] = _setting("text", "log line format")
     log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "log level")
+
+    def __post_init__(self) -> None:
+        Faults(self.inject_primary_delay_s, self.inject_primary_failure_rate)  # ValueError when out of range
 
     @property
     def vad(self) -> VadOptions:

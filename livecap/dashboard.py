@@ -23,7 +23,7 @@ from aiohttp import web
 
 from livecap.latency import LATENCY_KINDS, WINDOW_S
 from livecap.pages import CLIENT_DIR, PAGE_HEADERS
-from livecap.rooms import ROOM_NAME, Room
+from livecap.rooms import Room, is_room_name
 from livecap.server import KEYS, OPTIONS, ROOMS, SCHEDULER, require_operator
 
 RECENT_FINALS = 4
@@ -119,7 +119,7 @@ async def end_room(request: web.Request) -> web.Response:
     leaves memory. Its transcript stays; a new publisher may start it again."""
     require_operator(request)
     name = request.match_info["room"]
-    if not ROOM_NAME.match(name):
+    if not is_room_name(name):
         raise web.HTTPNotFound(text="no such room")
     result = await request.app[ROOMS].end(name)
     if result is None:

@@ -6,6 +6,7 @@ generated from this module's classes (see ``tests/test_errors.py``)::
 
     LivecapError
     ├── ProtocolError            1008  the client broke the ingest protocol
+    │   ├── FramingError         1002  frames that break RFC 6455 (reserved bits, opcodes …)
     │   ├── InvalidJson          1007  a text frame that is not a JSON object
     │   ├── InvalidFrame         1007  binary audio that is not whole samples
     │   ├── UnsupportedFormat    1003  audio format we cannot decode
@@ -19,7 +20,7 @@ generated from this module's classes (see ``tests/test_errors.py``)::
     ├── ServerBusy               1013  too many rooms; try again later
     └── InternalError            1011  a bug or a failed component; details go to the log
 
-Close codes come from RFC 6455 §7.4.1 (1003, 1007, 1008, 1009, 1011), RFC
+Close codes come from RFC 6455 §7.4.1 (1002, 1003, 1007, 1008, 1009, 1011), RFC
 6455's registry (1013 "try again later") and the private range 4000–4999,
 where livecap mirrors HTTP status codes where one fits (4401, 4408, 4409,
 4410, 4429).
@@ -27,7 +28,8 @@ where livecap mirrors HTTP status codes where one fits (4401, 4408, 4409,
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from typing import Any, ClassVar
 
 
 class LivecapError(Exception):
@@ -51,6 +53,15 @@ class ProtocolError(LivecapError):
 
     code = "protocol_error"
     close_code = 1008
+
+
+class FramingError(ProtocolError):
+    """Frames that break RFC 6455 itself (reserved bits or opcodes, a stray
+    continuation, a bad control frame, compressed data that does not inflate):
+    the WebSocket library finds these before livecap sees a message."""
+
+    code = "framing_error"
+    close_code = 1002
 
 
 class InvalidJson(ProtocolError):
@@ -113,6 +124,28 @@ class ServerBusy(LivecapError):
 class InternalError(LivecapError):
     code = "internal_error"
     close_code = 1011
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """The JSON object a client sent, or ``InvalidJson``.
+
+    Every way the parser can fail on client text is the client's fault, not
+    a bug: ``ValueError`` (bad syntax, an integer over Python's 4300-digit
+    limit) and ``RecursionError`` (deep nesting such as 1,000 ``[``)."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidJson("expected a JSON object") from None
+    if not isinstance(message, dict):
+        raise InvalidJson("expected a JSON object")
+    return message
+
+
+def shown(value: object) -> str:
+    """A client's value quoted in an error message: a short string as it is,
+    anything else by its type, so a message never echoes (nor has to
+    render) a huge or deeply nested value."""
+    return repr(value[:40]) if isinstance(value, str) else type(value).__name__
 
 
 class ModelError(Exception):

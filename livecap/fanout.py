@@ -15,13 +15,12 @@ Viewers send one kind of message, ``{"type": "ack", "seq": N, "age_ms": M}``
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from livecap.captions import CaptionEvent
-from livecap.errors import InvalidJson, LivecapError, ProtocolError, RateLimited, ViewerTooSlow
+from livecap.errors import LivecapError, ProtocolError, RateLimited, ViewerTooSlow, json_object, shown
 
 
 class ViewerQueue:
@@ -147,14 +146,9 @@ class ViewerInbox:
     def receive_text(self, text: str, now: float, sent_seq: int) -> ViewerAck | None:
         """The ack to measure, or None; ``sent_seq`` is the newest seq sent to this viewer."""
         self._spend(now)
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise InvalidJson("messages must be JSON objects") from None
-        if not isinstance(message, dict):
-            raise InvalidJson("messages must be JSON objects")
+        message = json_object(text)
         if message.get("type") != "ack":
-            raise ProtocolError(f"viewers may only send acks, not {str(message.get('type'))[:40]!r}")
+            raise ProtocolError(f"viewers may only send acks, not {shown(message.get('type'))}")
         seq, age_ms = message.get("seq"), message.get("age_ms", 0)
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError("ack.seq must be a non-negative integer")

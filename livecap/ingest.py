@@ -11,14 +11,21 @@ frames directly (see websockets' ``protocol.py`` for the pattern).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
 import numpy as np
 
 from livecap.audio import BYTES_PER_SAMPLE, Resampler, SampleFormat, decode_pcm
-from livecap.errors import InvalidFrame, InvalidJson, MessageTooBig, ProtocolError, RateLimited, UnsupportedFormat
+from livecap.errors import (
+    InvalidFrame,
+    MessageTooBig,
+    ProtocolError,
+    RateLimited,
+    UnsupportedFormat,
+    json_object,
+    shown,
+)
 
 SUPPORTED_LANGUAGES = ("en",)
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
@@ -81,18 +88,13 @@ class IngestProtocol:
 
     def receive_text(self, text: str, now: float) -> list[IngestEvent]:
         self._check_size(len(text.encode()))
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise InvalidJson("text frames must be JSON objects") from None
-        if not isinstance(message, dict):
-            raise InvalidJson("text frames must be JSON objects")
+        message = json_object(text)
         kind = message.get("type")
         if kind == "start":
             return self._start(message)
         if kind == "stop":
             return self._stop(now)
-        raise ProtocolError(f"unknown message type {kind!r}; expected 'start' or 'stop'")
+        raise ProtocolError(f"unknown message type {shown(kind)}; expected 'start' or 'stop'")
 
     def receive_bytes(self, data: bytes, now: float) -> list[IngestEvent]:
         self._check_size(len(data))

@@ -5,7 +5,8 @@ bytes; ``_total`` for counters). Each application gets its own
 ``CollectorRegistry``, so several servers can live in one process (tests).
 Room names are user-controlled, so the ``room`` label is bounded: the first
 ``MAX_ROOM_LABELS`` rooms keep their name and later ones share ``"other"``;
-a flood of rooms cannot explode the number of series.
+a flood of rooms cannot explode the number of series. Only rooms a publisher
+took ask for a name (``Room.take_publisher_place``).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
-from livecap.rooms import ROOM_NAME
-from livecap.server import OPTIONS
+from livecap.errors import Unauthorized
+from livecap.rooms import ROOM_NAME_RULE, is_room_name
+from livecap.server import OPTIONS, presented_key
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 PAGES = {"overlay": "overlay.html", "view": "view.html", "speak": "speak.html"}
@@ -45,8 +46,8 @@ def add_page_routes(app: web.Application) -> None:
 
 def _room(request: web.Request) -> str:
     room = request.match_info["room"]
-    if not ROOM_NAME.match(room):
-        raise web.HTTPNotFound(text="room names are 1-64 letters, digits, '.', '_' or '-'")
+    if not is_room_name(room):
+        raise web.HTTPNotFound(text=ROOM_NAME_RULE)
     return room
 
 
@@ -59,9 +60,13 @@ def _page(path: Path) -> Handler:
 
 
 def view_url(request: web.Request, room: str) -> str:
-    """The phone view of ``room``, carrying the viewer key when one was given."""
+    """The phone view of ``room``, carrying the viewer key when one was given
+    (bounded, so that the link always fits in a QR code)."""
     base = request.app[OPTIONS].public_url.rstrip("/") or str(request.url.origin())
-    token = request.query.get("token")
+    try:
+        token = presented_key(request)
+    except Unauthorized as error:
+        raise web.HTTPBadRequest(text=error.message) from None
     return f"{base}/view/{quote(room)}" + (f"?{urlencode({'token': token})}" if token else "")
 
 

@@ -35,12 +35,20 @@ from livecap.latency import RoomLatency
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
 log = logging.getLogger(__name__)
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ROOM_NAME_RULE = "room names are 1-64 letters, digits, '.', '_' or '-'"
+
 END_DRAIN_S = 2.0
 """When a room is ended, how long its viewers get to receive the last final before they are closed."""
 
 Disconnect = Callable[[LivecapError], Awaitable[None]]
 """Closes a publisher's connection with an error event and the error's close code."""
+
+
+def is_room_name(name: str) -> bool:
+    """Whether ``name`` may name a room (and so a transcript file). A full
+    match: with ``re.match`` and ``$``, a name ending in a newline would pass."""
+    return _ROOM_NAME.fullmatch(name) is not None
 
 
 class TranscriptStore:
@@ -86,6 +94,9 @@ class Room:
         self.latency = RoomLatency()
         self.last_event: CaptionEvent | None = None
         self.ended = False
+        self.publisher_room = False
+        """Holds one of the ``max_rooms`` places of publishers (see ``RoomRegistry``)."""
+        self._label: str | None = None
 
     @property
     def idle(self) -> bool:
@@ -93,8 +104,20 @@ class Room:
 
     @property
     def label(self) -> str:
-        """The room's bounded Prometheus label."""
-        return self.scheduler.metrics.room(self.name)
+        """The room's bounded Prometheus label: "other" until a publisher
+        takes the room, so that viewers of invented names cannot use up the
+        named labels that publishers' rooms need."""
+        return self._label or "other"
+
+    def take_publisher_place(self) -> None:
+        """A publisher came (see ``RoomRegistry.get``): the room counts against
+        ``max_rooms`` and gets its own label."""
+        self.publisher_room = True
+        if self._label is None:
+            self._label = self.scheduler.metrics.room(self.name)
+            if self.viewers and self._label != "other":  # viewers who came early move to the room's own label
+                self.scheduler.metrics.viewers.labels("other").dec(len(self.viewers))
+                self.scheduler.metrics.viewers.labels(self._label).inc(len(self.viewers))
 
     async def start_session(self, now: float, disconnect: Disconnect) -> PublisherSession:
         """Start a publisher session; one already running is finalised and its
@@ -244,32 +267,75 @@ class PublisherSession:
 
 
 class RoomRegistry:
+    """The rooms held in memory, in two pools with their own bounds.
+
+    Anyone may open a viewer connection to any room name (viewer keys are
+    off by default), so viewers must not be able to fill what publishers
+    need. A room a publisher takes holds one of ``max_rooms`` places; when
+    they are all taken, rooms whose publisher left give theirs up (their
+    viewers keep watching). Rooms opened by viewers alone cost a publisher
+    nothing: those with a stored transcript exist only because a publisher
+    spoke there, and those with nothing to show (a phone waiting for a talk,
+    an invented name) are at most ``max_viewer_rooms``. Idle viewers' rooms
+    leave memory whenever a room is made; their transcripts stay on disk.
+    """
+
     def __init__(self, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
-                 max_rooms: int) -> None:
+                 max_rooms: int, max_viewer_rooms: int) -> None:
         self.scheduler = scheduler
         self.settings = settings
         self.store = store
         self.max_rooms = max_rooms
+        self.max_viewer_rooms = max_viewer_rooms
         self.rooms: dict[str, Room] = {}
 
-    def get(self, name: str) -> Room:
-        """The room called ``name``, created (with its stored transcript) if needed."""
-        if not ROOM_NAME.match(name):
-            raise ProtocolError("room names are 1-64 letters, digits, '.', '_' or '-'")
+    def get(self, name: str, publisher: bool = False) -> Room:
+        """The room called ``name``, created (with its stored transcript) if
+        needed; for a ``publisher``, holding one of the publishers' places."""
+        if not is_room_name(name):
+            raise ProtocolError(ROOM_NAME_RULE)
         room = self.rooms.get(name)
+        if room is not None and (room.publisher_room or not publisher):
+            return room
+        if publisher and self._publisher_places() >= self.max_rooms:
+            for held in self.rooms.values():
+                if held.session is None:
+                    held.publisher_room = False  # its publisher left; its viewers keep it as a viewers' room
+        self._evict_idle()
+        if publisher and self._publisher_places() >= self.max_rooms:
+            raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms with a publisher")
+        room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
-            self._evict_idle()
-            if len(self.rooms) >= self.max_rooms:
-                raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms")
-            room = self.rooms[name] = Room(name, self.scheduler, self.settings, self.store)
+            room = Room(name, self.scheduler, self.settings, self.store)
+            if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
+                raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
+                                 "neither a publisher nor a transcript; try again later")
+            self.rooms[name] = room
+        if publisher:
+            room.take_publisher_place()
         return room
 
+    def transcript(self, name: str) -> list[CaptionEvent]:
+        """The room's transcript, read from disk when the room is not held:
+        a download does not take a room's place."""
+        room = self.rooms.get(name)
+        if room is not None:
+            return room.captions.transcript()
+        return CaptionState(name, self.store.load(name) if self.store else ()).transcript()
+
+    def _publisher_places(self) -> int:
+        return sum(room.publisher_room for room in self.rooms.values())
+
     def _evict_idle(self) -> None:
-        """Idle rooms leave memory; their transcripts stay on disk."""
-        if len(self.rooms) < self.max_rooms or self.store is None:
-            return
-        for name in [name for name, room in self.rooms.items() if room.idle]:
-            del self.rooms[name]
+        """Idle rooms without a publisher's place leave memory (their finals
+        are on disk; without a store, only rooms that have none)."""
+        for name, room in list(self.rooms.items()):
+            if room.idle and not room.publisher_room and (self.store is not None or not room.captions.finals):
+                del self.rooms[name]
+
+    def _empty_rooms(self) -> int:
+        """Rooms held for viewers alone with nothing to show."""
+        return sum(not room.publisher_room and not room.captions.finals for room in self.rooms.values())
 
     async def end(self, name: str) -> tuple[bool, int] | None:
         """End the room ``name`` (see ``Room.end``) and let it leave memory;

@@ -11,26 +11,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecap import __version__
 from livecap.asr.engine import ENGINES, EngineOptions
-from livecap.asr.faults import FaultInjector, Faults
+from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler
-from livecap.auth import Keys, Role
+from livecap.auth import MAX_KEY_CHARS, Keys, Role
 from livecap.config import ServerOptions
-from livecap.errors import IdleTimeout, InternalError, LivecapError, ProtocolError, RateLimited, ServerBusy
+from livecap.errors import (
+    FramingError,
+    IdleTimeout,
+    InternalError,
+    InvalidJson,
+    LivecapError,
+    MessageTooBig,
+    ProtocolError,
+    RateLimited,
+    ServerBusy,
+    Unauthorized,
+    json_object,
+)
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Subscriber, ViewerInbox
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
 from livecap.metrics import Metrics
-from livecap.rooms import PublisherSession, Room, RoomRegistry, RoomSettings, TranscriptStore
+from livecap.rooms import (
+    ROOM_NAME_RULE,
+    PublisherSession,
+    Room,
+    RoomRegistry,
+    RoomSettings,
+    TranscriptStore,
+    is_room_name,
+)
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 20.0
@@ -39,6 +62,15 @@ DEFAULT_HISTORY = 20
 """Finals replayed to a viewer that connects without ``after_seq``."""
 VIEWER_MAX_MESSAGE = 4096
 """Largest message a viewer may send (acks are ~40 bytes)."""
+AFTER_SEQ = re.compile(r"[0-9]{1,18}")
+"""``after_seq``: ASCII digits only (``str.isdigit`` also takes '²'), short enough for a 64-bit seq."""
+LIBRARY_ERRORS: dict[int, type[ProtocolError]] = {
+    WSCloseCode.PROTOCOL_ERROR: FramingError,
+    WSCloseCode.INVALID_TEXT: InvalidJson,  # a text frame that is not UTF-8 is no JSON (RFC 8259 §8.1)
+    WSCloseCode.MESSAGE_TOO_BIG: MessageTooBig,
+}
+"""The errors aiohttp closes a connection with itself (its ``WebSocketError``
+codes), as the livecap errors that explain them."""
 
 OPTIONS = web.AppKey("options", ServerOptions)
 KEYS = web.AppKey("keys", Keys)
@@ -57,7 +89,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
     app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
-                                      options.max_rooms)
+                                      options.max_rooms, options.max_viewer_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     app[CONNECTIONS] = Counter()
     app[STARTED] = time.monotonic()
@@ -164,39 +196,48 @@ async def set_faults(request: web.Request) -> web.Response:
     if not isinstance(injector, FaultInjector):
         raise web.HTTPServiceUnavailable(text="engines are still loading")
     try:
-        body = await request.json()
-        faults = Faults(float(body.get("delay_s", 0.0)), float(body.get("failure_rate", 0.0)))
-    except (ValueError, TypeError, AttributeError):
-        raise web.HTTPBadRequest(text='expected {"delay_s": seconds, "failure_rate": 0..1}') from None
+        body = json_object(await request.text())
+        values = [body.get("delay_s", 0.0), body.get("failure_rate", 0.0)]
+        if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
+            raise ValueError("delay_s and failure_rate must be numbers")
+        faults = Faults(*map(float, values))  # ValueError unless finite and in range
+    except (InvalidJson, ValueError) as error:
+        raise web.HTTPBadRequest(text=f'expected {{"delay_s": 0..{MAX_DELAY_S:g} seconds, "failure_rate": 0..1}}: '
+                                      f"{error}") from None
     injector.faults = faults
     log.warning("fault injector set to %s", faults)
     return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
 
 
 async def transcript(request: web.Request) -> web.Response:
-    fmt = request.match_info["fmt"]
+    fmt, name = request.match_info["fmt"], request.match_info["room"]
     if fmt not in MEDIA_TYPES:
         raise web.HTTPNotFound(text="formats: txt, vtt, srt, json")
+    if not is_room_name(name):
+        raise web.HTTPNotFound(text=ROOM_NAME_RULE)
     try:
-        request.app[KEYS].check("viewer", request.match_info["room"], _token(request))
-        room = request.app[ROOMS].get(request.match_info["room"])
+        request.app[KEYS].check("viewer", name, presented_key(request))
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
-    return web.Response(text=export(room.captions.transcript(), fmt),
+    return web.Response(text=export(request.app[ROOMS].transcript(name), fmt),
                         content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
-def _token(request: web.Request) -> str | None:
+def presented_key(request: web.Request) -> str | None:
+    """The key a client presents, ``Authorization: Bearer KEY`` or ``?token=KEY``.
+    One longer than ``MAX_KEY_CHARS`` or not ASCII is no key (``Unauthorized``)
+    and goes no further, into a QR code, say."""
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header.removeprefix("Bearer ").strip()
-    return request.query.get("token")
+    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token")
+    if key is not None and (len(key) > MAX_KEY_CHARS or not key.isascii()):
+        raise Unauthorized(f"keys are at most {MAX_KEY_CHARS} ASCII characters")
+    return key
 
 
 def require_operator(request: web.Request) -> None:
     """The operator key (one for the whole server) or 401."""
     try:
-        request.app[KEYS].check("operator", "", _token(request))
+        request.app[KEYS].check("operator", "", presented_key(request))
     except LivecapError as error:
         raise web.HTTPUnauthorized(text=error.message, headers={"WWW-Authenticate": "Bearer"}) from None
 
@@ -210,12 +251,47 @@ async def _close_with(ws: web.WebSocketResponse, error: LivecapError, metrics: M
         await ws.close(code=error.close_code, message=error.code.encode())
 
 
+class ExplainingWebSocket(web.WebSocketResponse):
+    """A WebSocket whose every close that can carry an explanation does.
+
+    aiohttp closes a connection itself when a frame breaks RFC 6455 (reserved
+    bits or opcodes, a bad continuation, text that is not UTF-8, a frame over
+    ``max_msg_size``) or cannot be read (compressed data that does not
+    inflate): ``receive()`` calls ``close()`` from inside its ``except``
+    clause for the reader's exception (aiohttp 3.14, ``web_ws.py``). Here
+    ``close()`` sees that exception and hands it to ``_close_with`` first,
+    so the client gets an ``error`` event with a documented code, as for
+    livecap's own errors.
+    """
+
+    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._metrics = metrics
+        self._explaining = False
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if self._explaining or (error := self._library_error()) is None:
+            return await super().close(code=code, message=message, drain=drain)
+        self._explaining = True  # _close_with calls close() again
+        await _close_with(self, error, self._metrics)
+        return True
+
+    def _library_error(self) -> LivecapError | None:
+        """The error aiohttp is closing this connection for, if it is one."""
+        exception = sys.exception()
+        if isinstance(exception, WebSocketError):
+            return LIBRARY_ERRORS.get(exception.code, FramingError)(str(exception))
+        if exception is not None and exception is self.exception() and not isinstance(exception, ConnectionError):
+            return FramingError(f"unreadable frame: {exception!r}")  # the reader failed otherwise
+        return None
+
+
 async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketResponse, Room | LivecapError]:
     """Upgrade, then check limits and key: errors are reported on the socket,
     since browsers cannot read the status of a refused upgrade."""
     options = request.app[OPTIONS]
     max_size = VIEWER_MAX_MESSAGE if role == "viewer" else options.max_message_bytes * 2
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=max_size)
+    ws = ExplainingWebSocket(request.app[METRICS], heartbeat=HEARTBEAT_S, max_msg_size=max_size)
     await ws.prepare(request)
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] += 1
@@ -223,8 +299,8 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     try:
         if connections[peer] > options.max_connections_per_ip:
             raise RateLimited(f"more than {options.max_connections_per_ip} connections from one address")
-        request.app[KEYS].check(role, request.match_info["room"], _token(request))
-        return ws, request.app[ROOMS].get(request.match_info["room"])
+        request.app[KEYS].check(role, request.match_info["room"], presented_key(request))
+        return ws, request.app[ROOMS].get(request.match_info["room"], publisher=role == "publisher")
     except LivecapError as error:
         return ws, error
 
@@ -396,6 +472,6 @@ def _after_seq(request: web.Request) -> int | None:
     value = request.query.get("after_seq")
     if value is None:
         return None
-    if not value.isdigit():
-        raise ProtocolError("after_seq must be a non-negative integer")
+    if not AFTER_SEQ.fullmatch(value):
+        raise ProtocolError("after_seq must be a non-negative integer of at most 18 digits")
     return int(value)

@@ -1,5 +1,7 @@
 """README.md stays true: its settings table is the one config.py describes,
-and its error table lists exactly the codes the protocol reports.
+its error table lists exactly the closes the server can send (its own and
+the WebSocket library's), and its page table exactly the query parameters
+the pages read.
 
 ``python -m tests.test_docs`` rewrites the settings table after a change."""
 
@@ -9,10 +11,17 @@ import inspect
 import re
 from pathlib import Path
 
-from livecap import errors
-from livecap.config import settings_table
+import aiohttp.web_ws
+from aiohttp import WSCloseCode
+from aiohttp._websocket import reader_py
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from livecap import errors
+from livecap.auth import Keys
+from livecap.config import ServerOptions, settings_table
+from livecap.server import LIBRARY_ERRORS, ROOMS, create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def section(text: str, name: str) -> str:
@@ -31,12 +40,58 @@ def test_settings_table_matches_the_configuration() -> None:
         "README settings table is stale: run python -m tests.test_docs"
 
 
+def documented_closes() -> tuple[set[tuple[str, int]], set[int]]:
+    """README's error table: (error code, close code) of every close that an
+    error event explains, and the close codes that come without one."""
+    rows = re.findall(r"^\| (`\w+`|—) \| (\d+) \|", section(README.read_text(), "errors"), re.M)
+    return ({(code.strip("`"), int(close)) for code, close in rows if code != "—"},
+            {int(close) for code, close in rows if code == "—"})
+
+
 def test_error_table_lists_every_code_the_protocol_reports() -> None:
-    documented = set(re.findall(r"^\| `(\w+)` \| (\d+) \|", section(README.read_text(), "errors"), re.M))
-    reported = {(cls.code, str(cls.close_code)) for _, cls in inspect.getmembers(errors, inspect.isclass)
-                if issubclass(cls, errors.LivecapError) and cls is not errors.LivecapError
-                and cls.close_code is not None}
-    assert documented == reported
+    reported = {(cls.code, cls.close_code) for _, cls in inspect.getmembers(errors, inspect.isclass)
+                if issubclass(cls, errors.LivecapError) and cls is not errors.LivecapError}
+    assert documented_closes()[0] == reported
+
+
+def test_error_table_lists_every_close_the_websocket_library_sends() -> None:
+    """Every close code aiohttp's server side uses (its frame reader's errors, its
+    own closes) is either explained by a livecap error with the same close code
+    or listed without one; a new aiohttp that closes otherwise fails here."""
+    library = {WSCloseCode[name] for module in (aiohttp.web_ws, reader_py)
+               for name in re.findall(r"WSCloseCode\.([A-Z_]+)", inspect.getsource(module))}
+    assert {WSCloseCode.PROTOCOL_ERROR, WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.ABNORMAL_CLOSURE} <= library
+    explained, silent = documented_closes()
+    for code, error in LIBRARY_ERRORS.items():
+        assert error.close_code == code and (error.code, code) in explained
+    assert silent == library - set(LIBRARY_ERRORS)
+
+
+PAGE_SCRIPTS = {"/overlay/{room}": "overlay.js", "/view/{room}": "view.js", "/speak/{room}": "speak.js",
+                "/dashboard": "dashboard.js"}
+
+
+def page_parameters(script: str) -> set[str]:
+    """The query parameters a page script reads, itself or through captions.js."""
+    source = (ROOT / "client" / script).read_text()
+    if script != "captions.js" and '/static/captions.js"' in source:
+        source += (ROOT / "client" / "captions.js").read_text()
+    return set(re.findall(r'(?:params\.(?:get|has)|numberParam)\("(\w+)"', source))
+
+
+def test_page_table_lists_every_parameter_the_pages_read() -> None:
+    documented = set(re.findall(r"^\| `([^`]+)` \| `(\w+)` \|", section(README.read_text(), "page-parameters"), re.M))
+    read = {(page, name) for page, script in PAGE_SCRIPTS.items() for name in page_parameters(script)}
+    assert {page for page, _ in documented} == set(PAGE_SCRIPTS)
+    assert documented == read
+
+
+def test_readme_says_where_transcripts_are_kept(tmp_path: Path) -> None:
+    """README once said DATA_DIR/rooms/; the store is elsewhere."""
+    said = re.findall(r"`DATA_DIR/(\w+)/`", README.read_text())
+    assert said, "README says where transcripts are kept"
+    store = create_app(ServerOptions(data_dir=tmp_path, secret="s"), Keys("s"))[ROOMS].store
+    assert store is not None and {tmp_path / name for name in said} == {store.directory}
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ async def test_metrics_show_latency_traffic_and_connections(sphinx_server: LiveS
 async def test_speech_to_screen_is_measured_from_acks_and_bad_messages_close_the_viewer(
         sphinx_server: LiveServer) -> None:
     room_name = "acks"
-    room = sphinx_server.app[ROOMS].get(room_name)
+    room = sphinx_server.app[ROOMS].get(room_name, publisher=True)  # publishes like a publisher's room
     segment = room.captions.new_segment()
     old = room.captions.final(segment, (Word("earlier", 0.0, 0.5),), 0.0, 0.5, "test", "1", 100.0)
     assert old is not None

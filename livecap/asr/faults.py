@@ -18,13 +18,24 @@ import numpy as np
 from livecap.asr.engine import Engine, Hypothesis, RecognizerStream
 from livecap.errors import ModelError
 
+MAX_DELAY_S = 60.0
+"""Longest delay the injector adds: far past any latency budget, short enough
+that a typo cannot hold an inference thread for good."""
+
 
 @dataclass(frozen=True, slots=True)
 class Faults:
     delay_s: float = 0.0
-    """Added before every hypothesis/finish call."""
+    """Added before every hypothesis/finish call, 0 to ``MAX_DELAY_S`` seconds."""
     failure_rate: float = 0.0
     """Probability that a hypothesis/finish call raises ModelError."""
+
+    def __post_init__(self) -> None:
+        # written so that NaN, which fails every comparison, is refused too
+        if not 0.0 <= self.delay_s <= MAX_DELAY_S:
+            raise ValueError(f"delay_s must be a number of seconds from 0 to {MAX_DELAY_S:g}")
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ValueError("failure_rate must be a number from 0 to 1")
 
     @property
     def active(self) -> bool:
