@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jiwer
@@ -161,7 +162,8 @@ def test_numbers_case_keeps_every_quantity(whisper_engine: WhisperOnnx) -> None:
     assert word_error_rate([NUMBERS], [finals]) <= word_error_rate([NUMBERS], [last_partials])
 
 
-@pytest.mark.parametrize("recording", ["fleurs-en_us-test-002", "librivox-sense_and_sensibility_01-0880", "hifitts-6097-roots_04_morris_0057"])
+@pytest.mark.parametrize("recording", ["fleurs-en_us-test-002", "librivox-sense_and_sensibility_01-0880",
+                                       "hifitts-6097-roots_04_morris_0057"])
 def test_finals_are_not_worse_than_the_last_partials(whisper_engine: WhisperOnnx, recording: str) -> None:
     """The final, decoded with all the audio, against the last partial of each utterance."""
     utterances = _replay(whisper_engine, audio(recording))
@@ -174,9 +176,9 @@ def test_finals_are_not_worse_than_the_last_partials(whisper_engine: WhisperOnnx
 
 
 @pytest.fixture(scope="module")
-async def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+async def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
     server = await start_server(tmp_path_factory.mktemp("cases"), max_audio_rate=4.0)
-    yield server  # type: ignore[misc]
+    yield server
     await server.runner.cleanup()
 
 
