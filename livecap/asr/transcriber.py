@@ -81,7 +81,6 @@ class _Utterance:
     start: int
     recognizer: ScheduledUtterance
     agreement: LocalAgreement
-    speech: SpeechCheck
     pending: list[np.ndarray]
     """Audio not yet given to the recognizer."""
     unchecked: list[np.ndarray] = field(default_factory=list)
@@ -100,7 +99,7 @@ class Transcriber:
         self._on_update = on_update
         self._prompt = prompt
         self.options = options
-        self.speech_check = speech_check
+        self._speech = SpeechCheck(speech_check)
         self._queue: asyncio.Queue[VadEvent | _Flush] = asyncio.Queue()
         self._current: _Utterance | None = None
         self._carry: _Carry | None = None
@@ -143,12 +142,13 @@ class Transcriber:
                 if carry is not None and carry.end == start:
                     pending, start, arrival = [carry.audio], start - len(carry.audio), carry.arrival
                 agreement = LocalAgreement(self.options.agreement_horizon_s, self.options.agreement_min_audio_s)
+                self._speech.begin()
                 self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
-                                           agreement, SpeechCheck(self.speech_check), pending, list(pending),
+                                           agreement, pending, list(pending),
                                            received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
-                if not self._current.speech.confirmed:
+                if not self._speech.confirmed:
                     self._current.unchecked.append(samples)
                 self._current.received += len(samples)
                 self._current.newest_arrival = arrival
@@ -166,9 +166,9 @@ class Transcriber:
 
     async def _is_speech(self, utterance: _Utterance) -> bool:
         """Run the speech check over the audio it has not seen (off the event loop)."""
-        if utterance.speech.confirmed:
+        if self._speech.confirmed:
             return True
-        return await asyncio.to_thread(utterance.speech.feed, _take(utterance.unchecked))
+        return await asyncio.to_thread(self._speech.feed, _take(utterance.unchecked))
 
     async def _step(self, utterance: _Utterance) -> None:
         if not await self._is_speech(utterance):
