@@ -101,6 +101,12 @@ class ServerOptions:
                                                  "may share one NAT address)")
     idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
     viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
+    viewer_max_lag_s: float = _setting(10.0, "a viewer whose oldest caption not yet delivered (acked by a page, else "
+                                             "taken by its TCP stack) is older than this is closed with "
+                                             "viewer_too_slow and resumes; one that does not read the close either "
+                                             "is cut off as long again later (seconds)")
+    heartbeat_s: float = _setting(20.0, "WebSocket ping interval when a peer sends nothing; one that does not answer "
+                                        "within half of it is dropped (seconds)")
     # fault injection (tests and demos of the latency budget only)
     inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step "
                                              f"(0-{MAX_DELAY_S:g} s)")

@@ -1,11 +1,22 @@
 """Fan-out: every caption event of a room to every viewer, never waiting.
 
-Each viewer has its own ``ViewerQueue``. Publishing only appends to queues,
-so one slow phone on bad Wi-Fi never delays the projector (the same rule as
-websockets' ``broadcast()``). A queued partial is replaced by a newer event
-of its segment (the viewer only needs the latest), finals are never dropped,
-and a viewer whose backlog of finals grows past the limit is disconnected
-with ``ViewerTooSlow``; it resumes with ``after_seq`` and loses nothing.
+Each viewer has its own ``ViewerQueue``. Publishing encodes an event once and
+only appends it to queues, so one slow phone on bad Wi-Fi never delays the
+projector (the same rule as websockets' ``broadcast()``). A queued partial is
+replaced by a newer event of its segment (the viewer only needs the latest),
+and finals are never dropped.
+
+Flow control. A viewer is *behind* by the age of the oldest caption it has
+not got: still queued here, or written to its connection and not confirmed.
+A viewer that acknowledges what it renders (the pages do) confirms with its
+acks. For one that does not, a ping is the probe: the WebSocket endpoint
+answers it (RFC 6455 §5.5.2) after it has taken every frame sent before it,
+so a pong confirms those frames, through any proxy and whatever the kernel
+buffers hold. A periodic sweep (``Subscriber.check``) sends that ping once
+the oldest unconfirmed caption is ``PROBE_AT`` of the bound old, and closes
+a viewer that is further behind than the bound with ``ViewerTooSlow``; it
+resumes with ``after_seq`` and loses nothing. Publishing and sweeping make
+no system call per event.
 
 Viewers send one kind of message, ``{"type": "ack", "seq": N, "age_ms": M}``
 (they rendered event ``N``, ``M`` ms ago), read by the sans-I/O
@@ -15,78 +26,227 @@ Viewers send one kind of message, ``{"type": "ack", "seq": N, "age_ms": M}``
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-from collections.abc import Callable
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from livecap.captions import CaptionEvent
 from livecap.errors import LivecapError, ProtocolError, RateLimited, ViewerTooSlow, json_object, shown
 
+try:
+    import fcntl
+    import termios
+
+    SIOCOUTQ: int | None = termios.TIOCOUTQ
+    """Linux: bytes in a TCP socket's send queue not yet acknowledged by the peer (tcp(7))."""
+except (ImportError, AttributeError):  # not a Unix with TIOCOUTQ: asyncio's buffer alone
+    SIOCOUTQ = None
+
+PROBE_AT = 0.25
+"""A viewer that does not ack is pinged when its oldest unconfirmed caption
+is this share of the bound old: the pong may take the rest of the bound."""
+
+
+def frame_size(payload: int) -> int:
+    """Bytes on the wire of a server's (unmasked, uncompressed) frame of
+    ``payload`` bytes: a 2-byte header, plus 2 or 8 bytes of extended length
+    (RFC 6455 §5.2)."""
+    return payload + (2 if payload < 126 else 4 if payload < 65536 else 10)
+
+
+def unsent_bytes(transport: asyncio.WriteTransport) -> int:
+    """Bytes written to a connection that its peer's TCP has not acknowledged:
+    asyncio's write buffer plus the kernel's send queue (``SIOCOUTQ``). Where
+    the kernel does not say, asyncio's buffer alone. Says where a slow
+    viewer's backlog sits: here (its network) or with it (its reader)."""
+    buffered = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if SIOCOUTQ is None or sock is None:
+        return buffered
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return buffered
+    return buffered + queued
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A caption event on its way to viewers."""
+
+    event: CaptionEvent
+    text: str
+    """The event's JSON, encoded once for every viewer."""
+    size: int
+    """Bytes of its WebSocket frame."""
+    since: float
+    """Monotonic time from which a viewer lacks it: its publication, or the
+    viewer's connection for the history replayed to it."""
+
+    @classmethod
+    def of(cls, event: CaptionEvent, since: float) -> Outgoing:
+        text = json.dumps(event.to_message())
+        return cls(event, text, frame_size(len(text.encode())), since)
+
 
 class ViewerQueue:
-    """Pending events of one viewer (pure, no I/O)."""
+    """What one viewer has not got yet (pure: time and confirmations are passed in).
 
-    def __init__(self, max_backlog: int = 200) -> None:
+    A caption waits in the queue until the writer takes it, then among the
+    *unconfirmed* until the viewer acks it or, for a viewer that never acked
+    anything live, until a pong confirms the bytes up to its frame. Captions
+    are taken and written in publication order, so the oldest one not
+    confirmed is always the first unconfirmed, or else the first queued.
+    """
+
+    def __init__(self, max_backlog: int = 200, replay: Iterable[Outgoing] = ()) -> None:
         self.max_backlog = max_backlog
-        self._events: list[CaptionEvent] = []
+        self._replay = deque(replay)
+        """History sent on connect, ahead of live events and outside ``max_backlog``."""
+        self._queued: deque[Outgoing] = deque()
+        self._unconfirmed: deque[tuple[int, int, float]] = deque()
+        """(bytes written up to the end of its frame, seq, since) of captions written, oldest first."""
+        self.written = 0
+        """Bytes of caption frames written to the connection."""
+        self.acked: int | None = None
+        """Newest seq the viewer acknowledged; None until it acks a live event."""
         self.coalesced = 0
         """Partials dropped because a newer event of their segment replaced them."""
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._replay) + len(self._queued)
 
-    def push(self, event: CaptionEvent) -> int:
-        """Queue ``event``; returns how many queued partials it replaced."""
-        kept = [e for e in self._events if not (e.kind == "partial" and e.segment == event.segment)]
-        coalesced = len(self._events) - len(kept)
+    def push(self, item: Outgoing) -> int:
+        """Queue ``item``; returns how many queued partials it replaced."""
+        event = item.event
+        kept = deque(e for e in self._queued if not (e.event.kind == "partial" and e.event.segment == event.segment))
+        coalesced = len(self._queued) - len(kept)
         self.coalesced += coalesced
-        kept.append(event)
+        kept.append(item)
         if len(kept) > self.max_backlog:
             raise ViewerTooSlow(f"more than {self.max_backlog} captions waiting; reconnect with after_seq")
-        self._events = kept
+        self._queued = kept
         return coalesced
 
-    def pop_all(self) -> list[CaptionEvent]:
-        events, self._events = self._events, []
-        return events
+    def take(self) -> Outgoing | None:
+        """The next caption to write, oldest first; the writer then calls ``written_out``."""
+        if self._replay:
+            return self._replay.popleft()
+        return self._queued.popleft() if self._queued else None
+
+    def written_out(self, item: Outgoing) -> None:
+        """``item``'s frame went into the connection."""
+        self.written += item.size
+        self._unconfirmed.append((self.written, item.event.seq, item.since))
+
+    @property
+    def unconfirmed(self) -> bool:
+        return bool(self._unconfirmed)
+
+    def acknowledged(self, seq: int) -> None:
+        """The viewer rendered every caption up to ``seq``: from now on only its acks confirm."""
+        self.acked = max(seq, self.acked or 0)
+        while self._unconfirmed and self._unconfirmed[0][1] <= self.acked:
+            self._unconfirmed.popleft()
+
+    def received(self, written: int) -> None:
+        """The viewer's endpoint took the first ``written`` bytes of captions
+        (a pong says so). Ignored for a viewer that acks: it has to render, not only receive."""
+        if self.acked is not None:
+            return
+        while self._unconfirmed and self._unconfirmed[0][0] <= written:
+            self._unconfirmed.popleft()
+
+    def behind(self, now: float) -> float:
+        """Age of the oldest caption not confirmed (0 when there is none)."""
+        if self._unconfirmed:
+            return now - self._unconfirmed[0][2]
+        if self._replay:
+            return now - self._replay[0].since
+        return now - self._queued[0].since if self._queued else 0.0
 
 
 class Subscriber:
-    """A viewer's queue plus the means to wake its writer and to drop it."""
+    """A viewer's queue plus the means to wake its writer, to probe it and to have it closed."""
 
-    def __init__(self, on_close: Callable[[LivecapError], None], max_backlog: int = 200,
-                 sent_seq: int = 0) -> None:
-        self.queue = ViewerQueue(max_backlog)
+    def __init__(self, max_backlog: int = 200, sent_seq: int = 0, replay: Iterable[Outgoing] = (),
+                 ping: Callable[[bytes], None] | None = None) -> None:
+        self.queue = ViewerQueue(max_backlog, replay)
         self.ready = asyncio.Event()
-        self._on_close = on_close
-        """Closes the viewer's connection with the error (a task; never blocks)."""
-        self.overflowed = False
+        self.ready.set()
+        self._closing = asyncio.Event()
+        self._ping = ping
+        """Sends a ping with the payload (a task; never blocks); None: no probes."""
+        self._probe: bytes | None = None
+        """Payload of the ping in flight: the bytes of captions written before it."""
+        self.closing: LivecapError | None = None
+        """Why the server is closing this viewer; nothing more is queued or written."""
         self.sent_seq = sent_seq
         """Highest seq written to the viewer (start: the room's seq when it subscribed)."""
         self.closed = False
         self._progress = asyncio.Condition()
 
-    def deliver(self, event: CaptionEvent) -> int:
-        """Queue ``event``; returns how many queued partials it replaced."""
-        if self.overflowed:
+    def deliver(self, item: Outgoing) -> int:
+        """Queue ``item``; returns how many queued partials it replaced."""
+        if self.closing is not None:
             return 0
         coalesced = 0
         try:
-            coalesced = self.queue.push(event)
+            coalesced = self.queue.push(item)
         except ViewerTooSlow as error:
-            self.overflowed = True
-            self._on_close(error)
+            self.disconnect(error)
         self.ready.set()
         return coalesced
 
     def disconnect(self, error: LivecapError) -> None:
-        """Drop the viewer with ``error`` (the room was ended, say)."""
-        self._on_close(error)
+        """Have the viewer closed with ``error`` (too slow, the room was ended …); the first reason counts."""
+        if self.closing is None:
+            self.closing = error
+            self.ready.set()
+            self._closing.set()
 
-    async def next_batch(self) -> list[CaptionEvent]:
-        await self.ready.wait()
-        self.ready.clear()
-        return self.queue.pop_all()
+    async def closed_by_server(self) -> LivecapError:
+        """Why the server closes the viewer, once it does (see ``disconnect``)."""
+        await self._closing.wait()
+        assert self.closing is not None
+        return self.closing
+
+    def acknowledged(self, seq: int) -> None:
+        self.queue.acknowledged(seq)
+
+    def ponged(self, payload: bytes) -> None:
+        """A pong: if it answers the probe, the captions written before the probe arrived."""
+        if self._probe is not None and payload == self._probe:
+            self._probe = None
+            self.queue.received(int(payload))
+
+    def check(self, now: float, max_lag_s: float) -> None:
+        """Close the viewer with ``ViewerTooSlow`` if the oldest caption it has
+        not confirmed is older than ``max_lag_s``; probe one that does not ack
+        once that caption is ``PROBE_AT`` of it old."""
+        if self.closing is not None:
+            return
+        lag = self.queue.behind(now)
+        if lag > max_lag_s:
+            self.disconnect(ViewerTooSlow(f"the oldest caption not delivered is {lag:.1f} s old (the limit is "
+                                          f"{max_lag_s:g} s); reconnect with after_seq"))
+        elif (lag > max_lag_s * PROBE_AT and self._ping is not None and self._probe is None
+              and self.queue.acked is None and self.queue.unconfirmed):
+            self._probe = str(self.queue.written).encode()
+            self._ping(self._probe)
+
+    async def next(self) -> Outgoing | None:
+        """The next caption to write; None once the viewer is being closed."""
+        while self.closing is None:
+            if (item := self.queue.take()) is not None:
+                self.queue.written_out(item)  # recorded first: the frame is in the transport before any await
+                return item
+            self.ready.clear()
+            await self.ready.wait()
+        return None
 
     async def mark_sent(self, seq: int | None = None, closed: bool = False) -> None:
         """Called by the writer after an event went out, or when it stops."""
@@ -99,7 +259,7 @@ class Subscriber:
         """Wait until the event ``seq`` and all before it went out (the newest
         event is never coalesced, so it does go out), or the writer stopped."""
         async with self._progress:
-            await self._progress.wait_for(lambda: self.sent_seq >= seq or self.closed or self.overflowed)
+            await self._progress.wait_for(lambda: self.sent_seq >= seq or self.closed or self.closing is not None)
 
 
 class Broadcaster:
@@ -108,9 +268,10 @@ class Broadcaster:
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
 
-    def publish(self, event: CaptionEvent) -> int:
+    def publish(self, event: CaptionEvent, now: float) -> int:
         """Queue ``event`` for every subscriber; returns the partials it replaced in their queues."""
-        return sum(subscriber.deliver(event) for subscriber in list(self.subscribers))
+        item = Outgoing.of(event, now)
+        return sum(subscriber.deliver(item) for subscriber in list(self.subscribers))
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,8 +149,8 @@ class Room:
     def publish(self, event: CaptionEvent) -> None:
         if self.store is not None and event.kind in ("final", "correction"):
             self.store.append(event)
-        metrics, label = self.scheduler.metrics, self.label
-        published = self.latency.published(event, time.monotonic())
+        metrics, label, now = self.scheduler.metrics, self.label, time.monotonic()
+        published = self.latency.published(event, now)
         metrics.captions_sent.labels(label, event.kind).inc()
         if event.kind == "final":
             metrics.utterances.labels(label, event.engine).inc()
@@ -160,7 +160,7 @@ class Room:
         if published.final_lag is not None:
             metrics.final_lag_seconds.labels(label, event.engine).observe(published.final_lag)
         self.last_event = event
-        if coalesced := self.broadcaster.publish(event):
+        if coalesced := self.broadcaster.publish(event, now):
             metrics.partials_coalesced.labels(label).inc(coalesced)
 
     def acknowledged(self, seq: int, now: float, age_s: float) -> None:

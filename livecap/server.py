@@ -38,10 +38,11 @@ from livecap.errors import (
     RateLimited,
     ServerBusy,
     Unauthorized,
+    ViewerTooSlow,
     json_object,
 )
 from livecap.export import MEDIA_TYPES, export
-from livecap.fanout import Subscriber, ViewerInbox
+from livecap.fanout import Outgoing, Subscriber, ViewerInbox, unsent_bytes
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
 from livecap.metrics import Metrics
@@ -56,8 +57,8 @@ from livecap.rooms import (
 )
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 20.0
-"""WebSocket ping interval; a peer that misses a pong is dropped (RFC 6455 §5.5.2)."""
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+"""``livecap_disconnects_total`` reason of a peer dropped for not answering a ping (it gets no error event)."""
 DEFAULT_HISTORY = 20
 """Finals replayed to a viewer that connects without ``after_seq``."""
 VIEWER_MAX_MESSAGE = 4096
@@ -94,6 +95,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[CONNECTIONS] = Counter()
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_engine_lifecycle)
+    app.cleanup_ctx.append(_viewer_sweep)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -154,6 +156,24 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     scheduler.close()
     for engine in (scheduler.primary, scheduler.fallback):
         getattr(engine, "close", lambda: None)()  # worker processes, if the engine has any
+
+
+async def _viewer_sweep(app: web.Application) -> AsyncIterator[None]:
+    """Flow control: a tenth of ``viewer_max_lag_s`` apart (at most a second),
+    every viewer further behind than that is closed (``Subscriber.check``)."""
+    rooms, max_lag_s = app[ROOMS], app[OPTIONS].viewer_max_lag_s
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, max_lag_s / 10))
+            now = time.monotonic()
+            for room in list(rooms.rooms.values()):
+                for viewer in list(room.viewers):
+                    viewer.check(now, max_lag_s)
+
+    task = asyncio.create_task(sweep(), name="viewer-sweep")
+    yield
+    task.cancel()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -291,7 +311,13 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     since browsers cannot read the status of a refused upgrade."""
     options = request.app[OPTIONS]
     max_size = VIEWER_MAX_MESSAGE if role == "viewer" else options.max_message_bytes * 2
-    ws = ExplainingWebSocket(request.app[METRICS], heartbeat=HEARTBEAT_S, max_msg_size=max_size)
+    # Viewer frames are not compressed (no permessage-deflate, RFC 7692): compressing every
+    # event once per viewer costs the event loop more than the bytes are worth, and flow
+    # control counts the bytes of each frame (fanout.frame_size). Viewers' pongs confirm
+    # what they received, so _view answers their pings and reads their pongs itself.
+    viewer = role == "viewer"
+    ws = ExplainingWebSocket(request.app[METRICS], heartbeat=options.heartbeat_s, max_msg_size=max_size,
+                             compress=not viewer, autoping=not viewer)
     await ws.prepare(request)
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] += 1
@@ -305,12 +331,19 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
         return ws, error
 
 
-def _release(request: web.Request, role: Role) -> None:
+def _release(request: web.Request, ws: web.WebSocketResponse, role: Role) -> None:
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] -= 1
     if connections[peer] <= 0:
         del connections[peer]
     request.app[METRICS].connections.labels(role).dec()
+    if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong within heartbeat_s / 2
+        request.app[METRICS].disconnects.labels(HEARTBEAT_TIMEOUT).inc()
+        log.info("room %s: %s %s dropped: no answer to a ping within %g s", request.match_info["room"], role, peer,
+                 request.app[OPTIONS].heartbeat_s / 2,
+                 extra={"room": request.match_info["room"], "peer": peer, "code": HEARTBEAT_TIMEOUT})
+        if request.transport is not None:  # what it has not read would keep the socket open
+            request.transport.abort()
 
 
 async def ingest(request: web.Request) -> web.WebSocketResponse:
@@ -321,7 +354,7 @@ async def ingest(request: web.Request) -> web.WebSocketResponse:
             return ws
         await _publish(request, ws, room)
     finally:
-        _release(request, "publisher")
+        _release(request, ws, "publisher")
     return ws
 
 
@@ -329,9 +362,9 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
     options, scheduler, metrics = request.app[OPTIONS], request.app[SCHEDULER], request.app[METRICS]
     protocol = IngestProtocol(options.ingest_limits)
     # The publisher sees its room's captions too, like any viewer.
-    subscriber = Subscriber(lambda error: None, options.viewer_backlog, sent_seq=room.captions.seq)
+    subscriber = Subscriber(options.viewer_backlog, sent_seq=room.captions.seq)
     room.broadcaster.subscribers.add(subscriber)
-    writer = asyncio.create_task(_write_captions(ws, subscriber, []))
+    writer = asyncio.create_task(_write_captions(ws, subscriber))
     session: PublisherSession | None = None
     try:
         if not scheduler.ready.is_set():
@@ -392,14 +425,11 @@ async def _receive(ws: web.WebSocketResponse, idle_timeout: float) -> str | byte
     return None
 
 
-async def _write_captions(ws: web.WebSocketResponse, subscriber: Subscriber, backlog: list[dict[str, object]]) -> None:
+async def _write_captions(ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
     try:
-        for message in backlog:
-            await ws.send_json(message)
-        while not ws.closed:
-            for event in await subscriber.next_batch():
-                await ws.send_json(event.to_message())
-                await subscriber.mark_sent(event.seq)
+        while (item := await subscriber.next()) is not None:
+            await ws.send_str(item.text)
+            await subscriber.mark_sent(item.event.seq)
     except ConnectionError:
         pass
     finally:
@@ -414,7 +444,7 @@ async def captions(request: web.Request) -> web.WebSocketResponse:
             return ws
         await _view(request, ws, room)
     finally:
-        _release(request, "viewer")
+        _release(request, ws, "viewer")
     return ws
 
 
@@ -428,34 +458,79 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
         await _close_with(ws, error, metrics)
         return
     # Snapshot the history and subscribe in one step (no await between):
-    # every final is then either in the backlog or in the queue, never both.
+    # every final is then either replayed or queued live, never both.
     history = room.captions.history_after(after_seq) if after_seq is not None else \
         room.captions.finals[-DEFAULT_HISTORY:]
-    backlog = [e.to_message() for e in history]
     if room.captions.current_partial is not None:
-        backlog.append(room.captions.current_partial.to_message())
-    subscriber = Subscriber(lambda error: _spawn(_close_with(ws, error, metrics)), options.viewer_backlog)
+        history = [*history, room.captions.current_partial]
+    now = time.monotonic()
+    subscriber = Subscriber(options.viewer_backlog, replay=[Outgoing.of(event, now) for event in history],
+                            ping=lambda payload: _spawn(_ping(ws, payload)))
     inbox = ViewerInbox(live_from=room.captions.seq)
     try:
         room.add_viewer(subscriber)
     except LivecapError as error:
         await _close_with(ws, error, metrics)
         return
-    writer = asyncio.create_task(_write_captions(ws, subscriber, backlog))
+    # Three tasks: the writer, the reader, and this one, which alone closes the connection.
+    writer = asyncio.create_task(_write_captions(ws, subscriber))
+    reader = asyncio.create_task(_read_acks(ws, room, subscriber, inbox))
+    closing = asyncio.create_task(subscriber.closed_by_server())
+    try:
+        await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        if closing.done():
+            reader.cancel()  # ws.close() below reads until the viewer's close frame
+            await asyncio.wait((reader,))
+            await _close_viewer(request, ws, room, closing.result())
+    finally:
+        room.remove_viewer(subscriber)
+        for task in (writer, reader, closing):
+            task.cancel()
+
+
+async def _read_acks(ws: web.WebSocketResponse, room: Room, subscriber: Subscriber, inbox: ViewerInbox) -> None:
+    """Until the viewer leaves: its acks and pongs confirm what it got; anything
+    else has it closed (``subscriber.disconnect``)."""
     try:
         async for message in ws:
             now = time.monotonic()
             if message.type == WSMsgType.TEXT:
                 ack = inbox.receive_text(str(message.data), now, subscriber.sent_seq)
                 if ack is not None:
+                    subscriber.acknowledged(ack.seq)
                     room.acknowledged(ack.seq, now, ack.age_s)
             elif message.type == WSMsgType.BINARY:
                 inbox.receive_bytes(bytes(message.data), now)
+            elif message.type == WSMsgType.PING:
+                await ws.pong(message.data)
+            elif message.type == WSMsgType.PONG:
+                subscriber.ponged(message.data)
     except LivecapError as error:
-        await _close_with(ws, error, metrics)
+        subscriber.disconnect(error)
+
+
+async def _close_viewer(request: web.Request, ws: web.WebSocketResponse, room: Room, error: LivecapError) -> None:
+    """The error event and the close frame queue behind what the viewer has
+    not read, and the connection stays open until the viewer answers the
+    close; one that has not ``viewer_max_lag_s`` later is cut off (TCP reset),
+    so what it left unread leaves memory."""
+    transport = request.transport
+    if transport is None:
+        return
+    cut_off = asyncio.get_running_loop().call_later(request.app[OPTIONS].viewer_max_lag_s, transport.abort)
+    if isinstance(error, ViewerTooSlow):
+        log.info("room %s: closing viewer %s (%d bytes unsent here): %s", room.name, request.remote,
+                 unsent_bytes(transport), error.message,
+                 extra={"room": room.name, "peer": request.remote, "code": error.code})
+    try:
+        await _close_with(ws, error, request.app[METRICS])
     finally:
-        room.remove_viewer(subscriber)
-        writer.cancel()
+        cut_off.cancel()
+
+
+async def _ping(ws: web.WebSocketResponse, payload: bytes) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.ping(payload)
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -8,7 +8,7 @@ from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent, CaptionState
 from livecap.errors import ViewerTooSlow
 from livecap.export import export
-from livecap.fanout import ViewerQueue
+from livecap.fanout import Outgoing, ViewerQueue
 
 
 def w(text: str, start: float = 0.0, end: float = 0.0) -> tuple[Word, ...]:
@@ -52,20 +52,22 @@ def test_viewer_queue_coalesces_partials_and_keeps_finals() -> None:
     for text in ("a", "a b", "a b c"):
         event = state.partial(segment, (), w(text), 0, 1, "e", "v", 0)
         assert event is not None
-        queue.push(event)
+        queue.push(Outgoing.of(event, 0.0))
     assert len(queue) == 1 and queue.coalesced == 2
     final = state.final(segment, w("a b c"), 0, 1, "e", "v", 0)
     assert final is not None
-    queue.push(final)
-    assert [e.kind for e in queue.pop_all()] == ["final"], "a final replaces its segment's queued partial"
+    queue.push(Outgoing.of(final, 0.0))
+    taken = queue.take()
+    assert taken is not None and taken.event.kind == "final" and queue.take() is None, \
+        "a final replaces its segment's queued partial"
     for i in range(3):
         event = state.final(state.new_segment(), w(str(i)), 0, 1, "e", "v", 0)
         assert event is not None
-        queue.push(event)
+        queue.push(Outgoing.of(event, 0.0))
     extra = state.final(state.new_segment(), w("x"), 0, 1, "e", "v", 0)
     assert extra is not None
     with pytest.raises(ViewerTooSlow):
-        queue.push(extra)
+        queue.push(Outgoing.of(extra, 0.0))
     assert len(queue) == 3, "finals already queued are kept for the writer"
 
 

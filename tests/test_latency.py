@@ -167,14 +167,14 @@ def test_viewer_inbox_limits_the_message_rate() -> None:
 
 async def test_publishing_reports_the_partials_it_coalesced() -> None:
     state, broadcaster = CaptionState("r"), Broadcaster()
-    subscribers = [Subscriber(lambda error: None) for _ in range(3)]
+    subscribers = [Subscriber() for _ in range(3)]
     broadcaster.subscribers.update(subscribers)
     segment = state.new_segment()
     coalesced = []
     for text in ("a", "a b", "a b c"):
         event = state.partial(segment, (), words(text), 0, 1, "e", "v", 0)
         assert event is not None
-        coalesced.append(broadcaster.publish(event))
+        coalesced.append(broadcaster.publish(event, 0.0))
     assert coalesced == [0, 3, 3]
 
 
