@@ -5,7 +5,9 @@ A ``Room`` owns its caption state, its transcript and its viewers. A
 segmenter and the transcriber, and turns their output into caption events.
 Finals are appended to the room's transcript file before they are
 broadcast, so a final that was produced is never lost: not by a slow
-viewer, a reconnect, nor a server restart.
+viewer, a reconnect, nor a server restart. So are the words of the open
+segment as they settle, so that a ``kill -9`` does not take what viewers
+saw settle: the next start makes them a final.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +31,7 @@ from livecap.asr.engine import SAMPLE_RATE, Word
 from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
-from livecap.captions import CaptionEvent, CaptionState
+from livecap.captions import CaptionEvent, CaptionState, Settled
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
@@ -51,22 +55,107 @@ def is_room_name(name: str) -> bool:
     return _ROOM_NAME.fullmatch(name) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRoom:
+    """What a room's transcript file holds."""
+
+    events: tuple[CaptionEvent, ...] = ()
+    """Finals and corrections."""
+    reserved: int = 0
+    """The highest seq ceiling reserved (see ``SeqCounter``)."""
+    unfinished: tuple[Settled, ...] = ()
+    """Segments with settled words and no final: cut off by a crash."""
+
+
 class TranscriptStore:
-    """Finals and corrections of every room, one JSON line per event."""
+    """One append-only JSON-lines file per room: finals and corrections
+    (caption messages), seq reservations (``{"type": "reserved", "seq": N}``)
+    and the words of the open segment as they settle (``{"type":
+    "settled", ...}``). Lines are written to the OS before the event they
+    belong to is sent, so they survive a ``kill -9``; reservations are also
+    synced to disk (``fsync``), so seqs do not repeat even after a power cut.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def load(self, room: str) -> list[CaptionEvent]:
+    def load(self, room: str) -> StoredRoom:
         path = self.directory / f"{room}.jsonl"
         if not path.exists():
-            return []
-        return [CaptionEvent.from_message(json.loads(line)) for line in path.read_text().splitlines() if line]
+            return StoredRoom()
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a line cut short by a crash: drop it, or the next append joins it
+            log.warning("room %s: dropping a line cut short in %s", room, path)
+            data = data[: data.rfind(b"\n") + 1]
+            with open(path, "r+b") as file:
+                file.truncate(len(data))
+        events: list[CaptionEvent] = []
+        reserved = 0
+        settled: dict[int, Settled] = {}
+        for line in data.decode().splitlines():
+            record = json.loads(line)
+            match record.get("type"):
+                case "reserved":
+                    reserved = max(reserved, record["seq"])
+                case "settled":
+                    words = tuple(Word(w["w"], w["start"], w["end"], w["conf"]) for w in record["words"])
+                    before = settled.get(record["segment"])
+                    settled[record["segment"]] = Settled(record["segment"], (before.words if before else ()) + words,
+                                                         record["start"], record["end"], record["model_version"])
+                case _:
+                    events.append(CaptionEvent.from_message(record))
+        finished = {e.segment for e in events if e.kind == "final"}
+        return StoredRoom(tuple(events), reserved,
+                          tuple(s for segment, s in sorted(settled.items()) if segment not in finished))
 
     def append(self, event: CaptionEvent) -> None:
-        with open(self.directory / f"{event.room}.jsonl", "a") as file:
-            file.write(json.dumps(event.to_message()) + "\n")
+        """A final or a correction."""
+        self._write(event.room, event.to_message())
+
+    def reserve(self, room: str, ceiling: int) -> None:
+        """Seqs up to ``ceiling`` may be handed out: on disk before this returns."""
+        self._write(room, {"type": "reserved", "seq": ceiling}, sync=True)
+
+    def settle(self, partial: CaptionEvent, words: Sequence[Word]) -> None:
+        """``words`` settled in ``partial`` (its stable words beyond those already settled)."""
+        self._write(partial.room, {
+            "type": "settled", "segment": partial.segment, "seq": partial.seq, "start": partial.start,
+            "end": partial.end, "model_version": partial.model_version,
+            "words": [{"w": w.text, "start": w.start, "end": w.end, "conf": w.confidence} for w in words]})
+
+    def _write(self, room: str, record: dict[str, Any], sync: bool = False) -> None:
+        path = self.directory / f"{room}.jsonl"
+        created = not path.exists()
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+            if sync:
+                file.flush()
+                os.fsync(file.fileno())
+        if sync and created:  # the file's directory entry too
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+def restore(name: str, store: TranscriptStore | None, write: bool = True) -> CaptionState:
+    """A room's caption state from its file. A segment cut off by a crash
+    ends in a final of its settled words (``CaptionState.recovered``),
+    appended to the file when ``write``; a transcript download shows it
+    without writing."""
+    stored = store.load(name) if store else StoredRoom()
+    keep = store if write else None
+    state = CaptionState(name, stored.events, stored.reserved,
+                         (lambda ceiling: keep.reserve(name, ceiling)) if keep else lambda ceiling: None)
+    for settled in stored.unfinished:
+        final = state.recovered(settled)
+        if keep is not None:
+            keep.append(final)
+            log.warning("room %s: segment %d was cut off by a crash; its %d settled words are its final (seq %d)",
+                        name, settled.segment, len(settled.words), final.seq, extra={"room": name})
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +172,9 @@ class Room:
         self.scheduler = scheduler
         self.settings = settings
         self.store = store
-        self.captions = CaptionState(name, store.load(name) if store else ())
+        self.captions = restore(name, store)
+        self._settled = (-1, 0)
+        """(segment, how many of its stable words) the store holds."""
         self.broadcaster = Broadcaster()
         self.viewers: set[Subscriber] = set()
         """The viewers' subscribers (the broadcaster also holds the publisher's)."""
@@ -147,8 +238,15 @@ class Room:
         self.broadcaster.subscribers.discard(subscriber)
 
     def publish(self, event: CaptionEvent) -> None:
-        if self.store is not None and event.kind in ("final", "correction"):
-            self.store.append(event)
+        if self.store is not None:
+            if event.kind in ("final", "correction"):
+                self.store.append(event)
+            else:  # checkpoint the words that settled since the last partial
+                segment, settled = self._settled
+                settled = settled if segment == event.segment else 0
+                if len(event.words) > settled:
+                    self.store.settle(event, event.words[settled:])
+                    self._settled = (event.segment, len(event.words))
         metrics, label, now = self.scheduler.metrics, self.label, time.monotonic()
         published = self.latency.published(event, now)
         metrics.captions_sent.labels(label, event.kind).inc()
@@ -250,9 +348,11 @@ class PublisherSession:
             case PartialUpdate(agreement=agreement, start=start, end=end, newest_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 # one pass over the whole partial, so a term may straddle stable and unstable words
-                shown = glossary.apply((*agreement.stable, *agreement.unstable))
+                offset = self._time(start)
+                shown = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence)
+                              for w in glossary.apply((*agreement.stable, *agreement.unstable)))
                 settled = len(agreement.stable)
-                event = captions.partial(segment, shown[:settled], shown[settled:], self._time(start),
+                event = captions.partial(segment, shown[:settled], shown[settled:], offset,
                                          self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
@@ -321,7 +421,7 @@ class RoomRegistry:
         room = self.rooms.get(name)
         if room is not None:
             return room.captions.transcript()
-        return CaptionState(name, self.store.load(name) if self.store else ()).transcript()
+        return restore(name, self.store, write=False).transcript()
 
     def _publisher_places(self) -> int:
         return sum(room.publisher_room for room in self.rooms.values())
