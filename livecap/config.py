@@ -56,7 +56,8 @@ class ServerOptions:
     secret: str = _setting("", "server secret from which all room keys derive "
                                "(default: generated once and kept in DATA_DIR/secret)", secret=True)
     viewer_keys: bool = _setting(False, "require a viewer key to read captions")
-    data_dir: Path = _setting(default_data_dir(), "where transcripts (finals only) and the secret are kept",
+    data_dir: Path = _setting(default_data_dir(), "where transcripts (finals, and the settled words of the "
+                                                  "utterance in progress) and the secret are kept",
                               shown="$XDG_STATE_HOME/livecap or ~/.local/state/livecap")
     # recognition
     engine: str = _setting("whisper-onnx", "primary speech engine: whisper-onnx or pocketsphinx")

@@ -121,13 +121,14 @@ class ViewerQueue:
 
     def push(self, item: Outgoing) -> int:
         """Queue ``item``; returns how many queued partials it replaced."""
-        event = item.event
-        kept = deque(e for e in self._queued if not (e.event.kind == "partial" and e.event.segment == event.segment))
+        segment, kept = item.event.segment, self._queued
+        if any(e.event.segment == segment and e.event.kind == "partial" for e in kept):
+            kept = deque(e for e in kept if not (e.event.segment == segment and e.event.kind == "partial"))
+        if len(kept) >= self.max_backlog:
+            raise ViewerTooSlow(f"more than {self.max_backlog} captions waiting; reconnect with after_seq")
         coalesced = len(self._queued) - len(kept)
         self.coalesced += coalesced
         kept.append(item)
-        if len(kept) > self.max_backlog:
-            raise ViewerTooSlow(f"more than {self.max_backlog} captions waiting; reconnect with after_seq")
         self._queued = kept
         return coalesced
 

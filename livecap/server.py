@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecap import __version__
@@ -59,6 +59,7 @@ from livecap.rooms import (
 log = logging.getLogger(__name__)
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
 """``livecap_disconnects_total`` reason of a peer dropped for not answering a ping (it gets no error event)."""
+MISSED_PONG = web.RequestKey("missed_pong", bool)
 DEFAULT_HISTORY = 20
 """Finals replayed to a viewer that connects without ``after_seq``."""
 VIEWER_MAX_MESSAGE = 4096
@@ -331,13 +332,13 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
         return ws, error
 
 
-def _release(request: web.Request, ws: web.WebSocketResponse, role: Role) -> None:
+def _release(request: web.Request, role: Role) -> None:
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] -= 1
     if connections[peer] <= 0:
         del connections[peer]
     request.app[METRICS].connections.labels(role).dec()
-    if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong within heartbeat_s / 2
+    if MISSED_PONG in request:
         request.app[METRICS].disconnects.labels(HEARTBEAT_TIMEOUT).inc()
         log.info("room %s: %s %s dropped: no answer to a ping within %g s", request.match_info["room"], role, peer,
                  request.app[OPTIONS].heartbeat_s / 2,
@@ -354,7 +355,7 @@ async def ingest(request: web.Request) -> web.WebSocketResponse:
             return ws
         await _publish(request, ws, room)
     finally:
-        _release(request, ws, "publisher")
+        _release(request, "publisher")
     return ws
 
 
@@ -369,7 +370,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
     try:
         if not scheduler.ready.is_set():
             raise ServerBusy("the speech models are still loading; try again shortly")
-        while (message := await _receive(ws, options.idle_timeout_s)) is not None:
+        while (message := await _receive(request, ws, options.idle_timeout_s)) is not None:
             now = time.monotonic()
             events = protocol.receive_text(message, now) if isinstance(message, str) else \
                 protocol.receive_bytes(message, now)
@@ -410,8 +411,8 @@ def _log_session_end(room: Room, session: PublisherSession, how: str) -> None:
              session.samples / 16000, extra={"room": room.name, "session": session.id})
 
 
-async def _receive(ws: web.WebSocketResponse, idle_timeout: float) -> str | bytes | None:
-    """Next text or binary payload; None when the client closed."""
+async def _receive(request: web.Request, ws: web.WebSocketResponse, idle_timeout: float) -> str | bytes | None:
+    """Next text or binary payload; None when the client closed or is gone."""
     try:
         message = await ws.receive(timeout=idle_timeout)
     except TimeoutError:
@@ -420,9 +421,18 @@ async def _receive(ws: web.WebSocketResponse, idle_timeout: float) -> str | byte
         return str(message.data)
     if message.type == WSMsgType.BINARY:
         return bytes(message.data)
-    if message.type == WSMsgType.ERROR:
+    if message.type == WSMsgType.ERROR and not _missed_pong(request, message):
         raise ProtocolError(f"WebSocket error: {ws.exception()}")
     return None
+
+
+def _missed_pong(request: web.Request, message: WSMessage) -> bool:
+    """Whether ``message`` says aiohttp's heartbeat dropped the peer (no pong
+    within ``heartbeat_s / 2``); ``_release`` then counts and logs it."""
+    if message.type == WSMsgType.ERROR and isinstance(message.data, TimeoutError):
+        request[MISSED_PONG] = True
+        return True
+    return False
 
 
 async def _write_captions(ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
@@ -444,7 +454,7 @@ async def captions(request: web.Request) -> web.WebSocketResponse:
             return ws
         await _view(request, ws, room)
     finally:
-        _release(request, ws, "viewer")
+        _release(request, "viewer")
     return ws
 
 
@@ -474,7 +484,7 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
         return
     # Three tasks: the writer, the reader, and this one, which alone closes the connection.
     writer = asyncio.create_task(_write_captions(ws, subscriber))
-    reader = asyncio.create_task(_read_acks(ws, room, subscriber, inbox))
+    reader = asyncio.create_task(_read_acks(request, ws, room, subscriber, inbox))
     closing = asyncio.create_task(subscriber.closed_by_server())
     try:
         await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
@@ -488,11 +498,14 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
             task.cancel()
 
 
-async def _read_acks(ws: web.WebSocketResponse, room: Room, subscriber: Subscriber, inbox: ViewerInbox) -> None:
+async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room, subscriber: Subscriber,
+                     inbox: ViewerInbox) -> None:
     """Until the viewer leaves: its acks and pongs confirm what it got; anything
     else has it closed (``subscriber.disconnect``)."""
     try:
         async for message in ws:
+            if _missed_pong(request, message):
+                return
             now = time.monotonic()
             if message.type == WSMsgType.TEXT:
                 ack = inbox.receive_text(str(message.data), now, subscriber.sent_seq)
