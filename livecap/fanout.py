@@ -50,13 +50,6 @@ PROBE_AT = 0.25
 is this share of the bound old: the pong may take the rest of the bound."""
 
 
-def frame_size(payload: int) -> int:
-    """Bytes on the wire of a server's (unmasked, uncompressed) frame of
-    ``payload`` bytes: a 2-byte header, plus 2 or 8 bytes of extended length
-    (RFC 6455 §5.2)."""
-    return payload + (2 if payload < 126 else 4 if payload < 65536 else 10)
-
-
 def unsent_bytes(transport: asyncio.WriteTransport) -> int:
     """Bytes written to a connection that its peer's TCP has not acknowledged:
     asyncio's write buffer plus the kernel's send queue (``SIOCOUTQ``). Where
@@ -80,16 +73,13 @@ class Outgoing:
     event: CaptionEvent
     text: str
     """The event's JSON, encoded once for every viewer."""
-    size: int
-    """Bytes of its WebSocket frame."""
     since: float
     """Monotonic time from which a viewer lacks it: its publication, or the
     viewer's connection for the history replayed to it."""
 
     @classmethod
     def of(cls, event: CaptionEvent, since: float) -> Outgoing:
-        text = json.dumps(event.to_message())
-        return cls(event, text, frame_size(len(text.encode())), since)
+        return cls(event, json.dumps(event.to_message()), since)
 
 
 class ViewerQueue:
@@ -97,9 +87,9 @@ class ViewerQueue:
 
     A caption waits in the queue until the writer takes it, then among the
     *unconfirmed* until the viewer acks it or, for a viewer that never acked
-    anything live, until a pong confirms the bytes up to its frame. Captions
-    are taken and written in publication order, so the oldest one not
-    confirmed is always the first unconfirmed, or else the first queued.
+    anything live, until a pong confirms it. Captions are taken and written
+    in publication (and seq) order, so the oldest one not confirmed is
+    always the first unconfirmed, or else the first queued.
     """
 
     def __init__(self, max_backlog: int = 200, replay: Iterable[Outgoing] = ()) -> None:
@@ -107,10 +97,8 @@ class ViewerQueue:
         self._replay = deque(replay)
         """History sent on connect, ahead of live events and outside ``max_backlog``."""
         self._queued: deque[Outgoing] = deque()
-        self._unconfirmed: deque[tuple[int, int, float]] = deque()
-        """(bytes written up to the end of its frame, seq, since) of captions written, oldest first."""
-        self.written = 0
-        """Bytes of caption frames written to the connection."""
+        self._unconfirmed: deque[tuple[int, float]] = deque()
+        """(seq, since) of the captions written, oldest first."""
         self.acked: int | None = None
         """Newest seq the viewer acknowledged; None until it acks a live event."""
         self.coalesced = 0
@@ -140,31 +128,32 @@ class ViewerQueue:
 
     def written_out(self, item: Outgoing) -> None:
         """``item``'s frame went into the connection."""
-        self.written += item.size
-        self._unconfirmed.append((self.written, item.event.seq, item.since))
+        self._unconfirmed.append((item.event.seq, item.since))
 
     @property
-    def unconfirmed(self) -> bool:
-        return bool(self._unconfirmed)
+    def last_unconfirmed(self) -> int | None:
+        """Seq of the newest caption written and not confirmed."""
+        return self._unconfirmed[-1][0] if self._unconfirmed else None
 
     def acknowledged(self, seq: int) -> None:
         """The viewer rendered every caption up to ``seq``: from now on only its acks confirm."""
         self.acked = max(seq, self.acked or 0)
-        while self._unconfirmed and self._unconfirmed[0][1] <= self.acked:
-            self._unconfirmed.popleft()
+        self._confirm(self.acked)
 
-    def received(self, written: int) -> None:
-        """The viewer's endpoint took the first ``written`` bytes of captions
-        (a pong says so). Ignored for a viewer that acks: it has to render, not only receive."""
-        if self.acked is not None:
-            return
-        while self._unconfirmed and self._unconfirmed[0][0] <= written:
+    def received(self, seq: int) -> None:
+        """The viewer's endpoint took every caption written up to ``seq`` (a
+        pong says so). Ignored for a viewer that acks: it has to render, not only receive."""
+        if self.acked is None:
+            self._confirm(seq)
+
+    def _confirm(self, seq: int) -> None:
+        while self._unconfirmed and self._unconfirmed[0][0] <= seq:
             self._unconfirmed.popleft()
 
     def behind(self, now: float) -> float:
         """Age of the oldest caption not confirmed (0 when there is none)."""
         if self._unconfirmed:
-            return now - self._unconfirmed[0][2]
+            return now - self._unconfirmed[0][1]
         if self._replay:
             return now - self._replay[0].since
         return now - self._queued[0].since if self._queued else 0.0
@@ -182,7 +171,7 @@ class Subscriber:
         self._ping = ping
         """Sends a ping with the payload (a task; never blocks); None: no probes."""
         self._probe: bytes | None = None
-        """Payload of the ping in flight: the bytes of captions written before it."""
+        """Payload of the ping in flight: the seq of the last caption written before it."""
         self.closing: LivecapError | None = None
         """Why the server is closing this viewer; nothing more is queued or written."""
         self.sent_seq = sent_seq
@@ -235,8 +224,8 @@ class Subscriber:
             self.disconnect(ViewerTooSlow(f"the oldest caption not delivered is {lag:.1f} s old (the limit is "
                                           f"{max_lag_s:g} s); reconnect with after_seq"))
         elif (lag > max_lag_s * PROBE_AT and self._ping is not None and self._probe is None
-              and self.queue.acked is None and self.queue.unconfirmed):
-            self._probe = str(self.queue.written).encode()
+              and self.queue.acked is None and (seq := self.queue.last_unconfirmed) is not None):
+            self._probe = str(seq).encode()
             self._ping(self._probe)
 
     async def next(self) -> Outgoing | None:
