@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -271,6 +272,22 @@ async def test_a_viewer_that_pauses_for_less_than_the_bound_is_kept(server: Live
     assert disconnects(server, "viewer_too_slow") == before
     finals = [m["seq"] for m in messages if m.get("kind") == "final"]
     assert finals == speech.finals()[: len(finals)] and len(finals) >= 2
+
+
+@pytest.mark.parametrize("how", ["close", "bad message", "reset"])
+async def test_every_way_a_viewer_leaves_leaves_the_room_clean(server: LiveServer, how: str) -> None:
+    room = f"leaving-{how.replace(' ', '-')}"
+    sock = small_receive_buffer(server)
+    async with websockets.connect(server.captions_url(room), sock=sock, ping_interval=None) as viewer:
+        await room_is_clean(server, room, viewers=1)
+        if how == "bad message":
+            await viewer.send("{not json")
+            assert [m["code"] for m in await read_to_the_end(viewer)] == ["invalid_json"]
+            assert viewer.close_code == 1007
+        elif how == "reset":  # the phone's network vanished: RST, no close frame
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            viewer.transport.abort()
+    await room_is_clean(server, room, viewers=0)
 
 
 @pytest.mark.parametrize("role", ["viewer", "publisher"])
