@@ -103,8 +103,8 @@ class ServerOptions:
     idle_timeout_s: float = _setting(60.0, "close a publisher that sends nothing for this long (seconds)")
     viewer_backlog: int = _setting(200, "captions queued for a viewer before it is dropped as too slow")
     viewer_max_lag_s: float = _setting(10.0, "a viewer whose oldest caption not yet delivered (acked by a page, else "
-                                             "taken by its TCP stack) is older than this is closed with "
-                                             "viewer_too_slow and resumes; one that does not read the close either "
+                                             "confirmed by a pong) is older than this is closed with "
+                                             "viewer_too_slow and resumes; one that does not take the close either "
                                              "is cut off as long again later (seconds)")
     heartbeat_s: float = _setting(20.0, "WebSocket ping interval when a peer sends nothing; one that does not answer "
                                         "within half of it is dropped (seconds)")
