@@ -359,6 +359,11 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})
         await _close_with(ws, error, metrics)
+    except ConnectionError:
+        # A publisher that vanishes (laptop lid, Wi-Fi) is normal: ``finally`` makes its open utterance final
+        # for the viewers and the transcript; only the reply it can no longer read is lost.
+        log.info("room %s: the publisher went away", room.name,
+                 extra={"room": room.name, "session": session.id if session else None})
     except Exception:
         log.exception("ingest for room %s failed", room.name,
                       extra={"room": room.name, "session": session.id if session else None})
