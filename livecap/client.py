@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import numpy as np
@@ -44,7 +44,7 @@ def ingest_url(base: str, room: str, key: str | None) -> str:
     """The ingest WebSocket of ``room`` on the server at ``base`` (http(s):// or ws(s)://)."""
     base = "ws" + base.removeprefix("http") if base.startswith("http") else base
     url = f"{base.rstrip('/')}/ws/ingest/{quote(room, safe='')}"
-    return f"{url}?token={key}" if key else url
+    return f"{url}?{urlencode({'token': key})}" if key else url
 
 
 async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable[[], bool] = lambda: True) -> None:
