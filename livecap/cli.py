@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import shlex
@@ -141,9 +142,12 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
         await stop.wait()
         log.info("shutting down: finishing open utterances")
     finally:
-        if demo is not None:
+        if demo is not None:  # first, so its last sentence is finished like any publisher's
             demo.cancel()
-        await runner.cleanup()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
+        await runner.cleanup()  # see server._going_away
+        log.info("stopped")
 
 
 def _stream(arguments: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ not by sleeping a fixed time per frame, so pacing errors do not accumulate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import numpy as np
 import websockets
+from websockets.frames import CloseCode
 
 from livecap.audio import TARGET_RATE, float_to_s16le
 
@@ -85,17 +87,22 @@ async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, fra
 
         receiver = asyncio.create_task(receive())
         try:
-            await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1}))
-            result.audio_started = start = time.monotonic()
-            for i in range(0, len(samples), frame):
-                await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
-                if receiver.done():
-                    break
-                await ws.send(float_to_s16le(samples[i : i + frame]))
-            if not receiver.done():
-                await ws.send(json.dumps({"type": "stop"}))
-        except websockets.ConnectionClosed:
-            pass
-        await receiver
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE,
+                                          "channels": 1}))
+                result.audio_started = start = time.monotonic()
+                for i in range(0, len(samples), frame):
+                    await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
+                    if receiver.done():
+                        break
+                    await ws.send(float_to_s16le(samples[i : i + frame]))
+                if not receiver.done():
+                    await ws.send(json.dumps({"type": "stop"}))
+            await receiver
+        except asyncio.CancelledError:  # the demo stopping: going away (RFC 6455 §7.4.1), not 1011 "error"
+            await ws.close(CloseCode.GOING_AWAY)
+            raise
+        finally:
+            receiver.cancel()
     result.close_code = ws.close_code
     return result

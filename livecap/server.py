@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -37,6 +38,7 @@ from livecap.errors import (
     ProtocolError,
     RateLimited,
     ServerBusy,
+    ShuttingDown,
     Unauthorized,
     json_object,
 )
@@ -77,6 +79,7 @@ KEYS = web.AppKey("keys", Keys)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 CONNECTIONS = web.AppKey("connections", Counter[str])
+SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
 
@@ -92,8 +95,10 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
                                       options.max_rooms, options.max_viewer_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     app[CONNECTIONS] = Counter()
+    app[SOCKETS] = weakref.WeakSet()
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_engine_lifecycle)
+    app.on_shutdown.append(_going_away)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -150,10 +155,18 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     loading = asyncio.create_task(load(), name="load-engines")
     yield
     loading.cancel()
-    await app[ROOMS].close()
     scheduler.close()
     for engine in (scheduler.primary, scheduler.fallback):
         getattr(engine, "close", lambda: None)()  # worker processes, if the engine has any
+
+
+async def _going_away(app: web.Application) -> None:
+    """Shutdown (runs once the listening socket is closed, before the engines
+    are): open utterances become final and reach their viewers, then every
+    connection gets ``shutting_down`` and a 1001 close instead of a dropped socket."""
+    await app[ROOMS].close()
+    error, sockets = ShuttingDown("the server is shutting down; reconnect in a moment"), app[SOCKETS]
+    await asyncio.gather(*(_close_with(ws, error, app[METRICS]) for ws in list(sockets)))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -293,6 +306,7 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     max_size = VIEWER_MAX_MESSAGE if role == "viewer" else options.max_message_bytes * 2
     ws = ExplainingWebSocket(request.app[METRICS], heartbeat=HEARTBEAT_S, max_msg_size=max_size)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] += 1
     request.app[METRICS].connections.labels(role).inc()

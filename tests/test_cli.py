@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import shlex
+import signal
 import sys
+import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import websockets
 
 from livecap.auth import Keys
-from livecap.cli import Parser, main
+from livecap.cli import main
+from livecap.client import ingest_url, stream_audio, wait_until_ready
 from livecap.config import add_arguments
 from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
@@ -49,6 +56,8 @@ def printed_keys(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, st
 @pytest.mark.parametrize("option", ["--secret", "--glossary"])
 def test_option_values_may_begin_with_a_dash(option: str, tmp_path: Path) -> None:
     """getopt's rule for every option that takes a value, not just --key: the next word is the value."""
+    from livecap.cli import Parser  # here, so that the other tests run against older versions too
+
     parser = Parser()
     add_arguments(parser)
     value = "-Xy_z-k3y"
@@ -88,3 +97,71 @@ async def test_stream_with_a_key_that_begins_with_a_dash_as_keys_prints_it(
         finals = [m["text"] for m in messages if m.get("kind") == "final"]
         assert "scenery" in " ".join(finals), finals
     assert len(sphinx_server.app[ROOMS].get(room).captions.transcript()) >= 2
+
+
+async def read_lines(stream: asyncio.StreamReader, lines: list[str], found: asyncio.Event, marker: str) -> None:
+    """Collect a process's output (so its pipe never fills); set ``found`` at the first line containing ``marker``."""
+    while line := await stream.readline():
+        lines.append(line.decode())
+        if marker in lines[-1]:
+            found.set()
+
+
+async def follow(url: str, messages: list[dict[str, Any]], got_caption: asyncio.Event) -> int | None:
+    """A viewer: every message until the server closes; returns the close code."""
+    async with websockets.connect(url) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                messages.append(json.loads(raw))
+                if messages[-1].get("type") == "caption":
+                    got_caption.set()
+    return ws.close_code
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, whole_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+async def test_serve_demo_stops_quickly_and_cleanly(signum: int, whole_group: bool, tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group (engine workers too); docker stop and systemd send SIGTERM."""
+    process = await asyncio.create_subprocess_exec(
+        *LIVECAP, "serve", "--demo", "--engine", "pocketsphinx", "--fallback-engine", "none", "--port", "0",
+        "--data-dir", str(tmp_path), "--secret", "test-secret", cwd=REPO, start_new_session=True,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    output: list[str] = []
+    listening = asyncio.Event()
+    reader = asyncio.create_task(read_lines(process.stdout, output, listening, "listening on "))
+    try:
+        await asyncio.wait_for(listening.wait(), timeout(60))
+        base = next(line for line in output if "listening on " in line).split("listening on ")[1].strip()
+        viewer_messages: list[dict[str, Any]] = []
+        demo_caption, other_caption = asyncio.Event(), asyncio.Event()
+        viewer = asyncio.create_task(follow(f"{base.replace('http', 'ws')}/ws/captions/demo", viewer_messages,
+                                            demo_caption))
+        await wait_until_ready(base, timeout(120))
+        # A second speaker, mid-sentence when the server is told to stop.
+        publisher = asyncio.create_task(stream_audio(
+            ingest_url(base, "hall", Keys("test-secret").key("publisher", "hall")), audio("ljspeech-LJ050-0160"),
+            on_message=lambda m: other_caption.set() if m.get("kind") == "partial" else None))
+        await asyncio.wait_for(asyncio.gather(demo_caption.wait(), other_caption.wait()), timeout(60))
+
+        os.killpg(process.pid, signum) if whole_group else process.send_signal(signum)
+        stopping = time.monotonic()
+        await asyncio.wait_for(process.wait(), timeout(10))
+        stopped_in = time.monotonic() - stopping
+        await reader
+    finally:
+        if process.returncode is None:
+            process.kill()
+    log = "".join(output)
+    assert process.returncode == 0, log
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert stopped_in < timeout(10)
+
+    for messages, close_code in [(viewer_messages, await viewer), ((result := await publisher).messages,
+                                                                   result.close_code)]:
+        assert messages[-1] == {"type": "error", "code": "shutting_down", "message": messages[-1]["message"]}
+        assert close_code == 1001, "documented close: going away"
+        captions = [m for m in messages if m.get("type") == "caption"]
+        finals = {m["segment"] for m in captions if m["kind"] == "final"}
+        assert {m["segment"] for m in captions} <= finals, "every open utterance became final"
