@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from livecap import __version__
-from livecap.audio import read_wav
+from livecap.audio import Downmix, read_wav
 from livecap.auth import Keys, load_or_create_secret
 from livecap.client import ingest_url, stream_audio
 from livecap.config import ServerOptions, add_arguments, load_options
+from livecap.ingest import CHANNELS_CANCEL
 from livecap.logs import configure
 
 log = logging.getLogger("livecap")
@@ -152,19 +153,23 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
 
 def _stream(arguments: argparse.Namespace) -> int:
     audio = read_wav(arguments.file)
+    downmix = Downmix(audio.channels, audio.sample_rate)  # as the server's ingest mixes, warned the same way
+    samples = audio.mono_16k(downmix)
+    if downmix.cancelled:
+        print(f"warning {CHANNELS_CANCEL.code}: {CHANNELS_CANCEL.message}", file=sys.stderr)
     interactive = sys.stdout.isatty() and not arguments.json
 
     def show(message: dict[str, Any]) -> None:
         if arguments.json:
             print(json.dumps(message), flush=True)
-        elif message.get("type") == "error":
-            print(f"error {message['code']}: {message['message']}", file=sys.stderr)
+        elif message.get("type") in ("error", "warning"):
+            print(f"{message['type']} {message['code']}: {message['message']}", file=sys.stderr)
         elif message.get("type") == "caption":
             if message["kind"] == "partial" and interactive:
                 print(f"\r\x1b[2K… {message['text']}", end="", flush=True)
             elif message["kind"] != "partial":
                 print(f"\r\x1b[2K{message['text']}" if interactive else message["text"], flush=True)
 
-    result = asyncio.run(stream_audio(ingest_url(arguments.url, arguments.room, arguments.key), audio.mono_16k(),
+    result = asyncio.run(stream_audio(ingest_url(arguments.url, arguments.room, arguments.key), samples,
                                       speed=arguments.speed, on_message=show))
     return 1 if any(m.get("type") == "error" for m in result.messages) else 0

@@ -45,7 +45,7 @@ from livecap.errors import (
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Subscriber, ViewerInbox
 from livecap.glossary import Glossary
-from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
+from livecap.ingest import AudioReceived, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.metrics import Metrics
 from livecap.rooms import (
     ROOM_NAME_RULE,
@@ -369,6 +369,11 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
                         await ws.send_json({"type": "stopped"})
+                    case PublisherWarning(code, message):
+                        log.warning("room %s: warned the publisher: %s (%s)", room.name, code, message,
+                                    extra={"room": room.name, "session": session.id if session else None})
+                        metrics.publisher_warnings.labels(code).inc()
+                        await ws.send_json(event.to_event())
     except LivecapError as error:
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,6 +19,7 @@ from livecap.client import StreamResult, stream_audio
 from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio, recordings
+from tests.test_budget import faults
 
 WER_FILES = ["librispeech-1988-24833-0001", "librispeech-2412-153948-0000", "ljspeech-LJ050-0160",
              "vctk-p226_003", "jfk-inaugural-ask-not"]
@@ -154,29 +153,13 @@ async def test_publisher_that_vanishes_mid_utterance_still_gets_a_final(sphinx_s
     assert len(final["text"].split()) >= 3
 
 
-@contextlib.asynccontextmanager
-async def slow_engine(server: LiveServer, delay_s: float) -> AsyncIterator[None]:
-    """Fault injector: every recognizer call of ``server`` takes ``delay_s`` longer while the block runs."""
-    async def set_delay(seconds: float) -> None:
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{server.base}/operator/faults", json={"delay_s": seconds},
-                headers={"Authorization": f"Bearer {server.keys.key('operator')}"}) as response:
-            assert response.status == 200
-
-    await set_delay(delay_s)
-    try:
-        yield
-    finally:
-        await set_delay(0.0)
-
-
 async def test_publisher_that_vanishes_while_its_final_is_pending_is_no_error(
         sphinx_server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
     room, done, seen = "vanish-final", asyncio.Event(), list[dict[str, Any]]()
     viewer = asyncio.create_task(collect(sphinx_server.captions_url(room), done, seen))
     signal = audio("librispeech-2412-153948-0002")
     with caplog.at_level(logging.INFO, logger="livecap"):
-        async with slow_engine(sphinx_server, 0.5):  # the final stays pending while the publisher vanishes
+        async with faults(sphinx_server, delay_s=0.5):  # the final stays pending while the publisher vanishes
             ws = await websockets.connect(sphinx_server.ingest_url(room))
             await ws.send(json.dumps({"type": "start"}))
             await ws.send(float_to_s16le(signal[: int(2.5 * 16000)]))
