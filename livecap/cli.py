@@ -19,12 +19,14 @@ from aiohttp import web
 from livecap import __version__
 from livecap.audio import Downmix, read_wav
 from livecap.auth import Keys, load_or_create_secret
-from livecap.client import ingest_url, stream_audio
+from livecap.client import Backoff, StreamResult, ingest_url, stream_audio
 from livecap.config import ServerOptions, add_arguments, load_options
 from livecap.ingest import CHANNELS_CANCEL
 from livecap.logs import configure
 
 log = logging.getLogger("livecap")
+STREAM_TRIES = 5
+"""How often ``livecap stream`` tries a start the server refuses for now (server_busy, rate_limited)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -170,6 +172,15 @@ def _stream(arguments: argparse.Namespace) -> int:
             elif message["kind"] != "partial":
                 print(f"\r\x1b[2K{message['text']}" if interactive else message["text"], flush=True)
 
-    result = asyncio.run(stream_audio(ingest_url(arguments.url, arguments.room, arguments.key), samples,
-                                      speed=arguments.speed, on_message=show))
-    return 1 if any(m.get("type") == "error" for m in result.messages) else 0
+    async def play() -> StreamResult:
+        """A refused start (server busy, rate limited) is tried again, after the back-off and the server's hint."""
+        backoff, url, tries = Backoff(), ingest_url(arguments.url, arguments.room, arguments.key), 1
+        while (result := await stream_audio(url, samples, speed=arguments.speed, on_message=show)).refused \
+                and tries < STREAM_TRIES:
+            delay = backoff.next(result.error)
+            print(f"trying again in {delay:.1f} s", file=sys.stderr)
+            await asyncio.sleep(delay)
+            tries += 1
+        return result
+
+    return 1 if asyncio.run(play()).error else 0

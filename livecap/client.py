@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,44 @@ class StreamResult:
     @property
     def finals(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == "caption" and m["kind"] == "final"]
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The error event the server closed with, if any."""
+        return next((m for m in self.messages if m.get("type") == "error"), None)
+
+    @property
+    def refused(self) -> bool:
+        """Closed with an error worth retrying before ``ready``: nothing was taken, playing again loses nothing."""
+        return (self.error is not None and self.error["code"] in RETRYABLE
+                and not any(m.get("type") == "ready" for m in self.messages))
+
+
+RETRYABLE = frozenset({"server_busy", "rate_limited", "internal_error", "idle_timeout", "shutting_down"})
+"""Error codes after which the same request may succeed later (client/captions.js has the same list)."""
+
+
+@dataclass
+class Backoff:
+    """Delays between attempts: exponential with full jitter, a random delay
+    between 0 and min(cap, base·2^attempt) ("Exponential Backoff And Jitter",
+    AWS Architecture Blog, 2015), after the server's ``retry_after_ms`` when
+    it gives one. The pages use the same policy (client/captions.js)."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    attempt: int = 0
+
+    def next(self, error: dict[str, Any] | None = None) -> float:
+        """Seconds to wait before the next attempt, after ``error`` (the event that refused the last one)."""
+        window = min(self.cap_s, self.base_s * 2.0**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        hint = (error or {}).get("retry_after_ms")
+        after = hint / 1000 if isinstance(hint, int | float) and math.isfinite(hint) and hint > 0 else 0.0
+        return after + random.random() * window
+
+    def reset(self) -> None:
+        self.attempt = 0
 
 
 def ingest_url(base: str, room: str, key: str | None) -> str:

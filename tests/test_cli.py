@@ -20,9 +20,10 @@ import pytest
 import websockets
 
 from livecap.auth import Keys
-from livecap.cli import main
-from livecap.client import ingest_url, stream_audio, wait_until_ready
+from livecap.cli import STREAM_TRIES, main
+from livecap.client import Backoff, ingest_url, stream_audio, wait_until_ready
 from livecap.config import add_arguments
+from livecap.demo import DEMO_ROOM, play_demo
 from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio
@@ -165,3 +166,47 @@ async def test_serve_demo_stops_quickly_and_cleanly(signum: int, whole_group: bo
         captions = [m for m in messages if m.get("type") == "caption"]
         finals = {m["segment"] for m in captions if m["kind"] == "final"}
         assert {m["segment"] for m in captions} <= finals, "every open utterance became final"
+
+
+# ---- a refusing server is asked less and less often
+
+def test_backoff_grows_with_full_jitter_up_to_a_cap_and_honours_the_hint() -> None:
+    backoff = Backoff(base_s=0.5, cap_s=4.0)
+    for attempt in range(10):
+        assert 0 <= backoff.next() <= min(4.0, 0.5 * 2**attempt)
+    hinted = Backoff().next({"code": "server_busy", "retry_after_ms": 3000})
+    assert 3.0 <= hinted <= 3.5, "never sooner than the server asks; jitter on top spreads the crowd"
+    for nonsense in ("soon", -5, float("nan"), None):
+        assert 0 <= Backoff().next({"retry_after_ms": nonsense}) <= 0.5
+    backoff.reset()
+    assert backoff.next() <= 0.5
+    delays = [Backoff(base_s=1.0).next() for _ in range(200)]
+    assert max(delays) - min(delays) > 0.5, "full jitter: clients refused together come back apart"
+
+
+@pytest.mark.slow
+async def test_refused_demo_backs_off(refusing_server: LiveServer) -> None:
+    before = refusing_server.disconnects("rate_limited")
+    demo = asyncio.create_task(play_demo(refusing_server.base, refusing_server.keys.key("publisher", DEMO_ROOM)))
+    await asyncio.sleep(6.0)  # the measurement window (windows of 0.5, 1, 2, 4 s: about 5 attempts)
+    demo.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await demo
+    attempts = refusing_server.disconnects("rate_limited") - before
+    assert 1 <= attempts <= 8, f"{attempts:.0f} attempts in 6 s"
+
+
+@pytest.mark.slow
+async def test_refused_stream_tries_again_a_few_times_then_says_so(refusing_server: LiveServer,
+                                                                   tmp_path: Path) -> None:
+    before = refusing_server.disconnects("rate_limited")
+    wav = write_wav(audio("librispeech-3752-4944-0000"), tmp_path / "speech.wav")
+    room = "refused-cli"
+    process = await asyncio.create_subprocess_exec(
+        *LIVECAP, "stream", str(wav), "--room", room, "--url", refusing_server.base,
+        f"--key={refusing_server.keys.key('publisher', room)}", cwd=REPO, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), timeout(60))
+    assert process.returncode == 1
+    assert err.decode().count("error rate_limited:") == STREAM_TRIES
+    assert err.decode().count("trying again in") == STREAM_TRIES - 1
+    assert refusing_server.disconnects("rate_limited") - before == STREAM_TRIES
