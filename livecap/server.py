@@ -369,11 +369,11 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
                         await ws.send_json({"type": "stopped"})
-                    case PublisherWarning(code, message):
-                        log.warning("room %s: warned the publisher: %s (%s)", room.name, code, message,
-                                    extra={"room": room.name, "session": session.id if session else None})
-                        metrics.publisher_warnings.labels(code).inc()
-                        await ws.send_json(event.to_event())
+                    case PublisherWarning() as warning:
+                        log.warning("room %s: warned the publisher: %s (%s)", room.name, warning.code,
+                                    warning.message, extra={"room": room.name, "code": warning.code})
+                        metrics.publisher_warnings.labels(warning.code).inc()
+                        await ws.send_json(warning.to_event())
     except LivecapError as error:
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})
