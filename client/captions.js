@@ -26,13 +26,52 @@ export function withToken(path) {
 
 // Errors worth retrying; any other error event (a wrong key, a protocol
 // violation, another publisher taking over) would only repeat itself.
-const RETRYABLE = new Set(["viewer_too_slow", "rate_limited", "server_busy", "internal_error", "idle_timeout"]);
-const BACKOFF_MS = [250, 1000, 2000, 5000, 10000];
+const RETRYABLE = new Set(["viewer_too_slow", "rate_limited", "server_busy", "internal_error", "idle_timeout",
+  "shutting_down"]);
+/** Open this long without being refused: the connection works (see Connection.healthy). */
+const HEALTHY_MS = 10000;
+
+/**
+ * Reconnection delays: exponential with full jitter, a random delay between 0
+ * and min(cap, base·2^attempt) ("Exponential Backoff And Jitter", AWS
+ * Architecture Blog, 2015), so that a room full of phones refused at the same
+ * moment does not come back at the same moment; added to the server's
+ * retry_after_ms when it gives one.
+ */
+export class Backoff {
+  constructor({ baseMs = 500, capMs = 30000 } = {}) {
+    Object.assign(this, { baseMs, capMs });
+    this.attempt = 0;
+  }
+
+  /** The delay before the next attempt (ms). */
+  next(retryAfterMs = 0) {
+    const window = Math.min(this.capMs, this.baseMs * 2 ** this.attempt);
+    this.attempt = Math.min(this.attempt + 1, 30);
+    return retryAfterMs + Math.random() * window;
+  }
+
+  reset() {
+    this.attempt = 0;
+  }
+}
+
+/** The server's retry_after_ms of an error event, or 0. */
+function retryAfter(error) {
+  const value = error?.retry_after_ms;
+  return Number.isFinite(value) && value > 0 ? value : 0;
+}
 
 /**
  * A WebSocket that reconnects with backoff until closed or refused.
  * States: "connecting" → "open" → "reconnecting" → … ; "failed" after a
  * permanent error (see RETRYABLE); "closed" after close().
+ *
+ * An open socket is no proof that the server took the connection: a refusal
+ * (server_busy, rate_limited) arrives just after it. The backoff only starts
+ * over once the page calls healthy() (it got captions, or "ready") or the
+ * socket stayed open for HEALTHY_MS, so a server that keeps refusing sees
+ * each page back less and less often, never sooner than it asked.
  */
 export class Connection {
   /**
@@ -42,12 +81,16 @@ export class Connection {
    */
   constructor(url, { onOpen = () => {}, onMessage = () => {}, onState = () => {} } = {}) {
     Object.assign(this, { url, onOpen, onMessage, onState });
-    this.attempt = 0;
+    this.backoff = new Backoff();
     this.ws = null;
-    this.timer = null;
+    this.timer = null; // the next attempt
+    this.healthTimer = null;
+    this.notBefore = 0; // performance.now() before which the server asked not to come back
     this.state = "connecting";
-    // A phone that changes network or wakes up should not wait out a backoff.
-    this.retryNow = () => { if (this.state === "reconnecting") this.connect(); };
+    // A phone that changes network or wakes up should not wait out a backoff (but waits for the server's hint).
+    this.retryNow = () => {
+      if (this.state === "reconnecting" && performance.now() >= this.notBefore) this.connect();
+    };
     this.onNetworkChange = () => { this.ws?.close(4000, "network changed"); this.retryNow(); };
     this.onVisible = () => { if (document.visibilityState === "visible") this.retryNow(); };
     addEventListener("online", this.onNetworkChange);
@@ -55,12 +98,22 @@ export class Connection {
     this.connect();
   }
 
+  /** The page saw this connection work: after the next drop, retry quickly again. */
+  healthy() {
+    clearTimeout(this.healthTimer);
+    this.backoff.reset();
+  }
+
   connect() {
     clearTimeout(this.timer);
     let error = null;
     const ws = this.ws = new WebSocket(this.url());
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => { this.attempt = 0; this.setState("open"); this.onOpen(ws); };
+    ws.onopen = () => {
+      this.healthTimer = setTimeout(() => this.healthy(), HEALTHY_MS);
+      this.setState("open");
+      this.onOpen(ws);
+    };
     ws.onmessage = (e) => {
       if (typeof e.data !== "string") return;
       const message = JSON.parse(e.data);
@@ -68,14 +121,16 @@ export class Connection {
       this.onMessage(message);
     };
     ws.onclose = () => {
-      if (ws !== this.ws || this.state === "closed") return;
+      if (ws !== this.ws) return;
+      clearTimeout(this.healthTimer);
+      if (this.state === "closed") return;
       if (error && !RETRYABLE.has(error.code)) {
         this.setState("failed", error);
         return;
       }
+      this.notBefore = performance.now() + retryAfter(error);
+      this.timer = setTimeout(() => this.connect(), this.backoff.next(retryAfter(error)));
       this.setState("reconnecting", error ?? undefined);
-      const delay = BACKOFF_MS[Math.min(this.attempt++, BACKOFF_MS.length - 1)];
-      this.timer = setTimeout(() => this.connect(), delay * (0.5 + Math.random() / 2));
     };
   }
 
@@ -90,6 +145,7 @@ export class Connection {
   close() {
     this.setState("closed");
     clearTimeout(this.timer);
+    clearTimeout(this.healthTimer);
     removeEventListener("online", this.onNetworkChange);
     document.removeEventListener("visibilitychange", this.onVisible);
     this.ws?.close(1000);
@@ -139,6 +195,7 @@ export function followCaptions({ onCaption, onState = () => {} }) {
         scheduleAck();
       },
       onMessage: (message) => {
+        if (message.type === "caption") connection.healthy();
         if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
         lastSeq = message.seq;
         onCaption(message);

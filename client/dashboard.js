@@ -3,7 +3,7 @@
 // fields); "End room" posts to /operator/rooms/ROOM/end. Charts: uPlot,
 // vendored by client/vendor/update.sh.
 import uPlot from "/static/vendor/uplot/uPlot.esm.js";
-import { formatTime, params } from "/static/captions.js";
+import { Backoff, formatTime, params } from "/static/captions.js";
 
 const $ = (id) => document.getElementById(id);
 const root = document.documentElement;
@@ -51,12 +51,15 @@ function authorized(init = {}) {
 }
 
 let pollTimer = null;
+// A server that does not answer is asked less and less often (up to every 11 s), not every second.
+const backoff = new Backoff({ baseMs: POLL_MS * 2, capMs: 10 * POLL_MS });
 async function poll() {
   clearTimeout(pollTimer);
   if (!key) {
     askForKey();
     return;
   }
+  let delay = POLL_MS;
   try {
     const response = await fetch("/operator/rooms", authorized());
     if (response.status === 401) {
@@ -66,10 +69,12 @@ async function poll() {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     render(await response.json());
     status("open", "Live");
+    backoff.reset();
   } catch {
     status("reconnecting", "Reconnecting…");
+    delay += backoff.next();
   }
-  pollTimer = setTimeout(poll, POLL_MS);
+  pollTimer = setTimeout(poll, delay);
 }
 
 // ---- formatting

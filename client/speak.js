@@ -130,6 +130,7 @@ function send(current, pcm) {
 
 function received(current, message) {
   if (message.type === "ready") {
+    current.connection.healthy();
     current.ready = true;
     status("open", "Sending audio");
     for (const pcm of current.queue.splice(0)) current.connection.send(pcm);
@@ -143,7 +144,7 @@ function received(current, message) {
 function connectionState(current, state, error) {
   if (state === "reconnecting") {
     current.ready = false;
-    status("reconnecting", "Reconnecting… audio is kept for 10 s");
+    status("reconnecting", `Reconnecting${error ? ` (${error.message})` : ""}… audio is kept for 10 s`);
   } else if (state === "failed" && session === current) {
     finish(serverProblem(error));
   }

@@ -7,6 +7,7 @@ may send frames of any size and still get one continuous, alias-free signal.
 
 from __future__ import annotations
 
+import collections
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +22,112 @@ BYTES_PER_SAMPLE: dict[SampleFormat, int] = {"s16le": 2, "f32le": 4}
 
 
 def decode_pcm(data: bytes, sample_format: SampleFormat, channels: int) -> np.ndarray:
-    """Little-endian interleaved PCM → mono float32 (channels averaged)."""
+    """Little-endian interleaved PCM → float32 frames, shape (frames, channels)."""
     if sample_format == "s16le":
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
     else:
         samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
         samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
         np.clip(samples, -1.0, 1.0, out=samples)
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    return samples
+    return samples.reshape(-1, channels)
+
+
+class Downmix:
+    """Frames → mono that a polarity-inverted channel cannot silence.
+
+    Averaging two channels (the *mid* signal, (L+R)/2) cancels speech when one
+    is polarity-inverted, a common desk or cable wiring fault: L + (−L) = 0.
+    Over a sliding window of the last ``WINDOW_BLOCKS`` non-silent 10 ms
+    blocks, the energy of mid is compared with that of *side*, (L−R)/2 (the
+    two add up to the channels' mean energy). When side holds ``CANCEL_RATIO``
+    times more, the channels cancel and side (R inverted) becomes the output;
+    when mid holds that much more, mid again. In between (independent
+    channels, one silent channel: mid ≈ side) the output stays as it is, the
+    plain average unless the channels were found to cancel.
+
+    Until the first decision, the output is held back by one window, so that
+    the first words are mixed the way it decides; after ``DECIDE_BLOCKS``
+    without a clear answer the average is chosen. Blocks are counted from the
+    first frame, so the output does not depend on how the input is cut into
+    chunks. One channel passes through; more than two are averaged.
+    """
+
+    WINDOW_BLOCKS = 30
+    """0.3 s of non-silent audio per decision: more than a few pitch periods, so that speech reaching two
+    spaced microphones with a delay does not fake a cancellation."""
+    DECIDE_BLOCKS = 100
+    """Non-silent audio (1 s) after which an unclear first decision settles on the average."""
+    CANCEL_RATIO = 10.0
+    """10 dB. Independent channels give mid ≈ side (0 dB); a polarity fault gives side ≫ mid (> 30 dB)."""
+    SILENT_POWER = 1e-6
+    """Mean power of a block below −60 dBFS is silence (dither, a muted input) and decides nothing."""
+
+    def __init__(self, channels: int, rate: int) -> None:
+        self.channels = channels
+        self._block = max(1, rate // 100)
+        self._filled = 0  # frames of the current block seen so far
+        self._energy = np.zeros(2)  # mid and side energy of the current block
+        self._window: collections.deque[np.ndarray] = collections.deque(maxlen=self.WINDOW_BLOCKS)
+        self._heard = 0  # non-silent blocks so far
+        self._side: bool | None = None  # output side instead of mid; None until the first decision
+        self._held: list[np.ndarray] = []  # (frames, 2): mid and side of the audio held back until then
+        self.cancelled = False
+        """The channels were found to cancel (it stays set: the publisher is told once)."""
+
+    def process(self, frames: np.ndarray, last: bool = False) -> np.ndarray:
+        """Mono float32 for ``frames`` (shape (n, channels)); ``last`` releases what is held back."""
+        if self.channels != 2:
+            return frames.mean(axis=1, dtype=np.float32) if self.channels > 1 else frames[:, 0]
+        left, right = frames[:, 0], frames[:, 1]
+        mid_side = np.stack([(left + right) / 2, (left - right) / 2], axis=1).astype(np.float32)
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(mid_side):
+            part = mid_side[start : start + self._block - self._filled]
+            start += len(part)
+            self._filled += len(part)
+            self._energy += np.einsum("ij,ij->j", part, part)
+            if self._side is None:
+                self._held.append(part)
+            else:
+                out.append(part[:, int(self._side)])
+            if self._filled == self._block:
+                out.extend(self._end_block())
+        if last and self._held:  # a clip shorter than a window: the evidence there is
+            mid, side = self._window_energy()
+            out.append(self._release(bool(side > self.CANCEL_RATIO * mid)))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _end_block(self) -> list[np.ndarray]:
+        """Take the finished block into the window, decide; return audio released from the hold."""
+        if self._energy.sum() / self._block >= self.SILENT_POWER:
+            self._window.append(self._energy)
+            self._heard += 1
+        self._filled, self._energy = 0, np.zeros(2)
+        mid, side = self._window_energy()
+        clear = len(self._window) == self.WINDOW_BLOCKS and max(mid, side) >= self.CANCEL_RATIO * min(mid, side)
+        if self._side is None and (clear or self._heard >= self.DECIDE_BLOCKS):
+            return [self._release(bool(clear and side > mid))]
+        if self._side is None:  # keep one window; older audio goes out as the average
+            held = np.concatenate(self._held)
+            keep = self.WINDOW_BLOCKS * self._block
+            self._held = [held[-keep:]]
+            return [held[:-keep, 0]]
+        if clear:
+            self._side = bool(side > mid)
+            self.cancelled |= self._side
+        return []
+
+    def _window_energy(self) -> tuple[float, float]:
+        mid, side = np.sum(self._window, axis=0) if self._window else (0.0, 0.0)
+        return float(mid), float(side)
+
+    def _release(self, side: bool) -> np.ndarray:
+        """The first decision: the held audio goes out mixed that way."""
+        self._side = side
+        self.cancelled |= side
+        held, self._held = np.concatenate(self._held), []
+        return held[:, int(side)]
 
 
 class Resampler:
@@ -61,9 +158,14 @@ class WavAudio:
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
 
-    def mono_16k(self) -> np.ndarray:
-        mono = self.samples.mean(axis=1, dtype=np.float32)
-        return Resampler(self.sample_rate).process(mono, last=True)
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    def mono_16k(self, downmix: Downmix | None = None) -> np.ndarray:
+        """The whole file as 16 kHz mono; pass a ``Downmix`` to learn whether its channels cancel."""
+        downmix = downmix or Downmix(self.channels, self.sample_rate)
+        return Resampler(self.sample_rate).process(downmix.process(self.samples, last=True), last=True)
 
 
 _WAVE_FORMAT_PCM, _WAVE_FORMAT_FLOAT, _WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE

@@ -4,26 +4,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import shlex
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from livecap import __version__
-from livecap.audio import read_wav
+from livecap.audio import Downmix, read_wav
 from livecap.auth import Keys, load_or_create_secret
-from livecap.client import ingest_url, stream_audio
+from livecap.client import Backoff, StreamResult, ingest_url, stream_audio
 from livecap.config import ServerOptions, add_arguments, load_options
+from livecap.ingest import CHANNELS_CANCEL
 from livecap.logs import configure
 
 log = logging.getLogger("livecap")
+STREAM_TRIES = 5
+"""How often ``livecap stream`` tries a start the server refuses for now (server_busy, rate_limited)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that an option that takes a value takes the next word
+    whatever it begins with, as POSIX ``getopt()`` does. Room keys and secrets
+    are URL-safe base64, and one in 64 begins with '-': argparse alone reads
+    ``--key -Xy…`` as a missing value and an unknown option (CPython issue
+    gh-53580). ``--key=VALUE`` works either way; it is what ``keys`` prints."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._takes_value: set[str] = set()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.nargs is None:
+            self._takes_value.update(action.option_strings)
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        words, joined = list(sys.argv[1:] if args is None else args), []
+        while words:
+            word = words.pop(0)
+            if word == "--":
+                joined += [word, *words]
+                break
+            joined.append(f"{word}={words.pop(0)}" if word in self._takes_value and words else word)
+        return super().parse_known_args(joined, namespace)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="livecap", description="Self-hosted real-time live captions.")
+    parser = Parser(prog="livecap", description="Self-hosted real-time live captions.")
     parser.add_argument("--version", action="version", version=f"livecap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the captioning server")
@@ -51,14 +87,31 @@ def main(argv: list[str] | None = None) -> int:
     options = load_options(arguments)
     room_keys = Keys(options.secret or load_or_create_secret(options.data_dir / "secret"), options.viewer_keys)
     if arguments.command == "keys":
-        print(f"publisher key for room {arguments.room!r}: {room_keys.key('publisher', arguments.room)}")
-        if options.viewer_keys:
-            print(f"viewer key for room {arguments.room!r}:    {room_keys.key('viewer', arguments.room)}")
-        print(f"operator key (all rooms):          {room_keys.key('operator')}")
+        _print_keys(arguments.room, room_keys, _base_url(options, options.port))
         return 0
     configure(options.log_level, options.log_format)
     asyncio.run(_serve(options, room_keys))
     return 0
+
+
+def _base_url(options: ServerOptions, port: int) -> str:
+    """Where attendees reach the server: ``public_url``, else this host and port."""
+    return options.public_url.rstrip("/") or f"{'https' if options.tls_cert else 'http'}://{options.host}:{port}"
+
+
+def _print_keys(room: str, keys: Keys, base: str) -> None:
+    """The room's keys, each with a link or command that uses it as it stands (copied, not retyped)."""
+    publisher, operator = keys.key("publisher", room), keys.key("operator")
+    print(f"publisher key for room {room!r}: {publisher}\n"
+          f"  speaker page: {base}/speak/{room}?{urlencode({'token': publisher})}\n"
+          f"  play a file:  {shlex.join(['livecap', 'stream', 'FILE.wav', '--room', room, '--url', base])}"
+          f" --key={shlex.quote(publisher)}")
+    if keys.viewer_keys_required:
+        viewer = keys.key("viewer", room)
+        print(f"viewer key for room {room!r}: {viewer}\n"
+              f"  phone view:   {base}/view/{room}?{urlencode({'token': viewer})}")
+    print(f"operator key (all rooms): {operator}\n"
+          f"  dashboard:    {base}/dashboard?{urlencode({'token': operator})}")
 
 
 async def _serve(options: ServerOptions, keys: Keys) -> None:
@@ -73,7 +126,7 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
     site = web.TCPSite(runner, options.host, options.port, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = options.public_url.rstrip("/") or f"{'https' if ssl_context else 'http'}://{options.host}:{port}"
+    base = _base_url(options, port)
     print(f"livecap {__version__} listening on {base}", flush=True)
     demo: asyncio.Task[None] | None = None
     if options.demo:
@@ -92,26 +145,42 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
         await stop.wait()
         log.info("shutting down: finishing open utterances")
     finally:
-        if demo is not None:
+        if demo is not None:  # first, so its last sentence is finished like any publisher's
             demo.cancel()
-        await runner.cleanup()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
+        await runner.cleanup()  # see server._going_away
+        log.info("stopped")
 
 
 def _stream(arguments: argparse.Namespace) -> int:
     audio = read_wav(arguments.file)
+    downmix = Downmix(audio.channels, audio.sample_rate)  # as the server's ingest mixes, warned the same way
+    samples = audio.mono_16k(downmix)
+    if downmix.cancelled:
+        print(f"warning {CHANNELS_CANCEL.code}: {CHANNELS_CANCEL.message}", file=sys.stderr)
     interactive = sys.stdout.isatty() and not arguments.json
 
     def show(message: dict[str, Any]) -> None:
         if arguments.json:
             print(json.dumps(message), flush=True)
-        elif message.get("type") == "error":
-            print(f"error {message['code']}: {message['message']}", file=sys.stderr)
+        elif message.get("type") in ("error", "warning"):
+            print(f"{message['type']} {message['code']}: {message['message']}", file=sys.stderr)
         elif message.get("type") == "caption":
             if message["kind"] == "partial" and interactive:
                 print(f"\r\x1b[2K… {message['text']}", end="", flush=True)
             elif message["kind"] != "partial":
                 print(f"\r\x1b[2K{message['text']}" if interactive else message["text"], flush=True)
 
-    result = asyncio.run(stream_audio(ingest_url(arguments.url, arguments.room, arguments.key), audio.mono_16k(),
-                                      speed=arguments.speed, on_message=show))
-    return 1 if any(m.get("type") == "error" for m in result.messages) else 0
+    async def play() -> StreamResult:
+        """A refused start (server busy, rate limited) is tried again, after the back-off and the server's hint."""
+        backoff, url, tries = Backoff(), ingest_url(arguments.url, arguments.room, arguments.key), 1
+        while (result := await stream_audio(url, samples, speed=arguments.speed, on_message=show)).refused \
+                and tries < STREAM_TRIES:
+            delay = backoff.next(result.error)
+            print(f"trying again in {delay:.1f} s", file=sys.stderr)
+            await asyncio.sleep(delay)
+            tries += 1
+        return result
+
+    return 1 if asyncio.run(play()).error else 0

@@ -9,17 +9,20 @@ not by sleeping a fixed time per frame, so pacing errors do not accumulate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import numpy as np
 import websockets
+from websockets.frames import CloseCode
 
 from livecap.audio import TARGET_RATE, float_to_s16le
 
@@ -39,12 +42,50 @@ class StreamResult:
     def finals(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == "caption" and m["kind"] == "final"]
 
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The error event the server closed with, if any."""
+        return next((m for m in self.messages if m.get("type") == "error"), None)
+
+    @property
+    def refused(self) -> bool:
+        """Closed with an error worth retrying before ``ready``: nothing was taken, playing again loses nothing."""
+        return (self.error is not None and self.error["code"] in RETRYABLE
+                and not any(m.get("type") == "ready" for m in self.messages))
+
+
+RETRYABLE = frozenset({"server_busy", "rate_limited", "internal_error", "idle_timeout", "shutting_down"})
+"""Error codes after which the same request may succeed later (client/captions.js has the same list)."""
+
+
+@dataclass
+class Backoff:
+    """Delays between attempts: exponential with full jitter, a random delay
+    between 0 and min(cap, base·2^attempt) ("Exponential Backoff And Jitter",
+    AWS Architecture Blog, 2015), after the server's ``retry_after_ms`` when
+    it gives one. The pages use the same policy (client/captions.js)."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    attempt: int = 0
+
+    def next(self, error: dict[str, Any] | None = None) -> float:
+        """Seconds to wait before the next attempt, after ``error`` (the event that refused the last one)."""
+        window = min(self.cap_s, self.base_s * 2.0**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        hint = (error or {}).get("retry_after_ms")
+        after = hint / 1000 if isinstance(hint, int | float) and math.isfinite(hint) and hint > 0 else 0.0
+        return after + random.random() * window
+
+    def reset(self) -> None:
+        self.attempt = 0
+
 
 def ingest_url(base: str, room: str, key: str | None) -> str:
     """The ingest WebSocket of ``room`` on the server at ``base`` (http(s):// or ws(s)://)."""
     base = "ws" + base.removeprefix("http") if base.startswith("http") else base
     url = f"{base.rstrip('/')}/ws/ingest/{quote(room, safe='')}"
-    return f"{url}?token={key}" if key else url
+    return f"{url}?{urlencode({'token': key})}" if key else url
 
 
 async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable[[], bool] = lambda: True) -> None:
@@ -85,17 +126,22 @@ async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, fra
 
         receiver = asyncio.create_task(receive())
         try:
-            await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1}))
-            result.audio_started = start = time.monotonic()
-            for i in range(0, len(samples), frame):
-                await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
-                if receiver.done():
-                    break
-                await ws.send(float_to_s16le(samples[i : i + frame]))
-            if not receiver.done():
-                await ws.send(json.dumps({"type": "stop"}))
-        except websockets.ConnectionClosed:
-            pass
-        await receiver
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE,
+                                          "channels": 1}))
+                result.audio_started = start = time.monotonic()
+                for i in range(0, len(samples), frame):
+                    await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
+                    if receiver.done():
+                        break
+                    await ws.send(float_to_s16le(samples[i : i + frame]))
+                if not receiver.done():
+                    await ws.send(json.dumps({"type": "stop"}))
+            await receiver
+        except asyncio.CancelledError:  # the demo stopping: going away (RFC 6455 §7.4.1), not 1011 "error"
+            await ws.close(CloseCode.GOING_AWAY)
+            raise
+        finally:
+            receiver.cancel()
     result.close_code = ws.close_code
     return result

@@ -12,8 +12,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+import websockets
+
 from livecap.audio import read_wav
-from livecap.client import ingest_url, stream_audio, wait_until_ready
+from livecap.client import RETRYABLE, Backoff, ingest_url, stream_audio, wait_until_ready
 
 log = logging.getLogger(__name__)
 DEMO_ROOM = "demo"
@@ -21,12 +23,26 @@ DEMO_AUDIO = Path(__file__).parent / "assets" / "demo.wav"
 
 
 async def play_demo(base_url: str, key: str) -> None:
-    """Wait for the server to be ready, then loop the clip forever."""
+    """Wait for the server to be ready, then loop the clip until stopped or
+    told to leave (room ended, another speaker took the room over). A refused
+    or broken play is tried again with back-off (and never sooner than the
+    server asks), so a demo cannot hammer a busy server."""
     samples = read_wav(DEMO_AUDIO).mono_16k()
     await wait_until_ready(base_url)
+    backoff = Backoff()
     while True:
         try:
-            await stream_audio(ingest_url(base_url, DEMO_ROOM, key), samples)
-        except Exception:
-            log.exception("demo stream failed; restarting in 5 s")
-            await asyncio.sleep(5)
+            error = (await stream_audio(ingest_url(base_url, DEMO_ROOM, key), samples)).error
+        except (OSError, websockets.WebSocketException) as problem:
+            delay = backoff.next()
+            log.warning("demo stream failed (%s); again in %.1f s", problem, delay)
+        else:
+            if error is None:
+                backoff.reset()
+                continue
+            if error["code"] not in RETRYABLE:
+                log.info("the demo stops: %s (%s)", error["code"], error["message"])
+                return
+            delay = backoff.next(error)
+            log.warning("demo stream refused: %s (%s); again in %.1f s", error["code"], error["message"], delay)
+        await asyncio.sleep(delay)

@@ -18,9 +18,10 @@ generated from this module's classes (see ``tests/test_errors.py``)::
     ├── ViewerTooSlow            4100  a viewer fell too far behind; resume with after_seq
     ├── RoomEnded                4410  an operator ended the room (do not reconnect)
     ├── ServerBusy               1013  too many rooms; try again later
+    ├── ShuttingDown             1001  the server is stopping; open utterances were made final
     └── InternalError            1011  a bug or a failed component; details go to the log
 
-Close codes come from RFC 6455 §7.4.1 (1002, 1003, 1007, 1008, 1009, 1011), RFC
+Close codes come from RFC 6455 §7.4.1 (1001, 1002, 1003, 1007, 1008, 1009, 1011), RFC
 6455's registry (1013 "try again later") and the private range 4000–4999,
 where livecap mirrors HTTP status codes where one fits (4401, 4408, 4409,
 4410, 4429).
@@ -119,6 +120,15 @@ class RoomEnded(LivecapError):
 class ServerBusy(LivecapError):
     code = "server_busy"
     close_code = 1013
+
+
+class ShuttingDown(LivecapError):
+    """The server is stopping (SIGINT/SIGTERM): every connection is told, after
+    the open utterances became final and viewers received them. RFC 6455
+    §7.4.1: 1001 "going away", as when a server goes down."""
+
+    code = "shutting_down"
+    close_code = 1001
 
 
 class InternalError(LivecapError):

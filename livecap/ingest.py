@@ -3,7 +3,8 @@
 ``IngestProtocol`` turns the frames a publisher sends into events: text frames
 are JSON control messages (``start``, ``stop``), binary frames are PCM audio
 in the declared format. It validates everything, converts audio to 16 kHz
-mono float32, stamps each chunk with its arrival time and enforces the
+mono float32 (two channels that cancel are mixed so the speech survives, and
+the publisher is warned), stamps each chunk with its arrival time and enforces the
 size and rate limits. Violations raise a ``LivecapError`` that the server
 reports and closes with; the class never touches a socket, so tests feed it
 frames directly (see websockets' ``protocol.py`` for the pattern).
@@ -16,7 +17,7 @@ from typing import Any, cast, get_args
 
 import numpy as np
 
-from livecap.audio import BYTES_PER_SAMPLE, Resampler, SampleFormat, decode_pcm
+from livecap.audio import BYTES_PER_SAMPLE, Downmix, Resampler, SampleFormat, decode_pcm
 from livecap.errors import (
     InvalidFrame,
     MessageTooBig,
@@ -69,7 +70,24 @@ class Stopped:
     pass
 
 
-IngestEvent = Started | AudioReceived | Stopped
+@dataclass(frozen=True, slots=True)
+class PublisherWarning:
+    """Something is wrong with the audio, but captions go on: the publisher is
+    told once with a ``warning`` event, and no close follows."""
+
+    code: str
+    message: str
+
+    def to_event(self) -> dict[str, str]:
+        return {"type": "warning", "code": self.code, "message": self.message}
+
+
+CHANNELS_CANCEL = PublisherWarning(
+    "channels_cancel", "the left and right channels cancel each other out when mixed: one is polarity-inverted, "
+    "usually a wiring fault. The right channel is inverted back so that the speech survives; fix the wiring or "
+    "send one channel")
+
+IngestEvent = Started | AudioReceived | Stopped | PublisherWarning
 
 
 class IngestProtocol:
@@ -78,6 +96,7 @@ class IngestProtocol:
     def __init__(self, limits: IngestLimits = IngestLimits()) -> None:
         self.limits = limits
         self.format: StreamFormat | None = None
+        self._downmix: Downmix | None = None
         self._resampler: Resampler | None = None
         self._rate_tokens = limits.rate_burst_seconds
         self._rate_checked_at: float | None = None
@@ -98,7 +117,7 @@ class IngestProtocol:
 
     def receive_bytes(self, data: bytes, now: float) -> list[IngestEvent]:
         self._check_size(len(data))
-        if self.format is None or self._resampler is None:
+        if self.format is None or self._downmix is None or self._resampler is None:
             raise ProtocolError("audio before 'start'")
         frame_bytes = BYTES_PER_SAMPLE[self.format.sample_format] * self.format.channels
         if len(data) % frame_bytes:
@@ -107,8 +126,10 @@ class IngestProtocol:
         if not data:
             return []
         self._spend_rate(len(data) / frame_bytes / self.format.sample_rate, now)
-        samples = self._resampler.process(decode_pcm(data, self.format.sample_format, self.format.channels))
-        return [AudioReceived(samples, now)]
+        cancelled = self._downmix.cancelled
+        mono = self._downmix.process(decode_pcm(data, self.format.sample_format, self.format.channels))
+        events: list[IngestEvent] = [AudioReceived(self._resampler.process(mono), now)]
+        return [*events, CHANNELS_CANCEL] if self._downmix.cancelled and not cancelled else events
 
     def _start(self, message: dict[str, Any]) -> list[IngestEvent]:
         if self.format is not None:
@@ -126,14 +147,16 @@ class IngestProtocol:
         if language not in SUPPORTED_LANGUAGES:
             raise UnsupportedFormat(f"language must be one of {', '.join(SUPPORTED_LANGUAGES)}")
         self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language)
+        self._downmix = Downmix(channels, sample_rate)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]
 
     def _stop(self, now: float) -> list[IngestEvent]:
-        if self._resampler is None:
+        if self.format is None or self._downmix is None or self._resampler is None:
             raise ProtocolError("'stop' without 'start'")
-        tail = self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        self.format, self._resampler = None, None
+        held = self._downmix.process(np.zeros((0, self.format.channels), dtype=np.float32), last=True)
+        tail = self._resampler.process(held, last=True)
+        self.format, self._downmix, self._resampler = None, None, None
         events: list[IngestEvent] = [AudioReceived(tail, now)] if len(tail) else []
         return [*events, Stopped()]
 

@@ -69,6 +69,9 @@ class Metrics:
         self.partials_coalesced = Counter("livecap_viewer_partials_coalesced_total",
                                           "Queued partials replaced by a newer event before a viewer got them",
                                           ["room"], registry=registry)
+        self.publisher_warnings = Counter("livecap_publisher_warnings_total",
+                                          "Warnings sent to publishers about their audio, by code", ["code"],
+                                          registry=registry)
         self.disconnects = Counter("livecap_disconnects_total", "Connections closed by the server, by error code",
                                    ["code"], registry=registry)
         self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],

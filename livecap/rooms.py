@@ -278,13 +278,19 @@ class Room:
         if session is not None:
             await session.stop(now)
         viewers = list(self.viewers)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(v.wait_sent(self.captions.seq) for v in viewers)), END_DRAIN_S)
+        await self.drain()
         if session is not None:
             await session.disconnect(error)
         for viewer in viewers:
             viewer.disconnect(error)
         return session is not None, len(viewers)
+
+    async def drain(self) -> None:
+        """Give every subscriber (viewers and the publisher) up to ``END_DRAIN_S``
+        to receive what was published so far, before it is closed."""
+        waits = [subscriber.wait_sent(self.captions.seq) for subscriber in self.broadcaster.subscribers]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), END_DRAIN_S)
 
     def prompt(self) -> str:
         """Context for the recognizer: the glossary, then the latest finals."""
@@ -450,5 +456,7 @@ class RoomRegistry:
                 del self.rooms[name]
 
     async def close(self) -> None:
+        """Server shutdown: every open utterance becomes final, and subscribers get it (see ``drain``)."""
         await asyncio.gather(*(room.session.stop(time.monotonic()) for room in self.rooms.values() if room.session),
                              return_exceptions=True)
+        await asyncio.gather(*(room.drain() for room in self.rooms.values()))

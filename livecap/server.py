@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -37,6 +38,7 @@ from livecap.errors import (
     ProtocolError,
     RateLimited,
     ServerBusy,
+    ShuttingDown,
     Unauthorized,
     ViewerTooSlow,
     json_object,
@@ -44,7 +46,7 @@ from livecap.errors import (
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Outgoing, Subscriber, ViewerInbox, unsent_bytes
 from livecap.glossary import Glossary
-from livecap.ingest import AudioReceived, IngestProtocol, Started, Stopped
+from livecap.ingest import AudioReceived, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.metrics import Metrics
 from livecap.rooms import (
     ROOM_NAME_RULE,
@@ -79,6 +81,7 @@ KEYS = web.AppKey("keys", Keys)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROOMS = web.AppKey("rooms", RoomRegistry)
 CONNECTIONS = web.AppKey("connections", Counter[str])
+SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
 
@@ -94,9 +97,11 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
                                       options.max_rooms, options.max_viewer_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     app[CONNECTIONS] = Counter()
+    app[SOCKETS] = weakref.WeakSet()
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_engine_lifecycle)
     app.cleanup_ctx.append(_viewer_sweep)
+    app.on_shutdown.append(_going_away)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -153,7 +158,6 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     loading = asyncio.create_task(load(), name="load-engines")
     yield
     loading.cancel()
-    await app[ROOMS].close()
     scheduler.close()
     for engine in (scheduler.primary, scheduler.fallback):
         getattr(engine, "close", lambda: None)()  # worker processes, if the engine has any
@@ -175,6 +179,15 @@ async def _viewer_sweep(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(sweep(), name="viewer-sweep")
     yield
     task.cancel()
+
+
+async def _going_away(app: web.Application) -> None:
+    """Shutdown (runs once the listening socket is closed, before the engines
+    are): open utterances become final and reach their viewers, then every
+    connection gets ``shutting_down`` and a 1001 close instead of a dropped socket."""
+    await app[ROOMS].close()
+    error, sockets = ShuttingDown("the server is shutting down; reconnect in a moment"), app[SOCKETS]
+    await asyncio.gather(*(_close_with(ws, error, app[METRICS]) for ws in list(sockets)))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -320,6 +333,7 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     ws = ExplainingWebSocket(request.app[METRICS], heartbeat=options.heartbeat_s, max_msg_size=max_size,
                              compress=not viewer, autoping=not viewer)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     connections, peer = request.app[CONNECTIONS], request.remote or "?"
     connections[peer] += 1
     request.app[METRICS].connections.labels(role).inc()
@@ -389,10 +403,20 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
                         await ws.send_json({"type": "stopped"})
+                    case PublisherWarning() as warning:
+                        log.warning("room %s: warned the publisher: %s (%s)", room.name, warning.code,
+                                    warning.message, extra={"room": room.name, "code": warning.code})
+                        metrics.publisher_warnings.labels(warning.code).inc()
+                        await ws.send_json(warning.to_event())
     except LivecapError as error:
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})
         await _close_with(ws, error, metrics)
+    except ConnectionError:
+        # A publisher that vanishes (laptop lid, Wi-Fi) is normal: ``finally`` makes its open utterance final
+        # for the viewers and the transcript; only the reply it can no longer read is lost.
+        log.info("room %s: the publisher went away", room.name,
+                 extra={"room": room.name, "session": session.id if session else None})
     except Exception:
         log.exception("ingest for room %s failed", room.name,
                       extra={"room": room.name, "session": session.id if session else None})

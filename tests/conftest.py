@@ -18,7 +18,7 @@ from livecap.asr.engine import EngineOptions
 from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.auth import Keys
 from livecap.config import ServerOptions
-from livecap.server import SCHEDULER, create_app
+from livecap.server import METRICS, SCHEDULER, create_app
 
 TIMEOUT_FACTOR = float(os.environ.get("LIVECAP_TEST_TIMEOUT_FACTOR", "1"))
 """Scale every test timeout at once on a slow machine (websockets does the same)."""
@@ -46,6 +46,10 @@ class LiveServer:
         suffix = "&".join(f"{k}={v}" for k, v in query.items())
         return f"{self.ws_base}/ws/captions/{room}" + (f"?{suffix}" if suffix else "")
 
+    def disconnects(self, code: str) -> float:
+        """Connections the server closed with ``code`` so far (its own count, as /metrics shows it)."""
+        return self.app[METRICS].registry.get_sample_value("livecap_disconnects_total", {"code": code}) or 0.0
+
 
 async def start_server(data_dir: Path, **settings: Any) -> LiveServer:
     """Start the real application on 127.0.0.1:0 and wait until its engine is loaded."""
@@ -65,6 +69,16 @@ async def start_server(data_dir: Path, **settings: Any) -> LiveServer:
 async def sphinx_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
     """A server with the PocketSphinx engine, lenient on rate so tests may stream faster than real time."""
     server = await start_server(tmp_path_factory.mktemp("sphinx"), engine="pocketsphinx", max_audio_rate=50.0)
+    yield server
+    await server.runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """A real server that refuses every WebSocket with rate_limited (retryable), as the server of a venue full of
+    phones behind one address would: no connections are allowed per address."""
+    server = await start_server(tmp_path_factory.mktemp("refusing"), engine="pocketsphinx", fallback_engine="none",
+                                max_connections_per_ip=0)
     yield server
     await server.runner.cleanup()
 

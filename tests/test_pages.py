@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from playwright.async_api import Browser, Page, Playwright, WebSocketRoute, async_playwright
+from playwright.async_api import Browser, Page, Playwright, Route, WebSocketRoute, async_playwright
 from playwright.async_api import expect as playwright_expect
 
 from benchmarks.scoring import word_error_rate
@@ -426,3 +426,118 @@ def test_qr_code_uses_the_public_url_and_carries_the_viewer_key() -> None:
     app[OPTIONS] = ServerOptions(public_url="https://captions.example.org/")
     request = make_mocked_request("GET", "/rooms/main-hall/qr.svg?token=k%26y", app=app)
     assert view_url(request, "main-hall") == "https://captions.example.org/view/main-hall?token=k%26y"
+
+
+# ---- a refusing or unreachable server is asked less and less often, never sooner than it says
+
+REFUSED_WINDOW_S = 12.0
+"""Long enough for the backoff to reach 8 s windows; the old fixed 0.25 s delays made about 60 attempts in it."""
+
+
+async def count_refusals(server: LiveServer, window_s: float) -> tuple[float, float]:
+    """(refusals in the first half, in the second half) of a window of wall time: the measurement itself."""
+    start = server.disconnects("rate_limited")
+    await asyncio.sleep(window_s / 2)
+    middle = server.disconnects("rate_limited")
+    await asyncio.sleep(window_s / 2)
+    return middle - start, server.disconnects("rate_limited") - middle
+
+
+@pytest.mark.slow
+async def test_refused_phone_view_backs_off(refusing_server: LiveServer, browser: Browser) -> None:
+    page = await browser.new_page()
+    errors = fail_on_page_errors(page)
+    await page.goto(f"{refusing_server.base}/view/refused")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    first, second = await count_refusals(refusing_server, REFUSED_WINDOW_S)
+    # Exponential windows of 0.5, 1, 2, 4, 8 s with full jitter: about 6 attempts in 12 s, rarely 9.
+    assert 2 <= first + second <= 10, (first, second)
+    assert second <= 4, f"the retries thin out: {first} then {second}"
+    await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")  # still trying
+    await page.close()
+    assert not errors
+
+
+@pytest.mark.slow
+async def test_refused_speaker_page_backs_off(refusing_server: LiveServer, playwright: Playwright,
+                                              chromium_env: dict[str, str | float | bool]) -> None:
+    microphone = await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, env=chromium_env,
+        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+    try:
+        page = await microphone.new_page()
+        errors = fail_on_page_errors(page)
+        room = "refused-speaker"
+        await page.goto(f"{refusing_server.base}/speak/{room}?token={refusing_server.keys.key('publisher', room)}")
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        first, second = await count_refusals(refusing_server, REFUSED_WINDOW_S)
+        assert 2 <= first + second <= 10 and second <= 4, (first, second)
+        await expect(page.locator("#status-text")).to_contain_text("connections from one address")  # the reason
+        assert not errors
+    finally:
+        await microphone.close()
+
+
+class RetryHintInjector:
+    """Fault injector: relays the page's caption sockets to the real server and adds ``retry_after_ms`` to the
+    error events it sends (the server gives that hint with server_busy at ``start``; this puts it on every
+    refusal), recording when each attempt began."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.attempts: list[float] = []
+
+    async def handle(self, route: WebSocketRoute) -> None:
+        self.attempts.append(time.monotonic())
+        server = route.connect_to_server()
+
+        def hint(message: str | bytes) -> None:
+            event = json.loads(message)
+            if event.get("type") == "error":
+                event["retry_after_ms"] = self.retry_after_ms
+            route.send(json.dumps(event))
+
+        server.on_message(hint)
+        server.on_close(lambda code, reason: route.close(code=code, reason=reason))
+
+
+@pytest.mark.slow
+async def test_refused_page_waits_as_long_as_the_server_asks(refusing_server: LiveServer, browser: Browser) -> None:
+    injector = RetryHintInjector(retry_after_ms=3000)
+    page = await browser.new_page()
+    errors = fail_on_page_errors(page)
+    await page.route_web_socket(lambda url: "/ws/captions/" in url, injector.handle)
+    await page.goto(f"{refusing_server.base}/overlay/hinted")
+    await asyncio.sleep(REFUSED_WINDOW_S)  # the measurement window
+    # Not even a wake-up or a network change may come back sooner.
+    await page.evaluate("dispatchEvent(new Event('online'))")
+    await asyncio.sleep(1.0)
+    gaps = [b - a for a, b in itertools.pairwise(injector.attempts)]
+    assert 2 <= len(injector.attempts) <= 4, gaps
+    assert all(gap >= 2.9 for gap in gaps), f"attempts {gaps} s apart; the server asked for 3 s"
+    await page.close()
+    assert not errors
+
+
+@pytest.mark.slow
+async def test_dashboard_polls_an_unreachable_server_less_and_less(server: LiveServer, browser: Browser) -> None:
+    polls: list[float] = []
+    down = True
+
+    async def network(route: Route) -> None:
+        """Fault injector: while ``down``, every poll fails as on a dead network."""
+        polls.append(time.monotonic())
+        await (route.abort() if down else route.continue_())
+
+    page = await browser.new_page()
+    await page.route("**/operator/rooms", network)
+    await page.goto(f"{server.base}/dashboard?token={server.keys.key('operator')}")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    start = time.monotonic()
+    await asyncio.sleep(REFUSED_WINDOW_S)
+    in_window = [t for t in polls if t >= start]
+    assert len(in_window) <= 7, f"{len(in_window)} polls in {REFUSED_WINDOW_S:.0f} s (one a second before)"
+    down = False
+    await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    await page.close()

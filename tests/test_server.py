@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -15,8 +16,10 @@ import websockets
 from benchmarks.scoring import word_error_rate
 from livecap.audio import float_to_s16le
 from livecap.client import StreamResult, stream_audio
+from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio, recordings
+from tests.test_budget import faults
 
 WER_FILES = ["librispeech-1988-24833-0001", "librispeech-2412-153948-0000", "ljspeech-LJ050-0160",
              "vctk-p226_003", "jfk-inaugural-ask-not"]
@@ -148,6 +151,38 @@ async def test_publisher_that_vanishes_mid_utterance_still_gets_a_final(sphinx_s
     await viewer
     final = next(m for m in seen if m.get("kind") == "final")
     assert len(final["text"].split()) >= 3
+
+
+async def test_publisher_that_vanishes_while_its_final_is_pending_is_no_error(
+        sphinx_server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    room, done, seen = "vanish-final", asyncio.Event(), list[dict[str, Any]]()
+    viewer = asyncio.create_task(collect(sphinx_server.captions_url(room), done, seen))
+    signal = audio("librispeech-2412-153948-0002")
+    with caplog.at_level(logging.INFO, logger="livecap"):
+        async with faults(sphinx_server, delay_s=0.5):  # the final stays pending while the publisher vanishes
+            ws = await websockets.connect(sphinx_server.ingest_url(room))
+            await ws.send(json.dumps({"type": "start"}))
+            await ws.send(float_to_s16le(signal[: int(2.5 * 16000)]))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({"type": "stop"}))
+            ws.transport.abort()  # gone without a close frame, as a closed laptop lid is
+            while not any(m.get("kind") == "final" for m in seen):
+                await asyncio.sleep(0.05)
+        # the server answers "stopped" into the void once the final is out, then logs how that went
+        async def publisher_handled() -> None:
+            while not any("went away" in r.getMessage() or r.levelno >= logging.ERROR for r in caplog.records):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(publisher_handled(), timeout(10))
+    done.set()
+    await viewer
+    complaints = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in complaints if "fault injector" not in m] == []
+    assert not any(r.exc_info for r in caplog.records), "no traceback for a normal departure"
+    final = next(m for m in seen if m.get("kind") == "final")
+    assert len(final["text"].split()) >= 3
+    transcript = sphinx_server.app[ROOMS].get(room).captions.transcript()
+    assert [e.text for e in transcript] == [final["text"]], "the final is in the transcript too"
 
 
 async def test_a_new_publisher_takes_over_the_room(sphinx_server: LiveServer) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import multiprocessing
+import signal
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -32,7 +33,11 @@ def _load(target: str, options: EngineOptions) -> Engine:
 
 
 def _serve(target: str, options: EngineOptions, connection: Connection) -> None:
-    """Worker process main loop: (op, stream id, argument) in, (ok, result) out."""
+    """Worker process main loop: (op, stream id, argument) in, (ok, result) out.
+
+    Ctrl-C reaches the whole foreground process group; the parent decides when a
+    worker ends (it closes the pipe once the open utterances are final)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     engine = _load(target, options)
     connection.send((True, engine.model_version))
     streams: dict[int, RecognizerStream] = {}
