@@ -38,6 +38,10 @@ class ReplayedUtterance:
     final_engine: str = ""
     suppressed: str | None = None
     """Why the final hypothesis was dropped (guardrail reason or ``not_speech``)."""
+    shown: list[tuple[str, float, bool]] = field(default_factory=list)
+    """The last partial's words: (text, confidence, settled)."""
+    final_hypothesis: list[tuple[str, float]] = field(default_factory=list)
+    """The final decode's own words (text, confidence), before they met what was shown."""
 
 
 def replay_scheduler(engine: Engine) -> Scheduler:
@@ -61,11 +65,14 @@ async def replay(scheduler: Scheduler, audio: np.ndarray, options: StreamingOpti
             case PartialUpdate(agreement=agreement, hypothesis=hypothesis):
                 entry.partials.append(hypothesis.text)
                 entry.stable = " ".join(word.text for word in agreement.stable)
+                entry.shown = [(w.text, w.confidence, True) for w in agreement.stable] + \
+                              [(w.text, w.confidence, False) for w in agreement.unstable]
             case FinalUpdate(words=words, end=end, hypothesis=hypothesis, suppressed=suppressed):
                 entry.end_s = end / SAMPLE_RATE
                 entry.final = " ".join(word.text for word in words)
                 entry.final_engine = hypothesis.engine
                 entry.suppressed = suppressed
+                entry.final_hypothesis = [(w.text, w.confidence) for w in hypothesis.words]
                 finals.append(entry.final)
 
     def prompt() -> str:

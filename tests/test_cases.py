@@ -15,6 +15,7 @@ end-to-end tests at the bottom go through real sockets.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -152,14 +153,40 @@ def test_fallback_finals_are_not_dropped(sphinx: PocketsphinxEngine) -> None:
 # --- kind 3: the final is never worse than what viewers saw --------------------------------------------------
 
 
-def test_numbers_case_keeps_every_quantity(whisper_engine: WhisperOnnx) -> None:
-    """numbers.wav: "for the" settled early, so the final said "$5" for "45 dollars"."""
-    utterances = _replay(whisper_engine, read_wav(case("numbers.wav")).mono_16k())
-    finals = normalize(_finals(utterances))
-    for quantity in ("ten thirty", "twenty twenty five", "two hundred four", "forty five dollars"):
-        assert quantity in finals, finals
+@pytest.fixture(scope="module")
+def base_engine() -> WhisperOnnx:
+    return WhisperOnnx(EngineOptions(model="base", device="cpu", threads=2))
+
+
+def test_numbers_case_keeps_every_quantity(base_engine: WhisperOnnx) -> None:
+    """numbers.wav: "for the" settled early, so the final said "$5" for "45
+    dollars". With base, which hears "forty-five" in this synthetic voice
+    (tiny.en writes "for the $5." even decoding the sentence whole, sure of
+    it: no policy can fix that), every quantity survives."""
+    utterances = _replay(base_engine, read_wav(case("numbers.wav")).mono_16k())
+    finals = _finals(utterances)
+    digits = "".join(re.findall(r"\d", finals))
+    for quantity in ("1030", "2025", "204", "45", "5550199"):
+        assert quantity in digits, finals
+    assert "45 dollars" in finals or "$45" in finals, finals
     last_partials = " ".join(u.partials[-1] for u in utterances if u.partials)
     assert word_error_rate([NUMBERS], [finals]) <= word_error_rate([NUMBERS], [last_partials])
+
+
+@pytest.mark.parametrize("text", [
+    "Doors open at 9:45 and the keynote starts at 10:15 in hall 3, seats 1 to 250.",
+    "The fee is 120 dollars, or 80 dollars with a student card, until June 30th 2026.",
+    "Please call 555 0142 or write to room 1207 before 5 pm on Friday, the 14th."])
+def test_quantities_heard_whole_survive_streaming(base_engine: WhisperOnnx, tmp_path: Path, text: str) -> None:
+    """Every number the model hears in the sentence decoded whole is in the
+    streamed finals: settled guesses and the final's own decode do not lose
+    or garble what the audio supports."""
+    signal = _espeak(text, tmp_path)
+    whole = base_engine.transcribe(signal, word_timestamps=True).text
+    finals = _finals(_replay(base_engine, signal))
+    numbers = re.findall(r"\d+", whole)
+    streamed = "".join(re.findall(r"\d", finals))
+    assert all(number in streamed for number in numbers), (whole, finals)
 
 
 @pytest.mark.parametrize("recording", ["fleurs-en_us-test-002", "librivox-sense_and_sensibility_01-0880",

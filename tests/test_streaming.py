@@ -165,14 +165,20 @@ def test_a_far_match_does_not_swallow_what_lies_between() -> None:
     assert texts(final) == "cost $45. call 555-0199 for details."
 
 
-def test_unsettled_words_give_way_to_the_final() -> None:
-    """Words the last partial had not settled were guesses from less audio."""
+def test_unsettled_words_give_way_to_a_surer_final() -> None:
+    """Words the last partial had not settled were guesses from less audio,
+    unless they were surer than what the final hears in their place."""
     policy = LocalAgreement(horizon_s=5.0)
     policy.update(words("to be ill disposed"), 1.0)
-    policy.update([*words("to be", confidence=0.9), Word("old-sposed", 2, 3, 0.9)], 1.5)
+    policy.update([*words("to be", confidence=0.9), Word("old-sposed", 2, 3, 0.3)], 1.5)
     assert texts(policy.stable) == "" and texts(policy.unstable) == "to be old-sposed"
-    assert texts(policy.finish(words("to be ill-disposed.", confidence=0.4))) == "to be ill-disposed."
+    assert texts(policy.finish(words("to be ill-disposed.", confidence=0.8))) == "to be ill-disposed."
     assert texts(policy.finish(words("to be", confidence=0.4))) == "to be", "nor are they kept where the final has none"
+    policy = LocalAgreement(horizon_s=5.0)
+    policy.update([*words("call"), Word("0199", 1, 2, 0.8), Word("for", 2, 3, 0.9), Word("details.", 3, 4, 0.9)],
+                  1.0)
+    final = [*words("call"), Word("0.994", 1, 2, 0.4), Word("details.", 3, 4, 0.9)]
+    assert texts(policy.finish(final)) == "call 0199 for details.", "what viewers saw was surer"
 
 
 def test_align_prefix() -> None:

@@ -113,11 +113,12 @@ class LocalAgreement:
         unsure final keeps what viewers saw settle ("555-0199", not
         "555.01.9"), and a final that skipped settled words keeps them, so
         a settled word is never lost. The last partial's *unsettled* words
-        give way to the final's: they were guesses from less audio (measured:
-        keeping the surer of the two cost more than it saved). After the
-        shown text, the rest of the final hypothesis follows. Engines whose
-        confidences mean nothing (``confidences=False``) keep every settled
-        word.
+        give way to the final's unless they were surer ("0199 for details"
+        shown, "0.994 details" in the final), and are dropped where the final
+        has nothing in their place (guesses at the edge of less audio). After
+        the shown text, the rest of the final hypothesis follows. Engines
+        whose confidences mean nothing (``confidences=False``) keep every
+        settled word and take the final's in place of unsettled ones.
         """
         words = tuple(words)
         shown = (*self.stable, *self.unstable)
@@ -158,7 +159,9 @@ def _final_wins(shown: Sequence[Word], final: Sequence[Word], settled: bool, con
     """Whether the final hypothesis' words replace the differing ``shown`` ones (see ``LocalAgreement.finish``)."""
     if settled:  # also a word the final hears between settled words: the settled text changes only when sure
         return confidences and bool(final) and _mean_confidence(final) >= REPLACE_SETTLED_CONFIDENCE
-    return True
+    if not shown or not final or not confidences:
+        return True
+    return _mean_confidence(final) >= _mean_confidence(shown)
 
 
 def _mean_confidence(words: Sequence[Word]) -> float:
