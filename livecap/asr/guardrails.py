@@ -63,11 +63,12 @@ class GuardrailOptions:
     log_confidence_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
     """openai-whisper's bound for text that repeats itself."""
-    min_confidence: float = 0.2
-    """Below this the words are guesses whatever the no-speech probability:
-    on babble Whisper writes "and" at 0.04 with a no-speech probability of
-    only 0.3-0.4; the least confident recording of the evaluation set scores
-    0.55."""
+    min_confidence: float = 0.4
+    """Below this the words are guesses whatever the no-speech probability.
+    Babble (many voices at once: speech to ``vad.SpeechCheck``, words to
+    nobody) is where it matters: base writes whole sentences on it at 0.20-0.30
+    with a no-speech probability of only 0.26-0.42 (``benchmarks/noise.py``);
+    the least confident final of the evaluation set, streamed, scores 0.71."""
     known_hallucination_confidence: float = 0.5
     known_hallucination_no_speech: float = 0.4
     """A known phrase is dropped only where the model doubts it: confidence under
