@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import numpy as np
@@ -99,15 +99,15 @@ def analyse(plan: RoomPlan, result: StreamResult) -> RoomOutcome:
     final_lags: list[float] = []
     server_lags: list[float] = []
     engines: dict[str, int] = {}
+    sent = result.audio_started - result.offset  # a word's audio was sent at this plus its room time
     for message, arrival in events:
         if message["kind"] != "final" or not message["words"]:
             continue
         engines[message["engine"]] = engines.get(message["engine"], 0) + 1
         for position, word in enumerate(message["words"]):
-            audio_end = result.audio_started + word["end"]
             shown = first_shown.get((message["segment"], position, normalize(word["w"])), arrival)
-            word_lags.append(shown - audio_end)
-        final_lags.append(arrival - (result.audio_started + message["words"][-1]["end"]))
+            word_lags.append(shown - (sent + word["end"]))
+        final_lags.append(arrival - (sent + message["words"][-1]["end"]))
         server_lags.append(message["latency_ms"] / 1000)
     unfinished = {m["segment"] for m, _ in events} - {m["segment"] for m in result.finals}
     return RoomOutcome(plan.room, len(plan.audio) / TARGET_RATE, " ".join(plan.references),
@@ -144,13 +144,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(port: int, data_dir: str, server_args: Sequence[str],
+                 log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """``livecap serve`` in a subprocess (so its CPU and memory are its own), writing its log to ``log``."""
+    command = [sys.executable, "-m", "livecap", "serve", "--port", str(port), "--secret", SECRET,
+               "--data-dir", data_dir, "--log-level", "warning", *server_args]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+
+
 def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str],
             fail_primary_after: float | None = None) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
-        command = [sys.executable, "-m", "livecap", "serve", "--port", str(port), "--secret", SECRET,
-                   "--data-dir", data_dir, "--log-level", "warning", *server_args]
-        process = subprocess.Popen(command)
+        process = start_server(port, data_dir, server_args)
         try:
             asyncio.run(wait_until_ready(f"http://127.0.0.1:{port}", 900, lambda: process.poll() is None))
             plans = plan_rooms(recordings, rooms, seconds)

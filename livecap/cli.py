@@ -183,4 +183,7 @@ def _stream(arguments: argparse.Namespace) -> int:
             tries += 1
         return result
 
-    return 1 if asyncio.run(play()).error else 0
+    result = asyncio.run(play())
+    if result.error is None and result.close_code not in (None, 1000):
+        print(f"connection lost (close code {result.close_code})", file=sys.stderr)
+    return 1 if result.error or result.close_code not in (None, 1000) else 0

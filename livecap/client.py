@@ -36,7 +36,11 @@ class StreamResult:
     """``time.monotonic()`` at each message's arrival."""
     audio_started: float = 0.0
     """Monotonic time at which the first audio frame was sent."""
+    offset: float = 0.0
+    """Room time of the first audio frame (from ``ready``): the sample sent at
+    ``audio_started + t`` is at room time ``offset + t`` in captions."""
     close_code: int | None = None
+    """1006 when the connection ended without a close frame (the server is gone)."""
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -109,20 +113,24 @@ async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable
 async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
                        on_message: Callable[[dict[str, Any]], None] | None = None) -> StreamResult:
     """Send 16 kHz mono ``samples`` as s16le frames to an ingest ``url``, then
-    ``stop``; returns after ``stopped`` (or an error) with everything received."""
+    ``stop``; returns after ``stopped``, an error or the end of the connection
+    with everything received."""
     result = StreamResult()
     frame = TARGET_RATE * frame_ms // 1000
     async with websockets.connect(url, max_size=2**22) as ws:
 
         async def receive() -> None:
-            async for raw in ws:
-                message = json.loads(raw)
-                result.messages.append(message)
-                result.arrivals.append(time.monotonic())
-                if on_message is not None:
-                    on_message(message)
-                if message.get("type") in ("stopped", "error"):
-                    return
+            with contextlib.suppress(websockets.ConnectionClosed):  # a lost connection: close_code says so
+                async for raw in ws:
+                    message = json.loads(raw)
+                    result.messages.append(message)
+                    result.arrivals.append(time.monotonic())
+                    if message.get("type") == "ready":
+                        result.offset = float(message["offset"])
+                    if on_message is not None:
+                        on_message(message)
+                    if message.get("type") in ("stopped", "error"):
+                        return
 
         receiver = asyncio.create_task(receive())
         try:

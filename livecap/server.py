@@ -394,7 +394,8 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics))
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
-                        await ws.send_json({"type": "ready", "session": session.id})
+                        await ws.send_json({"type": "ready", "session": session.id,
+                                           "offset": round(session.offset, 3)})
                     case AudioReceived(samples, arrival) if session is not None and room.session is session:
                         session.push_audio(samples, arrival)
                     case Stopped() if session is not None:

@@ -185,6 +185,20 @@ async def test_publisher_that_vanishes_while_its_final_is_pending_is_no_error(
     assert [e.text for e in transcript] == [final["text"]], "the final is in the transcript too"
 
 
+async def test_ready_says_where_the_session_lies_on_the_room_clock(sphinx_server: LiveServer) -> None:
+    """Caption and word times are room times, a clock that goes on across
+    sessions: ``ready``'s offset maps them back to the session's own audio."""
+    room, clip = "room-clock", audio("librispeech-3752-4944-0001")
+    seconds = len(clip) / 16000
+    first = await stream_audio(sphinx_server.ingest_url(room), clip, speed=4.0)
+    second = await stream_audio(sphinx_server.ingest_url(room), clip, speed=4.0)
+    assert first.offset == 0.0 and second.offset >= seconds - 0.001
+    for result in (first, second):
+        words = [w for m in result.finals for w in m["words"]]
+        assert words and all(result.offset <= w["start"] <= w["end"] <= result.offset + seconds + 0.01
+                             for w in words), (result.offset, words)
+
+
 async def test_a_new_publisher_takes_over_the_room(sphinx_server: LiveServer) -> None:
     room = "takeover"
     first = await websockets.connect(sphinx_server.ingest_url(room))
