@@ -159,16 +159,17 @@ class Room:
     repeated: set[int] = field(default_factory=set)
     """Seqs seen carrying two different events."""
     skipped: int = 0
-    """Events a page would not show: a seq new to the room, but not above the viewer's last seq."""
+    """Events a page would not show (their seq is not above the viewer's last one) that are not replays."""
 
     def witness(self, seq: int, event: tuple[str, int, str]) -> bool:
-        """Record what ``seq`` carried; whether the room had not seen it before."""
+        """Record what ``seq`` carried; whether it is a replay (a client saw ``seq`` carry this before)."""
         first = self.events.setdefault(seq, event)
         if first is event:
-            return True
+            return False
         if first != event:
             self.repeated.add(seq)
-        return False
+            return False
+        return True
 
 
 @dataclass(eq=False)
@@ -191,9 +192,9 @@ class Viewer:
         if message.get("type") != "caption":
             return message.get("code") if message.get("type") == "error" else None
         seq, kind, segment = message["seq"], message["kind"], message["segment"]
-        new = self.room.witness(seq, (kind, segment, message["text"]))
+        replay = self.room.witness(seq, (kind, segment, message["text"]))
         if seq <= self.last_seq:  # client/captions.js drops it
-            if new:
+            if not replay:
                 self.room.skipped += 1
             return None
         self.last_seq = seq
@@ -516,8 +517,9 @@ class Settings:
 
 async def soak(settings: Settings, manifest: Path, data_dir: str, log: IO[bytes]) -> dict[str, Any]:
     seconds = settings.minutes * 60
-    server_args = ["--model", "tiny.en", "--max-connections-per-ip", str(settings.viewers + 1000),
-                   "--max-viewers-per-room", str(settings.viewers + 100), *settings.server_args]
+    server_args = ["--model", "tiny.en", "--log-format", "json", "--max-connections-per-ip",
+                   str(settings.viewers + 1000), "--max-viewers-per-room", str(settings.viewers + 100),
+                   *settings.server_args]
     rng = random.Random(settings.seed)
     server = Server(free_port(), data_dir, server_args, log)
     try:
@@ -616,6 +618,7 @@ def phases(rooms: Sequence[Room], clock: Clock, ended: float, rss: Sequence[dict
             "phase": phase, "from_s": clock.at(start), "to_s": clock.at(stop),
             "word_lag_p50_s": percentile(word_lags, 50), "word_lag_p95_s": percentile(word_lags, 95),
             "final_lag_p50_s": percentile(final_lags, 50), "final_lag_p95_s": percentile(final_lags, 95),
+            "server_final_lag_p95_s": percentile([lag for o in outcomes for lag in o.server_final_lags], 95),
             "finals_by_engine": dict(engines),
             "server_rss_mb_max": max((s["with_workers_mb"] for s in memory), default=None),
             "rss_trend_from_s": steady_from,
@@ -712,6 +715,24 @@ def verdicts(rooms: Sequence[Room], viewers: Sequence[Viewer], transcripts: dict
     }
 
 
+def server_log(text: str) -> dict[str, Any]:
+    """The server's warnings and errors (JSON lines, ``--log-format json``) by level and message,
+    the first errors with the last line of their exception, and any other output."""
+    levels: Counter[str] = Counter()
+    errors: list[str] = []
+    other: list[str] = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            other.append(line)
+            continue
+        levels[f"{record['level']} {record['logger']}: {record['message'][:80]}"] += 1
+        if record["level"] in ("error", "critical") and len(errors) < 10:
+            errors.append(f"{record['message'][:200]} | {record.get('exception', '').splitlines()[-1:]}")
+    return {"records": dict(levels.most_common(30)), "errors": errors, "other_output": other[:20]}
+
+
 def acceptance(run: dict[str, Any]) -> dict[str, bool]:
     trends = [p["with_workers_rss_trend_mb_per_min"] for p in run["phases"]]
     return {
@@ -740,6 +761,7 @@ def summary(run: dict[str, Any]) -> str:
               f"viewers' closes: {run['closes']['viewers']}",
               f"slow viewers' closes: {run['closes']['slow_viewers']}",
               f"fuzz: {run['fuzz']['probes']} probes, {run['fuzz']['failures']} failures: {run['fuzz']['outcomes']}",
+              f"server log errors: {run['server_log']['errors']}",
               f"acceptance: {run['acceptance']}"]
     return "\n".join(lines)
 
@@ -766,9 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="livecap-soak-") as scratch:
         with open(Path(scratch) / "server.log", "wb") as log:
             run = asyncio.run(soak(settings, arguments.manifest, str(Path(scratch) / "data"), log))
-        server_log = (Path(scratch) / "server.log").read_text(errors="replace").splitlines()
+        run["server_log"] = server_log((Path(scratch) / "server.log").read_text(errors="replace"))
     run["restarts_asked"] = settings.restarts
-    run["server_log_errors"] = [line for line in server_log if "ERROR" in line or "Traceback" in line][:20]
     run["acceptance"] = acceptance(run)
     report = {"label": arguments.label, "settings": asdict(settings), "cpu_count": os.cpu_count(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "run": run}
