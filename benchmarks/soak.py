@@ -521,6 +521,7 @@ async def soak(settings: Settings, manifest: Path, data_dir: str, log: IO[bytes]
                    str(settings.viewers + 1000), "--max-viewers-per-room", str(settings.viewers + 100),
                    *settings.server_args]
     rng = random.Random(settings.seed)
+    recordings = load_manifest(manifest)
     server = Server(free_port(), data_dir, server_args, log)
     try:
         await server.ready()
@@ -529,7 +530,7 @@ async def soak(settings: Settings, manifest: Path, data_dir: str, log: IO[bytes]
         rooms = settings.rooms or measured or FALLBACK_ROOMS
         rooms_from = "--rooms" if settings.rooms else "the server's capacity" if measured else \
             f"fallback: /readyz reports no capacity, so {FALLBACK_ROOMS}"
-        plans = await asyncio.to_thread(plan_rooms, load_manifest(manifest), rooms, seconds)
+        plans = await asyncio.to_thread(plan_rooms, recordings, rooms, seconds)
         run = await run_clients(server, settings, [Room(plan) for plan in plans], rng)
     finally:
         server.stop()
