@@ -309,8 +309,8 @@ async def view(viewer: Viewer, base: str, clock: Clock, closes: Counter[str], de
 async def read(viewer: Viewer, ws: websockets.ClientConnection, clock: Clock, pause_s: float,
                rng: random.Random) -> tuple[str | None, bool]:
     """Read until the connection closes: (the code of the error event, if any; whether a caption came).
-    A slow viewer stops reading for ``pause_s`` now and then (its socket then stops taking data:
-    websockets pauses the transport once ``max_queue`` frames wait)."""
+    A slow viewer stops reading its socket for ``pause_s`` now and then, as a frozen app does: what
+    the server sends piles up in the kernel's buffers, and no ping is answered."""
     error, captioned = None, False
     pause_at = time.monotonic() + rng.uniform(*SLOW_READ_S) if viewer.slow else math.inf
     with contextlib.suppress(websockets.ConnectionClosed):
@@ -318,8 +318,10 @@ async def read(viewer: Viewer, ws: websockets.ClientConnection, clock: Clock, pa
             code = viewer.receive(raw)
             error, captioned = code or error, captioned or code is None
             if time.monotonic() >= pause_at:
+                ws.transport.pause_reading()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(clock.winding_down.wait(), pause_s)
+                ws.transport.resume_reading()
                 pause_at = math.inf if clock.winding_down.is_set() else time.monotonic() + rng.uniform(*SLOW_READ_S)
     return error, captioned
 
@@ -731,7 +733,8 @@ def server_log(text: str) -> dict[str, Any]:
         levels[f"{record['level']} {record['logger']}: {record['message'][:80]}"] += 1
         if record["level"] in ("error", "critical") and len(errors) < 10:
             errors.append(f"{record['message'][:200]} | {record.get('exception', '').splitlines()[-1:]}")
-    return {"records": dict(levels.most_common(30)), "errors": errors, "other_output": other[:20]}
+    return {"records": dict(levels.most_common(30)), "errors": errors,
+            "other_tracebacks": sum(line.startswith("Traceback") for line in other), "other_output": other[:40]}
 
 
 def acceptance(run: dict[str, Any]) -> dict[str, bool]:
@@ -762,7 +765,8 @@ def summary(run: dict[str, Any]) -> str:
               f"viewers' closes: {run['closes']['viewers']}",
               f"slow viewers' closes: {run['closes']['slow_viewers']}",
               f"fuzz: {run['fuzz']['probes']} probes, {run['fuzz']['failures']} failures: {run['fuzz']['outcomes']}",
-              f"server log errors: {run['server_log']['errors']}",
+              f"server log: errors {run['server_log']['errors']}, "
+              f"other tracebacks {run['server_log']['other_tracebacks']}",
               f"acceptance: {run['acceptance']}"]
     return "\n".join(lines)
 
@@ -773,7 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rooms", type=int, help="publishers (default: the capacity /readyz reports, else 4)")
     parser.add_argument("--viewers", type=int, default=2000)
     parser.add_argument("--slow-viewers", type=int, default=20, help="of the viewers, those who stop reading")
-    parser.add_argument("--slow-pause-s", type=float, default=15.0, help="how long a slow viewer stops reading")
+    parser.add_argument("--slow-pause-s", type=float, default=15.0,
+                        help="how long a slow viewer stops reading: between the server's viewer_max_lag_s, "
+                             "after which it closes the viewer, and twice that, when it cuts it off")
     parser.add_argument("--restarts", type=int, default=2, help="kill -9 and restart, evenly spaced")
     parser.add_argument("--fuzz-interval-s", type=float, default=1.0, help="time between two fuzz probes")
     parser.add_argument("--seed", type=int, default=11)
