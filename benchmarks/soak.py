@@ -51,7 +51,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import tempfile
@@ -113,6 +112,8 @@ class Clock:
     kills: list[float] = field(default_factory=list)
     readies: list[float] = field(default_factory=list)
     """When the server was ready again after each kill."""
+    loading: bool = False
+    """Between a kill and the new server's readiness."""
     winding_down: asyncio.Event = field(default_factory=asyncio.Event)
     """The publishers are done: slow viewers read on, the fuzzer stops."""
     over: bool = False
@@ -407,8 +408,10 @@ def socket_outcome(received: list[dict[str, Any]], ws: websockets.ClientConnecti
 
 
 def is_failure(outcome: str) -> bool:
-    return outcome in ("internal_error", "dropped") or outcome.startswith("unexplained") or \
-        re.fullmatch(r"http 5\d\d", outcome) is not None
+    """A 503 from a server still loading its engines is an answer ("try later"), any other 5xx a failure."""
+    if outcome == "http 503 while loading":
+        return False
+    return outcome in ("internal_error", "dropped") or outcome.startswith(("unexplained", "http 5"))
 
 
 async def fuzz(base: str, clock: Clock, keys: Keys, rooms: Sequence[str], interval_s: float, rng: random.Random,
@@ -421,7 +424,7 @@ async def fuzz(base: str, clock: Clock, keys: Keys, rooms: Sequence[str], interv
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(clock.winding_down.wait(), interval_s)
                 return
-            phase = clock.phase
+            phase, loading = clock.phase, clock.loading
             if turn % 2 == 0:
                 name, url, make = rng.choice(sockets)
                 messages = make(rng)
@@ -440,7 +443,7 @@ async def fuzz(base: str, clock: Clock, keys: Keys, rooms: Sequence[str], interv
                 try:
                     async with http.request(method, base + path, data=body, headers=headers) as response:
                         await response.read()
-                        outcome = f"http {response.status}"
+                        outcome = f"http {response.status}" + (" while loading" if loading else "")
                 except aiohttp.ClientError:
                     outcome = "no connection"
             if clock.phase != phase:
@@ -457,9 +460,11 @@ async def restart(server: Server, clock: Clock, count: int, seconds: float, capa
     for k in range(1, count + 1):
         await asyncio.sleep(max(0.0, clock.began + k * seconds / (count + 1) - time.monotonic()))
         clock.phase += 1
+        clock.loading = True
         clock.kills.append(time.monotonic())
         children = server.kill()
         await server.ready()
+        clock.loading = False
         clock.readies.append(time.monotonic())
         server.reap(children)
         capacities.append(await capacity(server.base))
