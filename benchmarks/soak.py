@@ -90,11 +90,11 @@ RSS_EVERY_S = 5.0
 STEADY_AFTER_S = 30.0
 """A phase's RSS trend leaves out at least this much after the server was ready (and a third of the phase)."""
 RSS_TREND_BOUND_MB_PER_MIN = 2.0
-"""No growth trend: under this in every phase (a leak of a few KB per caption event and viewer would show)."""
+"""No growth trend: under this in every phase (20 MB in ten minutes)."""
 SETTLE_LIMIT_S = 120.0
 FUZZ_ROOM = "soak-fuzz"
 RANDOM_PATH = "random path"
-NOT_STORED_EXAMPLES = 5
+EXAMPLES = 5
 FAULT_BODIES = ['{"delay_s": NaN}', '{"delay_s": -1}', '{"delay_s": Infinity}', '{"delay_s": 61}',
                 '{"failure_rate": 1.5}', '{"failure_rate": -Infinity}', '{"delay_s": "1"}', '{"delay_s": true}',
                 '{"delay_s": 1e400}', "[1]", "[" * 5000, "not json"]
@@ -596,7 +596,8 @@ async def run_clients(server: Server, settings: Settings, rooms: list[Room], rng
                      for k, r in zip(clock.kills, clock.readies, strict=True)],
         "phases": phases(rooms, clock, ended, rss),
         **verdicts(rooms, viewers, transcripts, settled),
-        "internal_errors": sum(n for group in everyone for outcome, n in group.items() if "internal_error" in outcome),
+        "internal_errors": sum(n for group in everyone for outcome, n in group.items()
+                               if "internal_error" in outcome or "/1011" in outcome),
         "closes": {"publishers": dict(publishers),
                    "viewers": dict(viewer_closes), "slow_viewers": dict(slow_closes)},
         "fuzz": {"probes": sum(fuzz_outcomes.values()), "outcomes": dict(fuzz_outcomes),
@@ -687,7 +688,7 @@ def verdicts(rooms: Sequence[Room], viewers: Sequence[Viewer], transcripts: dict
         missing = stored - viewer.finals
         lost_to_viewers += len(missing)
         viewers_missing += bool(missing)
-        if missing and len(examples) < NOT_STORED_EXAMPLES:
+        if missing and len(examples) < EXAMPLES:
             examples.append(f"a {'slow ' if viewer.slow else ''}viewer of {name} never showed the finals "
                             f"with seqs {sorted(s for s, _ in missing)[:10]}")
         not_stored |= {(name, seq, segment) for seq, segment in viewer.finals - stored}
@@ -713,7 +714,7 @@ def verdicts(rooms: Sequence[Room], viewers: Sequence[Viewer], transcripts: dict
                                "viewers_missing_a_final": viewers_missing,
                                "shown_not_stored": len(not_stored),
                                "examples": examples + [f"{r}: seq {s}, segment {g} shown, not stored"
-                                                       for r, s, g in sorted(not_stored)[:NOT_STORED_EXAMPLES]]},
+                                                       for r, s, g in sorted(not_stored)[:EXAMPLES]]},
         "utterances": dict(counts),
         "utterances_without_final": counts["without a final"],
         "utterances_without_final_examples": without_final[:10],
