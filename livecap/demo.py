@@ -32,17 +32,23 @@ async def play_demo(base_url: str, key: str) -> None:
     backoff = Backoff()
     while True:
         try:
-            error = (await stream_audio(ingest_url(base_url, DEMO_ROOM, key), samples)).error
+            result = await stream_audio(ingest_url(base_url, DEMO_ROOM, key), samples)
         except (OSError, websockets.WebSocketException) as problem:
             delay = backoff.next()
             log.warning("demo stream failed (%s); again in %.1f s", problem, delay)
         else:
-            if error is None:
+            error = result.error
+            if error is None and result.close_code == 1000:
                 backoff.reset()
                 continue
-            if error["code"] not in RETRYABLE:
+            if error is None:
+                delay = backoff.next()
+                log.warning("demo stream lost its connection (close code %s); again in %.1f s", result.close_code,
+                            delay)
+            elif error["code"] not in RETRYABLE:
                 log.info("the demo stops: %s (%s)", error["code"], error["message"])
                 return
-            delay = backoff.next(error)
-            log.warning("demo stream refused: %s (%s); again in %.1f s", error["code"], error["message"], delay)
+            else:
+                delay = backoff.next(error)
+                log.warning("demo stream refused: %s (%s); again in %.1f s", error["code"], error["message"], delay)
         await asyncio.sleep(delay)
