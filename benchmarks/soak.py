@@ -71,7 +71,7 @@ from benchmarks.live import RESULTS, SECRET, RoomPlan, analyse, free_port, perce
 from benchmarks.scoring import DEFAULT_MANIFEST, load_manifest, write_results
 from livecap.audio import TARGET_RATE
 from livecap.auth import Keys
-from livecap.client import StreamResult, ingest_url, stream_audio, wait_until_ready
+from livecap.client import Backoff, StreamResult, ingest_url, stream_audio, wait_until_ready
 from livecap.ingest import IngestLimits
 from livecap.server import VIEWER_MAX_MESSAGE
 from tests.test_docs import documented_closes
@@ -121,22 +121,6 @@ class Clock:
 
     def at(self, t: float) -> float:
         return round(t - self.began, 1)
-
-
-class Backoff:
-    """Reconnect delays doubling from ``first`` to ``most``, each drawn at random
-    below that ("full jitter", AWS Architecture Blog, "Exponential Backoff And
-    Jitter", 2015), so that clients cut off together do not return together."""
-
-    def __init__(self, rng: random.Random, first: float, most: float) -> None:
-        self._rng, self._first, self._most, self._tries = rng, first, most, 0
-
-    def next(self) -> float:
-        self._tries += 1
-        return self._rng.uniform(0, min(self._most, self._first * 2 ** (self._tries - 1)))
-
-    def reset(self) -> None:
-        self._tries = 0
 
 
 @dataclass(frozen=True)
@@ -255,10 +239,10 @@ class Server:
 
 # --- the clients ------------------------------------------------------------------------------------------------------
 
-async def publish(room: Room, base: str, clock: Clock, end: int, rng: random.Random) -> None:
+async def publish(room: Room, base: str, clock: Clock, end: int) -> None:
     """Stream the room's audio until sample ``end`` of the run, reconnecting where the speaker now is."""
     url = ingest_url(base, room.plan.room, Keys(SECRET).key("publisher", room.plan.room))
-    backoff = Backoff(rng, 0.25, 4.0)
+    backoff = Backoff(0.25, 4.0)
     while (position := FRAME * int((time.monotonic() - clock.began) * TARGET_RATE / FRAME)) < end:
         phase = clock.phase
         try:
@@ -267,7 +251,7 @@ async def publish(room: Room, base: str, clock: Clock, end: int, rng: random.Ran
             room.attempts["connect failed"] += 1
             await asyncio.sleep(backoff.next())
             continue
-        error = next((m for m in result.messages if m.get("type") == "error"), None)
+        error = result.error
         ending = f"{error['code'] if error else None}/{result.close_code}" + (" at a kill" if clock.phase != phase
                                                                               else "")
         if any(m.get("type") == "ready" for m in result.messages):
@@ -278,7 +262,7 @@ async def publish(room: Room, base: str, clock: Clock, end: int, rng: random.Ran
             room.attempts[f"refused {ending}"] += 1
         if result.messages[-1:] and result.messages[-1].get("type") == "stopped":
             return
-        await asyncio.sleep(error["retry_after_ms"] / 1000 if error and "retry_after_ms" in error else backoff.next())
+        await asyncio.sleep(backoff.next(error))
 
 
 async def view(viewer: Viewer, base: str, clock: Clock, closes: Counter[str], delay: float, pause_s: float,
@@ -286,7 +270,7 @@ async def view(viewer: Viewer, base: str, clock: Clock, closes: Counter[str], de
     """Follow the room, reconnecting with ``after_seq`` after any close, until the run is over."""
     await asyncio.sleep(delay)
     ws_base = base.replace("http", "ws", 1)
-    backoff = Backoff(rng, 0.5, 8.0)
+    backoff = Backoff(0.5, 8.0)
     while not clock.over:
         phase = clock.phase
         url = f"{ws_base}/ws/captions/{viewer.room.plan.room}?after_seq={viewer.last_seq}"
@@ -571,7 +555,7 @@ async def run_clients(server: Server, settings: Settings, rooms: list[Room], rng
     restarting = asyncio.create_task(restart(server, clock, settings.restarts, seconds, capacities))
     fuzzing = asyncio.create_task(fuzz(server.base, clock, keys, [r.plan.room for r in rooms],
                                        settings.fuzz_interval_s, rng, fuzz_outcomes, fuzz_failures))
-    await asyncio.gather(*(publish(room, server.base, clock, end, rng) for room in rooms))
+    await asyncio.gather(*(publish(room, server.base, clock, end) for room in rooms))
     ended = time.monotonic()
     client_cpu = sum(me.cpu_times()[:2]) - client_cpu
     clock.winding_down.set()
