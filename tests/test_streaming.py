@@ -148,6 +148,17 @@ def test_an_unsure_final_does_not_make_settled_words_worse() -> None:
     assert texts(policy.finish(final)) == "call 555-0199 for details today"
 
 
+def test_a_final_no_surer_than_the_partials_keeps_what_viewers_saw_settle() -> None:
+    """"10.15" settled at 0.70; the final, hearing more, writes "10.50" at 0.71."""
+    policy = LocalAgreement()
+    update = Stepper(policy, confidence=0.7)
+    update("the keynote starts at 10.15 in hall")
+    update("the keynote starts at 10.15 in hall")
+    final = [*words("the keynote starts at", confidence=0.7), Word("10.50", 4, 5, 0.71),
+             *words("in hall 3", start=5, confidence=0.8)]
+    assert texts(policy.finish(final)) == "the keynote starts at 10.15 in hall 3"
+
+
 def test_settled_words_the_final_skipped_are_kept() -> None:
     """Whisper's final decode sometimes leaves out a long stretch it had
     recognised in the partials; settled words are never lost that way."""

@@ -108,11 +108,15 @@ class LocalAgreement:
         The two are aligned (``align``). Where they agree, the final's word
         stands (its spelling, punctuation and timing). Where they differ, the
         final hypothesis replaces *settled* words only when it is sure of its
-        own (mean confidence ``REPLACE_SETTLED_CONFIDENCE``): the evidence
-        changed ("for the" settled early, "45 dollars" heard at the end); an
-        unsure final keeps what viewers saw settle ("555-0199", not
-        "555.01.9"), and a final that skipped settled words keeps them, so
-        a settled word is never lost. The last partial's *unsettled* words
+        own (mean confidence ``REPLACE_SETTLED_CONFIDENCE``) and surer than
+        the partials were of theirs (by ``SURER_BY``): the evidence changed
+        ("for the" settled early, "$45" heard sure at the end). Otherwise the
+        final keeps what viewers saw settle ("10.15", not a just as sure
+        "10.50"), and a final that skipped settled words keeps them, so a
+        settled word is never lost. (Replaying the evaluation set, letting
+        any sure final win measured 0.3 points less WER, 4 words in 1,161:
+        within what one run differs from the next; a settled word that
+        changes without better evidence is the worse failure.) The last partial's *unsettled* words
         give way to the final's unless they were surer ("0199 for details"
         shown, "0.994 details" in the final), and are dropped where the final
         has nothing in their place (guesses at the edge of less audio). After
@@ -152,13 +156,18 @@ class LocalAgreement:
 
 
 REPLACE_SETTLED_CONFIDENCE = 0.5
-"""Mean word confidence at which a final hypothesis replaces settled words it disagrees with."""
+"""Mean word confidence at which a final hypothesis may replace settled words it disagrees with..."""
+SURER_BY = 0.05
+"""...if it is also surer of its words than the partials were of the settled ones by this much."""
 
 
 def _final_wins(shown: Sequence[Word], final: Sequence[Word], settled: bool, confidences: bool) -> bool:
     """Whether the final hypothesis' words replace the differing ``shown`` ones (see ``LocalAgreement.finish``)."""
     if settled:  # also a word the final hears between settled words: the settled text changes only when sure
-        return confidences and bool(final) and _mean_confidence(final) >= REPLACE_SETTLED_CONFIDENCE
+        if not (confidences and final):
+            return False
+        sure = _mean_confidence(final)
+        return sure >= REPLACE_SETTLED_CONFIDENCE and (not shown or sure >= _mean_confidence(shown) + SURER_BY)
     if not shown or not final or not confidences:
         return True
     return _mean_confidence(final) >= _mean_confidence(shown)
