@@ -17,7 +17,7 @@ generated from this module's classes (see ``tests/test_errors.py``)::
     ├── PublisherReplaced        4409  another publisher took over the room
     ├── ViewerTooSlow            4100  a viewer fell too far behind; resume with after_seq
     ├── RoomEnded                4410  an operator ended the room (do not reconnect)
-    ├── ServerBusy               1013  too many rooms; try again later
+    ├── ServerBusy               1013  at capacity or still loading; try again later
     ├── ShuttingDown             1001  the server is stopping; open utterances were made final
     └── InternalError            1011  a bug or a failed component; details go to the log
 
@@ -39,13 +39,19 @@ class LivecapError(Exception):
     code: ClassVar[str] = "error"
     close_code: ClassVar[int] = 1011
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
+        """When a retry makes sense: how long the client should wait first (a hint, not a promise)."""
 
-    def to_event(self) -> dict[str, str]:
-        """The ``error`` event sent before the close frame."""
-        return {"type": "error", "code": self.code, "message": self.message}
+    def to_event(self) -> dict[str, str | int]:
+        """The ``error`` event sent before the close frame; ``retry_after_ms``
+        only when the error says when to retry (the clients honour it)."""
+        event: dict[str, str | int] = {"type": "error", "code": self.code, "message": self.message}
+        if self.retry_after_s is not None:
+            event["retry_after_ms"] = round(self.retry_after_s * 1000)
+        return event
 
 
 class ProtocolError(LivecapError):
@@ -118,8 +124,16 @@ class RoomEnded(LivecapError):
 
 
 class ServerBusy(LivecapError):
+    """The server cannot take this connection now (capacity, room count, models
+    loading); it always says when to try again."""
+
     code = "server_busy"
     close_code = 1013
+
+    def __init__(self, message: str, retry_after_s: float = 10.0) -> None:
+        # A slot frees when a publisher stops, which takes minutes in a talk: retrying
+        # much sooner than this mostly costs both sides a refused handshake.
+        super().__init__(message, retry_after_s)
 
 
 class ShuttingDown(LivecapError):
