@@ -21,6 +21,9 @@ import numpy as np
 
 SAMPLE_RATE = 16_000
 """Every engine consumes 16 kHz mono float32 in [-1, 1]; ingest converts to it."""
+WARM_UP_S = 3.0
+"""Speech an engine decodes at warm-up (``scheduler.warm_up``), unless it names its own lengths
+in a ``warm_up_durations_s`` attribute (one utterance per length)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from livecap.asr.engine import Engine, EngineOptions, Hypothesis, RecognizerStream
+from livecap.asr.engine import WARM_UP_S, Engine, EngineOptions, Hypothesis, RecognizerStream
 from livecap.errors import ModelError
 
 
@@ -128,6 +128,12 @@ class ProcessEngine:
         self.model_version = self._workers[0].model_version
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+
+    @property
+    def warm_up_durations_s(self) -> tuple[float, ...]:
+        """One utterance per worker for ``scheduler.warm_up``: each worker's first decode is slow
+        (PocketSphinx: about a second more CPU), and a live utterance must not pay for it."""
+        return (WARM_UP_S,) * len(self._workers)
 
     def open_stream(self, prompt: str = "") -> ProcessStream:
         with self._lock:

@@ -18,24 +18,47 @@ since a miss is likely then; otherwise it catches up from the buffer when
 needed and costs nothing before. Measured (README): a hot standby saves the
 catch-up (~0.1 s for a 5 s utterance) but costs ~0.25 CPU per speaking room,
 on the same cores the primary needs when it is the CPU that is overloaded.
+
+A late call is the engine's fault only if the engine used the time: a call
+that waited for a thread, or on its thread for a CPU (Linux schedstat), is
+late because the machine is busy, and the fallback would not be faster on
+the same busy cores. Such a partial is skipped (if it never started) or
+waited for, and such a final is waited for, a budget at a time; only a call
+late on the engine's time (running, or blocked inside the engine:
+``engine_time``) or raising moves the room to the fallback. So a transient
+CPU spike costs a few late words, not a room on the fallback.
+
+Load beyond the executor's capacity is shed in this order:
+
+1. new publishers are refused at ``start`` (``server_busy``) once the
+   admitted ones would fill the executor (``capacity``);
+2. the partial steps of every speaking room space out, so that the threads
+   stay ``target_utilization`` busy (``Scheduler.step_interval_s``);
+3. partial steps that waited too long for a thread are skipped (the next
+   step covers their audio);
+4. finals are never shed: they go before every partial and wait for as
+   long as their lateness is the machine's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
+import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
-from livecap.asr.engine import Engine, Hypothesis, RecognizerStream
+from livecap.asr.engine import SAMPLE_RATE, WARM_UP_S, Engine, Hypothesis, RecognizerStream
 from livecap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +82,109 @@ class SchedulerOptions:
     The rest absorbs finals and the cores' other work (ingest, VAD, fan-out). Measured with 8 rooms
     on 2 cores: 0.75 let the cores saturate (16% fallback, word lag p95 7 s), 0.6 kept every
     utterance on the primary with word lag p95 2.4 s; with 4 rooms both meet the budget."""
+    max_step_interval_s: float = 1.2
+    """Longest that partial steps may space out in an admitted room (words appear up to about this
+    much later); with ``target_utilization`` it sets the capacity (``capacity``). Measured on 2
+    cores (benchmarks.overload, tiny.en, a decode step 0.28 s): 1.5 s admitted 6 rooms, whose
+    word lag p95 was 2.6 s with every core busy."""
+    max_publishers: int = 0
+    """Publishers streaming at once; 0 = the measured ``capacity``."""
+
+
+LIVE_COST_WEIGHT = 0.02
+"""Weight of one primary call in the live step cost behind the capacity: a slow average (about the
+last 50 calls), so the capacity follows the rooms' real speech but not one long call."""
+
+
+def capacity(options: SchedulerOptions, step_cost_s: float) -> int:
+    """Publishers the executor serves within their budget (0 before anything is measured).
+
+    Every admitted publisher is counted as speaking, as in a talk. A speaking room asks for one
+    step per step interval, and steps space out to keep the threads ``target_utilization`` busy;
+    at ``max_step_interval_s`` they may space out no further, so the executor serves
+    workers × target_utilization × max_step_interval_s / step_cost_s rooms, ``step_cost_s``
+    being the engine's time for one decode step (``engine_time``). At least one publisher is admitted.
+    ``max_publishers`` overrides the measurement."""
+    if options.max_publishers:
+        return options.max_publishers
+    if step_cost_s <= 0:
+        return 0
+    rooms = options.workers * options.target_utilization * options.max_step_interval_s / step_cost_s
+    return max(1, math.floor(rooms + 1e-9))  # 1.8 / 0.2 is 8.999… in floating point
+
+
+def thread_times(thread: int) -> tuple[float, float] | None:
+    """(CPU time, time runnable but waiting for a CPU) of thread ``thread`` (a native id in this
+    process), in seconds: the first two fields of Linux's ``/proc/<pid>/task/<tid>/schedstat``
+    ("time spent on the cpu", "time spent waiting on a runqueue";
+    Documentation/scheduler/sched-stats.rst). None where there is no such file."""
+    try:
+        with open(f"/proc/self/task/{thread}/schedstat", "rb") as file:
+            cpu, waited = file.read().split()[:2]
+        return int(cpu) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def engine_time(wall_s: float, cpu_s: float, waited_s: float) -> float:
+    """The share of a call's ``wall_s`` on its thread that is the engine's, not the machine's.
+
+    The engine's: the thread's CPU time, and time blocked inside the engine (a GPU, a worker
+    process, the fault injector's sleep). The machine's: the time the thread waited for a CPU,
+    and as much blocked time again, for on an oversubscribed machine the thread also blocks on
+    Python's GIL, held by threads that themselves wait for a CPU (measured with four busy
+    processes on two cores: a 0.25 s decode waited 1.8-4.4 s for a CPU and 0.1-0.3 s blocked)."""
+    blocked = max(0.0, wall_s - cpu_s - waited_s)
+    return cpu_s + max(0.0, blocked - waited_s)
+
+
+class CallTimer:
+    """How much of a call's time on its thread is the engine's (``engine_time``).
+
+    Started on the executor's thread; read from the event loop while the call runs. Where the
+    kernel gives no per-thread times (not Linux), all of it counts as the engine's. With
+    ``engine_threads`` > 1 only the calling thread is measured: its waits for the engine's other
+    threads count as blocked in the engine."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self._thread = 0
+        self._times_before: tuple[float, float] | None = None
+        self._withdrawn = False
+        self._lock = threading.Lock()
+
+    def start(self) -> bool:
+        """The call begins on this thread; False if it was withdrawn first and must not run."""
+        with self._lock:
+            if self._withdrawn:
+                return False
+            self._thread = threading.get_native_id()
+            self._times_before = thread_times(self._thread)
+            self.started = time.monotonic()
+            return True
+
+    def withdraw(self) -> bool:
+        """Keep the call from starting; False if it already has (calls on one stream never overlap)."""
+        with self._lock:
+            self._withdrawn = self.started is None
+            return self._withdrawn
+
+    def engine_s(self) -> float:
+        """The engine's time so far (0 before the call started)."""
+        if self.started is None:
+            return 0.0
+        wall = time.monotonic() - self.started
+        now = thread_times(self._thread)
+        if now is None or self._times_before is None:
+            return wall
+        return engine_time(wall, now[0] - self._times_before[0], now[1] - self._times_before[1])
+
+
+def machine_late(engine_s: float, budget_s: float, margin: float) -> bool:
+    """Whether a call past its deadline is late because the machine is busy: the engine has had
+    less than ``margin`` of the budget (none if the call waits for a thread). A call late on the
+    engine's own time is the engine's fault: slow, stuck or failing."""
+    return engine_s <= margin * budget_s
 
 
 class Late(Exception):
@@ -82,6 +208,7 @@ class _Job(Generic[T]):
     enqueued: float = field(compare=False)
     expected_s: float = field(compare=False)
     """Predicted run time; the job is dropped (``Late``) if it cannot finish in time. 0 = always run."""
+    timer: CallTimer | None = field(compare=False)
 
 
 class DeadlineExecutor:
@@ -99,10 +226,11 @@ class DeadlineExecutor:
             thread.start()
 
     def submit(self, deadline: float, function: Callable[[], T], expected_s: float = 0.0,
-               urgent: bool = False) -> asyncio.Future[T]:
+               urgent: bool = False, timer: CallTimer | None = None) -> asyncio.Future[T]:
+        """Run ``function`` on a thread; ``timer`` (if any) is started when it begins to run."""
         loop = asyncio.get_running_loop()
         job = _Job(0 if urgent else 1, deadline, next(self._order), function, loop.create_future(), loop,
-                   time.monotonic(), expected_s)
+                   time.monotonic(), expected_s, timer)
         with self._condition:
             heapq.heappush(self._heap, job)
             self._metrics.queue_depth.labels(self.name).set(len(self._heap))
@@ -134,6 +262,8 @@ class DeadlineExecutor:
             try:
                 if job.expected_s and started + job.expected_s > job.deadline:
                     raise Late(f"would finish {started + job.expected_s - job.deadline:.3f} s late")
+                if job.timer is not None and not job.timer.start():
+                    continue  # withdrawn: its future is cancelled
                 result: object = job.function()
             except BaseException as error:  # handed to the awaiting coroutine
                 job.loop.call_soon_threadsafe(_settle, job.future, None, error)
@@ -233,19 +363,43 @@ class Scheduler:
         self.primary: Engine | None = None
         self.fallback: Engine | None = None
         self.ready = asyncio.Event()
-        """Set once the engines are loaded; the server answers /readyz then."""
+        """Set once the engines are loaded and warmed up; the server answers /readyz then."""
         self.health = PrimaryHealth(options)
         self.executor = DeadlineExecutor(options.workers, "primary", metrics)
         self.fallback_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fallback")
         self._routes: dict[str, RoomRouting] = {}
         self.expected_step_s = 0.0
-        """Moving average of primary call time, for dropping calls that would be late."""
+        """Moving average of a primary call's engine time, for spacing steps and dropping calls that would be late."""
+        self.step_cost_s = 0.0
+        """Slow average of the same, behind the capacity: measured at warm-up, then on every primary call."""
         self.speaking = 0
         """Utterances open right now, in all rooms."""
 
     @property
     def primary_name(self) -> str:
         return self.primary.name if self.primary else "none"
+
+    @property
+    def capacity(self) -> int:
+        """Publishers admitted at once (see ``capacity``)."""
+        return capacity(self.options, self.step_cost_s)
+
+    def admits(self, publishers: int) -> bool:
+        """Whether one more publisher fits beside the ``publishers`` streaming now."""
+        return publishers < self.capacity
+
+    def capacity_state(self, publishers: int) -> dict[str, Any]:
+        """The capacity and what it was chosen from, for /readyz, the dashboard and the log."""
+        options = self.options
+        return {"publishers": self.capacity, "admitted": publishers,
+                "basis": "max_publishers" if options.max_publishers else "measured",
+                "step_cost_s": round(self.step_cost_s, 4), "workers": options.workers,
+                "target_utilization": options.target_utilization,
+                "max_step_interval_s": options.max_step_interval_s}
+
+    def calibrate(self, step_cost_s: float) -> None:
+        """Take the step cost measured at warm-up as the first estimate."""
+        self.step_cost_s = self.expected_step_s = step_cost_s
 
     def step_interval_s(self, base_s: float) -> float:
         """Audio to collect before an utterance is decoded again.
@@ -280,9 +434,41 @@ class Scheduler:
             log.error("primary engine failed in room %s: %s; serving from the fallback, retry in %.0f s",
                       room, error, self.health.retry_at - now, extra={"room": room})
 
+    def measured(self, engine_s: float) -> None:
+        """A primary call took ``engine_s`` of the engine's time (``engine_time``)."""
+        self.expected_step_s = engine_s if not self.expected_step_s else \
+            0.8 * self.expected_step_s + 0.2 * engine_s
+        self.step_cost_s = engine_s if not self.step_cost_s else \
+            (1 - LIVE_COST_WEIGHT) * self.step_cost_s + LIVE_COST_WEIGHT * engine_s
+
     def close(self) -> None:
         self.executor.close()
         self.fallback_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def warm_up(engine: Engine, speech: np.ndarray, step_s: float) -> float:
+    """Decode prefixes of real ``speech`` the way a live utterance is decoded (a partial, one more
+    step, the final), so that no live call pays an engine's first-use costs (memory arenas, kernels
+    chosen per input shape, a worker process's first decoder). An engine may name the lengths
+    (``warm_up_durations_s``: Whisper one per encoder window, a process engine one per worker);
+    the streams are all opened first, so each lands on its own worker. Returns the median engine
+    time of the timed steps: the capacity's first measurement. Blocking: run it on a thread, before the
+    server says it is ready."""
+    durations = getattr(engine, "warm_up_durations_s", (WARM_UP_S,))
+    streams = [engine.open_stream() for _ in durations]
+    costs = []
+    for stream, duration in zip(streams, durations, strict=True):
+        audio = speech[: round(duration * SAMPLE_RATE)]
+        head = max(0, len(audio) - round(step_s * SAMPLE_RATE))
+        stream.feed(audio[:head])
+        stream.hypothesis()
+        timer = CallTimer()
+        timer.start()
+        stream.feed(audio[head:])
+        stream.hypothesis()
+        costs.append(timer.engine_s())
+        stream.finish()
+    return statistics.median(costs)
 
 
 class ScheduledUtterance:
@@ -305,10 +491,6 @@ class ScheduledUtterance:
         self._fallback_fed = 0
         self._fallback_lock = asyncio.Lock()
         self._worst_share = 0.0
-        self._started: dict[int, float] = {}
-        """When the primary run of each call began on a thread."""
-        self._calls = itertools.count()
-        self._skipped_in_a_row = 0
 
     def audio(self) -> np.ndarray:
         """The utterance's audio given to ``step`` and ``finish`` so far."""
@@ -336,56 +518,67 @@ class ScheduledUtterance:
     async def _call(self, kind: Literal["step", "finish"], audio: np.ndarray, deadline: float,
                     settled: str = "") -> Hypothesis:
         self._audio.append(audio)
-        upto = len(self._audio)
-        if self._scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
-            return await self._scheduler.executor.submit(
-                deadline, lambda: self._run_primary(kind, upto, settled=settled), urgent=kind == "finish")
-        if self.role == "primary":
-            call = next(self._calls)
-            droppable = kind == "step" and not self._trial
-            primary = self._scheduler.executor.submit(deadline, lambda: self._run_primary(kind, upto, call, settled),
-                                                      self._scheduler.expected_step_s if droppable else 0.0,
-                                                      urgent=kind == "finish")
-            standby = asyncio.ensure_future(self._feed_fallback()) if self._trial else None
-            done, _ = await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
-            budget = self._scheduler.options.latency_budget_s
-            run_time = deadline - self._started.get(call, deadline)
-            squeezed = not primary.done() and run_time < self._scheduler.options.trial_margin * budget
-            dropped = primary.done() and not primary.cancelled() and isinstance(primary.exception(), Late)
-            if (squeezed or dropped) and not self._trial:
-                # The call waited for a thread and has had too little of its budget to run: the
-                # machine is busy, the engine is not slow. A final waits one more budget; a partial
-                # is skipped once (the next step covers its audio); a second skip in a row falls back.
-                if kind == "finish":
-                    done, _ = await asyncio.wait({primary}, timeout=budget)
-                    self._scheduler.metrics.deadline_misses.labels(self._scheduler.primary_name, "queued").inc()
-                elif not self._skipped_in_a_row:
-                    primary.cancel()
-                    self._skipped_in_a_row += 1
-                    self._scheduler.metrics.deadline_misses.labels(self._scheduler.primary_name, "skipped").inc()
-                    raise StepSkipped()
-            if primary in done and primary.exception() is None:
-                self._skipped_in_a_row = 0
-                return primary.result()
-            self._demote(primary, kind)
-            if standby is not None:
-                await standby
-            # Whichever comes first: the late primary (if it is still running) or the fallback.
-            fallback = asyncio.ensure_future(self._run_fallback(kind))
-            if primary.done():
-                return await fallback
-            done, _ = await asyncio.wait({primary, fallback}, return_when=asyncio.FIRST_COMPLETED)
-            if primary in done and primary.exception() is None:
-                fallback.add_done_callback(_ignore_result)
-                return primary.result()
+        scheduler = self._scheduler
+        timer = CallTimer()
+        run = functools.partial(self._run_primary, kind, len(self._audio), timer, settled)
+        if scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
+            return await scheduler.executor.submit(deadline, run, urgent=kind == "finish", timer=timer)
+        if self.role == "fallback":
+            return await self._run_fallback(kind)
+        droppable = kind == "step" and not self._trial
+        primary = scheduler.executor.submit(deadline, run, scheduler.expected_step_s if droppable else 0.0,
+                                            urgent=kind == "finish", timer=timer)
+        standby = asyncio.ensure_future(self._feed_fallback()) if self._trial else None
+        await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
+        if not self._trial:  # a trial must meet its deadlines, busy machine or not
+            await self._bear_with_the_machine(primary, timer, kind)
+        if primary.done() and primary.exception() is None:
+            return primary.result()
+        self._demote(primary, kind)
+        if standby is not None:
+            await standby
+        # Whichever comes first: the late primary (if it is still running) or the fallback.
+        fallback = asyncio.ensure_future(self._run_fallback(kind))
+        if primary.done():
             return await fallback
-        return await self._run_fallback(kind)
+        done, _ = await asyncio.wait({primary, fallback}, return_when=asyncio.FIRST_COMPLETED)
+        if primary in done and primary.exception() is None:
+            fallback.add_done_callback(_ignore_result)
+            return primary.result()
+        return await fallback
 
-    def _run_primary(self, kind: Literal["step", "finish"], upto: int, call: int = -1, settled: str = "") -> Hypothesis:
+    async def _bear_with_the_machine(self, primary: asyncio.Future[Hypothesis], timer: CallTimer,
+                                     kind: Literal["step", "finish"]) -> None:
+        """Past its deadline, a call late only because the machine is busy keeps the primary: a
+        partial that has not started is skipped (``StepSkipped``: the next step covers its audio),
+        a started call or a final is waited for, a budget at a time, for as long as its lateness
+        is the machine's. Returns when the call is done or has become late on the engine's time."""
+        scheduler = self._scheduler
+        reason: str | None = None
+        while self._machine_late(primary, timer, kind):
+            if kind == "step" and timer.withdraw():
+                primary.cancel()
+                scheduler.metrics.deadline_misses.labels(scheduler.primary_name, "skipped").inc()
+                raise StepSkipped()
+            reason = reason or ("queued" if timer.started is None else "cpu")
+            await asyncio.wait({primary}, timeout=scheduler.options.latency_budget_s)
+        if reason is not None:
+            scheduler.metrics.deadline_misses.labels(scheduler.primary_name, reason).inc()
+
+    def _machine_late(self, primary: asyncio.Future[Hypothesis], timer: CallTimer,
+                      kind: Literal["step", "finish"]) -> bool:
+        scheduler = self._scheduler
+        budget, margin = scheduler.options.latency_budget_s, scheduler.options.trial_margin
+        if primary.done():  # a partial dropped as late: the queue's fault if the engine's time fits
+            error = None if primary.cancelled() else primary.exception()
+            return kind == "step" and isinstance(error, Late) and machine_late(scheduler.expected_step_s, budget,
+                                                                               margin)
+        return machine_late(timer.engine_s(), budget, margin)
+
+    def _run_primary(self, kind: Literal["step", "finish"], upto: int, timer: CallTimer, settled: str) -> Hypothesis:
         """On an executor thread: feed the audio up to chunk ``upto`` and decode with the primary."""
         scheduler = self._scheduler
         assert scheduler.primary is not None
-        self._started[call] = time.monotonic()
         started = time.monotonic()
         try:
             if self._primary is None:
@@ -397,11 +590,10 @@ class ScheduledUtterance:
             hypothesis = self._primary.hypothesis(settled) if kind == "step" else self._primary.finish()
         except Exception as error:
             raise _Failed(error) from error
-        seconds = time.monotonic() - started
-        scheduler.metrics.step_seconds.labels(scheduler.primary.name, kind).observe(seconds)
-        scheduler.expected_step_s = seconds if not scheduler.expected_step_s else \
-            0.8 * scheduler.expected_step_s + 0.2 * seconds
-        self._worst_share = max(self._worst_share, seconds / scheduler.options.latency_budget_s)
+        scheduler.metrics.step_seconds.labels(scheduler.primary.name, kind).observe(time.monotonic() - started)
+        engine_s = timer.engine_s()
+        scheduler.measured(engine_s)
+        self._worst_share = max(self._worst_share, engine_s / scheduler.options.latency_budget_s)
         return hypothesis
 
     def _demote(self, primary: asyncio.Future[Hypothesis], kind: str) -> None:

@@ -266,6 +266,14 @@ class WhisperOnnx:
             self._encode_batch, batch_window_ms / 1000.0, max_encoder_batch)
 
     @property
+    def warm_up_durations_s(self) -> tuple[float, ...]:
+        """Speech lengths the scheduler's warm-up decodes (``scheduler.warm_up``): the longest each
+        encoder window holds, so that each window's first, slower call (memory for its
+        activations) is made before a room speaks."""
+        return tuple(bucket - self.window.margin_s - 0.5 for bucket in sorted(self.window.buckets_s)
+                     if bucket - self.window.margin_s > 0.5)
+
+    @property
     def encoder_batch_window_s(self) -> float:
         """How long an encoder call waits for others to batch with (0 = batching off)."""
         return self._encode.window_s if self._encode.enabled else 0.0
