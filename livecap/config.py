@@ -97,6 +97,10 @@ class ServerOptions:
     max_viewer_rooms: int = _setting(100, "rooms with nothing to show held for keyless viewers (no publisher "
                                      "yet, no transcript: a phone waiting for a talk, or an invented name); "
                                      "counted apart, so viewers never take a publisher's place")
+    max_publishers: int = _setting(_SCHEDULER.max_publishers,
+                                   "publishers streaming at once; beyond it 'start' is refused with server_busy "
+                                   "(0 = as many as the inference threads serve within the latency budget, "
+                                   "measured at start-up and while serving)")
     max_viewers_per_room: int = _setting(2000, "viewer connections per room")
     max_connections_per_ip: int = _setting(1000, "WebSocket connections from one IP address (a venue's phones "
                                                  "may share one NAT address)")
@@ -143,7 +147,8 @@ class ServerOptions:
         """Scheduler settings once the primary's device is known."""
         budget = self.latency_budget_s or (0.5 if device == "cuda" else 1.0)
         return SchedulerOptions(latency_budget_s=budget, workers=self.inference_threads,
-                                retry_after_s=self.primary_retry_s, max_retry_after_s=12 * self.primary_retry_s)
+                                retry_after_s=self.primary_retry_s, max_retry_after_s=12 * self.primary_retry_s,
+                                max_publishers=self.max_publishers)
 
     @property
     def streaming(self) -> StreamingOptions:

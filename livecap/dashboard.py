@@ -57,7 +57,8 @@ async def operator_rooms(request: web.Request) -> web.Response:
         "server": {"status": status, "engine": primary.name if primary else app[OPTIONS].engine,
                    "fallback": fallback.name if fallback else None,
                    "latency_budget_s": scheduler.options.latency_budget_s,
-                   "publishers": sum(r.session is not None for r in rooms),
+                   "publishers": app[ROOMS].publishers,
+                   "capacity": scheduler.capacity_state(app[ROOMS].publishers),
                    "viewers": sum(len(r.viewers) for r in rooms)},
         "rooms": [room_state(request, room, mono, wall, fallback.name if fallback else None) for room in rooms],
     }, headers={"Cache-Control": "no-store"})

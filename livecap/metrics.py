@@ -44,6 +44,13 @@ class Metrics:
                                  ["executor"], registry=registry)
         self.queue_wait_seconds = Histogram("livecap_executor_wait_seconds", "Time a call waited for a thread",
                                             ["executor"], buckets=STEP_BUCKETS, registry=registry)
+        self.publisher_capacity = Gauge("livecap_publisher_capacity",
+                                        "Publishers admitted at once: measured from the decode step cost, "
+                                        "or max_publishers", registry=registry)
+        self.step_cost_seconds = Gauge("livecap_decode_step_cost_seconds",
+                                       "Measured engine time (without waits for a CPU) of a primary decode step, "
+                                       "behind the capacity", registry=registry)
+        self.publishers = Gauge("livecap_publishers", "Publishers streaming now", registry=registry)
         self.suppressed = Counter("livecap_suppressed_hypotheses_total",
                                   "Hypotheses dropped by guardrails (hallucinations on silence or noise)",
                                   ["reason"], registry=registry)

@@ -395,6 +395,17 @@ class RoomRegistry:
         self.max_viewer_rooms = max_viewer_rooms
         self.rooms: dict[str, Room] = {}
 
+    @property
+    def publishers(self) -> int:
+        """Publisher sessions streaming now, in all rooms."""
+        return sum(room.session is not None for room in self.rooms.values())
+
+    def admit(self, room: Room) -> None:
+        """Refuse a new publisher (``ServerBusy``) that the executor has no capacity for, so the
+        admitted rooms keep their latency budget. One that takes its room over adds no load."""
+        if room.session is None and not self.scheduler.admits(self.publishers):
+            raise ServerBusy(f"the server is at its capacity of {self.scheduler.capacity} publishers")
+
     def get(self, name: str, publisher: bool = False) -> Room:
         """The room called ``name``, created (with its stored transcript) if
         needed; for a ``publisher``, holding one of the publishers' places."""

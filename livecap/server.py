@@ -16,7 +16,7 @@ import sys
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
@@ -25,9 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from livecap import __version__
 from livecap.asr.engine import ENGINES, EngineOptions
 from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
-from livecap.asr.scheduler import Scheduler
+from livecap.asr.scheduler import Scheduler, warm_up
+from livecap.audio import read_wav
 from livecap.auth import MAX_KEY_CHARS, Keys, Role
 from livecap.config import ServerOptions
+from livecap.demo import DEMO_AUDIO
 from livecap.errors import (
     FramingError,
     IdleTimeout,
@@ -46,7 +48,7 @@ from livecap.errors import (
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Outgoing, Subscriber, ViewerInbox, unsent_bytes
 from livecap.glossary import Glossary
-from livecap.ingest import AudioReceived, IngestProtocol, PublisherWarning, Started, Stopped
+from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.metrics import Metrics
 from livecap.rooms import (
     ROOM_NAME_RULE,
@@ -75,6 +77,11 @@ LIBRARY_ERRORS: dict[int, type[ProtocolError]] = {
 }
 """The errors aiohttp closes a connection with itself (its ``WebSocketError``
 codes), as the livecap errors that explain them."""
+PUBLISHER_READ_AHEAD = 4096
+"""Messages read from a publisher ahead of the handler (80 s of 20 ms frames, which the rate limit
+bounds in bytes); past it reading pauses, so a flood of control messages cannot grow memory."""
+LOADING_RETRY_S = 5.0
+"""Retry hint while the models load (seconds to a minute; longer on the first start, which builds them)."""
 
 OPTIONS = web.AppKey("options", ServerOptions)
 KEYS = web.AppKey("keys", Keys)
@@ -96,6 +103,9 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
                                       options.max_rooms, options.max_viewer_rooms)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
+    metrics.publishers.set_function(lambda: rooms.publishers)
+    metrics.publisher_capacity.set_function(lambda: scheduler.capacity)
+    metrics.step_cost_seconds.set_function(lambda: scheduler.step_cost_s)
     app[CONNECTIONS] = Counter()
     app[SOCKETS] = weakref.WeakSet()
     app[STARTED] = time.monotonic()
@@ -129,14 +139,21 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     async def load() -> None:
         """Fallback first (small, fast); a primary that fails to load is retried
-        with back-off while the fallback serves alone (/readyz: degraded)."""
+        with back-off while the fallback serves alone (/readyz: degraded). Each
+        engine is warmed up on real speech before it serves (``warm_up``), which
+        also gives the first measure of the capacity."""
         started = time.perf_counter()
+        speech = read_wav(DEMO_AUDIO).mono_16k()
+        step_s = options.streaming.step_s
         if options.fallback_engine not in ("none", options.engine):
-            scheduler.fallback = await asyncio.to_thread(ENGINES[options.fallback_engine], engine_options)
+            fallback = await asyncio.to_thread(ENGINES[options.fallback_engine], engine_options)
+            scheduler.calibrate(await asyncio.to_thread(warm_up, fallback, speech, step_s))
+            scheduler.fallback = fallback
         retry_s = 30.0
         while True:
             try:
                 primary = await asyncio.to_thread(ENGINES[options.engine], engine_options)
+                step_cost_s = await asyncio.to_thread(warm_up, primary, speech, step_s)
                 break
             except Exception:
                 log.exception("could not load the primary engine %s; retrying in %.0f s", options.engine, retry_s)
@@ -149,11 +166,13 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
             log.warning("fault injector active on the primary engine: %s", faults)
         scheduler.primary = FaultInjector(primary, faults)
         scheduler.options = options.scheduler(primary.device)
+        scheduler.calibrate(step_cost_s)
         scheduler.metrics.engine_healthy.labels(primary.name).set(1)
         scheduler.ready.set()
         log.info("engines ready in %.1f s: primary %s (%s), fallback %s, latency budget %.2f s",
                  time.perf_counter() - started, primary.name, primary.model_version,
                  scheduler.fallback.name if scheduler.fallback else "none", scheduler.options.latency_budget_s)
+        _log_capacity(scheduler)
 
     loading = asyncio.create_task(load(), name="load-engines")
     yield
@@ -190,6 +209,17 @@ async def _going_away(app: web.Application) -> None:
     await asyncio.gather(*(_close_with(ws, error, app[METRICS]) for ws in list(sockets)))
 
 
+def _log_capacity(scheduler: Scheduler) -> None:
+    state = scheduler.capacity_state(0)
+    if state["basis"] == "max_publishers":
+        log.info("capacity: %d publishers at once (max_publishers)", state["publishers"])
+        return
+    log.info("capacity: %d publishers at once, measured: a decode step takes %.3f s of the engine's time; "
+             "%d inference threads at most %.0f%% busy, steps at most every %.1f s (override: max_publishers)",
+             state["publishers"], state["step_cost_s"], state["workers"], 100 * state["target_utilization"],
+             state["max_step_interval_s"])
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers. Says nothing about the engines (that is /readyz)."""
     app = request.app
@@ -215,6 +245,7 @@ async def readyz(request: web.Request) -> web.Response:
         "device": primary.device if primary else None,
         "primary_healthy": healthy, "fallback": fallback.name if fallback else None,
         "latency_budget_s": scheduler.options.latency_budget_s,
+        "capacity": scheduler.capacity_state(request.app[ROOMS].publishers),
     })
 
 
@@ -373,28 +404,35 @@ async def ingest(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+_Received = tuple[float, list[IngestEvent]] | LivecapError | None
+"""What the reader passes on: (arrival, events) of a frame, then the error that ended reading or None."""
+
+
 async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
     options, scheduler, metrics = request.app[OPTIONS], request.app[SCHEDULER], request.app[METRICS]
-    protocol = IngestProtocol(options.ingest_limits)
     # The publisher sees its room's captions too, like any viewer.
     subscriber = Subscriber(options.viewer_backlog, sent_seq=room.captions.seq)
     room.broadcaster.subscribers.add(subscriber)
     writer = asyncio.create_task(_write_captions(ws, subscriber))
+    inbox: asyncio.Queue[_Received] = asyncio.Queue(PUBLISHER_READ_AHEAD)
+    reader = asyncio.create_task(_read_publisher(request, ws, IngestProtocol(options.ingest_limits), inbox,
+                                                 options.idle_timeout_s))
     session: PublisherSession | None = None
     try:
         if not scheduler.ready.is_set():
-            raise ServerBusy("the speech models are still loading; try again shortly")
-        while (message := await _receive(request, ws, options.idle_timeout_s)) is not None:
-            now = time.monotonic()
-            events = protocol.receive_text(message, now) if isinstance(message, str) else \
-                protocol.receive_bytes(message, now)
+            raise ServerBusy("the speech models are still loading; try again shortly", LOADING_RETRY_S)
+        while (item := await inbox.get()) is not None:
+            if isinstance(item, LivecapError):
+                raise item
+            now, events = item
             for event in events:
                 match event:
                     case Started():
+                        request.app[ROOMS].admit(room)
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics))
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
-                        await ws.send_json({"type": "ready", "session": session.id,
+                        await _answer(ws, {"type": "ready", "session": session.id,
                                            "offset": round(session.offset, 3)})
                     case AudioReceived(samples, arrival) if session is not None and room.session is session:
                         session.push_audio(samples, arrival)
@@ -403,32 +441,53 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         _log_session_end(room, session, "stop")
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
-                        await ws.send_json({"type": "stopped"})
+                        await _answer(ws, {"type": "stopped"})
                     case PublisherWarning() as warning:
                         log.warning("room %s: warned the publisher: %s (%s)", room.name, warning.code,
                                     warning.message, extra={"room": room.name, "code": warning.code})
                         metrics.publisher_warnings.labels(warning.code).inc()
-                        await ws.send_json(warning.to_event())
+                        await _answer(ws, warning.to_event())
     except LivecapError as error:
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})
         await _close_with(ws, error, metrics)
-    except ConnectionError:
-        # A publisher that vanishes (laptop lid, Wi-Fi) is normal: ``finally`` makes its open utterance final
-        # for the viewers and the transcript; only the reply it can no longer read is lost.
-        log.info("room %s: the publisher went away", room.name,
-                 extra={"room": room.name, "session": session.id if session else None})
     except Exception:
         log.exception("ingest for room %s failed", room.name,
                       extra={"room": room.name, "session": session.id if session else None})
         await _close_with(ws, InternalError("internal error; see the server log"), metrics)
     finally:
+        reader.cancel()
         if session is not None:
-            if room.session is session:
+            if room.session is session:  # a vanished publisher's last utterance still becomes final
                 await session.stop(time.monotonic())
             _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
+
+
+async def _answer(ws: web.WebSocketResponse, message: Mapping[str, object]) -> None:
+    """Reply to a publisher. One that vanishes (laptop lid, Wi-Fi) is normal, not an error: what
+    it sent before is still transcribed, its open utterance becomes final for the viewers and the
+    transcript (``finally`` in ``_publish``), the reader sees the close; only the reply is lost."""
+    with contextlib.suppress(ConnectionError):
+        await ws.send_json(message)
+
+
+async def _read_publisher(request: web.Request, ws: web.WebSocketResponse, protocol: IngestProtocol,
+                          inbox: asyncio.Queue[_Received], idle_timeout: float) -> None:
+    """Read a publisher's socket into ``inbox`` for as long as it is open, also while the handler
+    awaits a final or a room take-over: aiohttp answers pings only inside ``receive()``, and a
+    client whose pings go unanswered gives up on a healthy connection (websockets: 1011 keepalive
+    ping timeout). Frames are parsed and stamped with their arrival time here."""
+    ending: LivecapError | None = None
+    try:
+        while (message := await _receive(request, ws, idle_timeout)) is not None:
+            now = time.monotonic()
+            await inbox.put((now, protocol.receive_text(message, now) if isinstance(message, str) else
+                                  protocol.receive_bytes(message, now)))
+    except LivecapError as error:
+        ending = error
+    await inbox.put(ending)
 
 
 def _log_session_end(room: Room, session: PublisherSession, how: str) -> None:
