@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +56,8 @@ class RoomPlan:
     room: str
     audio: np.ndarray
     references: list[str]
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    """Where each reference's recording lies in ``audio`` (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +78,17 @@ def plan_rooms(recordings: Sequence[Recording], rooms: int, seconds: float) -> l
     """Room k plays recordings from position k·len/rooms on, until ``seconds`` of audio."""
     plans = []
     for k in range(rooms):
-        start, chunks, references, total = k * len(recordings) // rooms, [], [], 0.0
+        start, chunks, references, spans, total = k * len(recordings) // rooms, [], [], [], 0.0
         i = start
         while total < seconds:
             recording = recordings[i % len(recordings)]
             samples = read_wav(recording.audio).mono_16k()
             chunks += [samples, np.zeros(int(GAP_S * TARGET_RATE), dtype=np.float32)]
             references.append(recording.text)
+            spans.append((total, total + len(samples) / TARGET_RATE))
             total += len(samples) / TARGET_RATE + GAP_S
             i += 1
-        plans.append(RoomPlan(f"bench-{k}", np.concatenate(chunks), references))
+        plans.append(RoomPlan(f"bench-{k}", np.concatenate(chunks), references, spans))
     return plans
 
 
@@ -152,25 +156,45 @@ def start_server(port: int, data_dir: str, server_args: Sequence[str],
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
 
 
-def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str],
-            fail_primary_after: float | None = None) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(server_args: Sequence[str]) -> Iterator[tuple[str, psutil.Process]]:
+    """``start_server`` with a fresh data directory: (base URL, process) once it is ready."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         process = start_server(port, data_dir, server_args)
         try:
             asyncio.run(wait_until_ready(f"http://127.0.0.1:{port}", 900, lambda: process.poll() is None))
-            plans = plan_rooms(recordings, rooms, seconds)
-            server = psutil.Process(process.pid)
-            cpu_before = _cpu_seconds(server)
-            began = time.monotonic()
-            results = asyncio.run(run_rooms(f"http://127.0.0.1:{port}", plans, fail_primary_after))
-            wall = time.monotonic() - began
-            cpu = _cpu_seconds(server) - cpu_before
-            misses = asyncio.run(deadline_misses(f"http://127.0.0.1:{port}"))
+            yield f"http://127.0.0.1:{port}", psutil.Process(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
+
+
+def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_args: Sequence[str],
+            fail_primary_after: float | None = None) -> dict[str, Any]:
+    """Latency at N rooms: all are admitted, whatever the capacity the server measures
+    (``benchmarks.overload`` measures admission), unless ``--max-publishers`` says otherwise."""
+    admit_all = [] if "--max-publishers" in server_args else ["--max-publishers", str(rooms)]
+    with serving([*server_args, *admit_all]) as (base, server):
+        plans = plan_rooms(recordings, rooms, seconds)
+        cpu_before = cpu_seconds(server)
+        began = time.monotonic()
+        results = asyncio.run(run_rooms(base, plans, fail_primary_after))
+        wall = time.monotonic() - began
+        cpu = cpu_seconds(server) - cpu_before
+        misses = asyncio.run(deadline_misses(base))
     outcomes = [analyse(plan, result) for plan, result in zip(plans, results, strict=True)]
+    audio_seconds = sum(o.audio_seconds for o in outcomes)
+    return {
+        "rooms": rooms, "audio_seconds_per_room": round(audio_seconds / rooms, 1), "wall_seconds": round(wall, 1),
+        **summarize(outcomes, server_args),
+        "server_cpu_per_audio_second": round(cpu / (audio_seconds / rooms), 3),
+        "deadline_misses": misses,
+    }
+
+
+def summarize(outcomes: Sequence[RoomOutcome], server_args: Sequence[str]) -> dict[str, Any]:
+    """Lags, WER, engines and losses over the rooms (DESIGN.md, "Latency — how we measure it")."""
     word_lags = [lag for o in outcomes for lag in o.word_lags]
     final_lags = [lag for o in outcomes for lag in o.final_lags]
     server_lags = [lag for o in outcomes for lag in o.server_final_lags]
@@ -178,19 +202,16 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
     for outcome in outcomes:
         for engine, count in outcome.engines.items():
             engines[engine] = engines.get(engine, 0) + count
-    audio_seconds = sum(o.audio_seconds for o in outcomes)
     finals = sum(engines.values())
     primary = server_args[server_args.index("--engine") + 1] if "--engine" in server_args else "whisper-onnx"
     return {
-        "rooms": rooms, "audio_seconds_per_room": round(audio_seconds / rooms, 1), "wall_seconds": round(wall, 1),
         "word_lag_p50_s": percentile(word_lags, 50), "word_lag_p95_s": percentile(word_lags, 95),
         "final_lag_p50_s": percentile(final_lags, 50), "final_lag_p95_s": percentile(final_lags, 95),
         "server_final_lag_p50_s": percentile(server_lags, 50), "server_final_lag_p95_s": percentile(server_lags, 95),
-        "wer": round(word_error_rate([o.reference for o in outcomes], [o.hypothesis for o in outcomes]), 4),
+        "wer": round(word_error_rate([o.reference for o in outcomes], [o.hypothesis for o in outcomes]), 4)
+        if outcomes else None,
         "finals_by_engine": engines,
         "fallback_share": round(sum(c for e, c in engines.items() if e != primary) / finals, 4) if finals else None,
-        "server_cpu_per_audio_second": round(cpu / (audio_seconds / rooms), 3),
-        "deadline_misses": misses,
         "utterances_without_final": sum(o.segments_without_final for o in outcomes),
         "rooms_detail": [{k: v for k, v in asdict(o).items() if k not in ("word_lags", "final_lags",
                                                                            "server_final_lags")} for o in outcomes],
@@ -211,7 +232,7 @@ async def deadline_misses(base: str) -> dict[str, float]:
     return misses
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
     total = 0.0
     for p in [process, *process.children(recursive=True)]:
         try:
