@@ -61,13 +61,14 @@ async def readyz(server: LiveServer) -> dict[str, Any]:
 
 async def test_a_publisher_beyond_capacity_is_refused_unless_it_takes_its_room_over() -> None:
     scheduler = Scheduler(SchedulerOptions(max_publishers=1), Metrics())
-    registry = RoomRegistry(scheduler, RoomSettings(VadOptions(), StreamingOptions(), 10), None, max_rooms=10)
+    registry = RoomRegistry(scheduler, RoomSettings(VadOptions(), StreamingOptions(), 10), None, max_rooms=10,
+                            max_viewer_rooms=10)
     closed: list[LivecapError] = []
 
     async def disconnect(error: LivecapError) -> None:
         closed.append(error)
 
-    first, second = registry.get("first"), registry.get("second")
+    first, second = registry.get("first", publisher=True), registry.get("second", publisher=True)
     try:
         registry.admit(first)
         await first.start_session(time.monotonic(), disconnect)
