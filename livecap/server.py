@@ -432,7 +432,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics))
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
-                        await _answer(ws, {"type": "ready", "session": session.id,
+                        await _answer(ws, room, {"type": "ready", "session": session.id,
                                            "offset": round(session.offset, 3)})
                     case AudioReceived(samples, arrival) if session is not None and room.session is session:
                         session.push_audio(samples, arrival)
@@ -441,12 +441,12 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         _log_session_end(room, session, "stop")
                         session = None
                         await subscriber.wait_sent(room.captions.seq)
-                        await _answer(ws, {"type": "stopped"})
+                        await _answer(ws, room, {"type": "stopped"})
                     case PublisherWarning() as warning:
                         log.warning("room %s: warned the publisher: %s (%s)", room.name, warning.code,
                                     warning.message, extra={"room": room.name, "code": warning.code})
                         metrics.publisher_warnings.labels(warning.code).inc()
-                        await _answer(ws, warning.to_event())
+                        await _answer(ws, room, warning.to_event())
     except LivecapError as error:
         log.info("room %s: closing the publisher: %s (%s)", room.name, error.code, error.message,
                  extra={"room": room.name, "session": session.id if session else None, "code": error.code})
@@ -465,12 +465,15 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
         writer.cancel()
 
 
-async def _answer(ws: web.WebSocketResponse, message: Mapping[str, object]) -> None:
+async def _answer(ws: web.WebSocketResponse, room: Room, message: Mapping[str, object]) -> None:
     """Reply to a publisher. One that vanishes (laptop lid, Wi-Fi) is normal, not an error: what
     it sent before is still transcribed, its open utterance becomes final for the viewers and the
     transcript (``finally`` in ``_publish``), the reader sees the close; only the reply is lost."""
-    with contextlib.suppress(ConnectionError):
+    try:
         await ws.send_json(message)
+    except ConnectionError:
+        log.info("room %s: the publisher went away before it got %r", room.name, message.get("type"),
+                 extra={"room": room.name})
 
 
 async def _read_publisher(request: web.Request, ws: web.WebSocketResponse, protocol: IngestProtocol,
