@@ -182,7 +182,8 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
         results = asyncio.run(run_rooms(base, plans, fail_primary_after))
         wall = time.monotonic() - began
         cpu = cpu_seconds(server) - cpu_before
-        misses = asyncio.run(deadline_misses(base))
+        misses = asyncio.run(server_counts(base, "livecap_deadline_misses"))
+        suppressed = asyncio.run(server_counts(base, "livecap_suppressed_hypotheses", {"kind": "final"}))
     outcomes = [analyse(plan, result) for plan, result in zip(plans, results, strict=True)]
     audio_seconds = sum(o.audio_seconds for o in outcomes)
     return {
@@ -190,6 +191,7 @@ def measure(rooms: int, recordings: Sequence[Recording], seconds: float, server_
         **summarize(outcomes, server_args),
         "server_cpu_per_audio_second": round(cpu / (audio_seconds / rooms), 3),
         "deadline_misses": misses,
+        "finals_suppressed": suppressed,
     }
 
 
@@ -218,18 +220,19 @@ def summarize(outcomes: Sequence[RoomOutcome], server_args: Sequence[str]) -> di
     }
 
 
-async def deadline_misses(base: str) -> dict[str, float]:
-    """The server's ``livecap_deadline_misses_total`` by reason."""
+async def server_counts(base: str, family_name: str, only: dict[str, str] | None = None) -> dict[str, float]:
+    """The server's counter ``family_name`` (without ``_total``) by reason, over the samples whose
+    labels include ``only``: ``livecap_deadline_misses``, ``livecap_suppressed_hypotheses`` …"""
     async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
         text = await response.text()
-    misses: dict[str, float] = {}
+    counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "livecap_deadline_misses":
+        if family.name == family_name:
             for sample in family.samples:
-                if sample.name.endswith("_total"):
+                if sample.name.endswith("_total") and (only or {}).items() <= sample.labels.items():
                     reason = sample.labels["reason"]
-                    misses[reason] = misses.get(reason, 0.0) + sample.value
-    return misses
+                    counts[reason] = counts.get(reason, 0.0) + sample.value
+    return counts
 
 
 def cpu_seconds(process: psutil.Process) -> float:

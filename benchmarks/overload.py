@@ -38,8 +38,8 @@ from benchmarks.live import (
     RoomPlan,
     analyse,
     cpu_seconds,
-    deadline_misses,
     plan_rooms,
+    server_counts,
     serving,
     summarize,
 )
@@ -95,7 +95,7 @@ def measure(publishers: int, seconds: float, manifest: Path, server_args: Sequen
         cpu_before, began = cpu_seconds(server), time.monotonic()
         attempts = asyncio.run(_all_at_once(base, plans))
         wall, cpu = time.monotonic() - began, cpu_seconds(server) - cpu_before
-        misses = asyncio.run(deadline_misses(base))
+        misses = asyncio.run(server_counts(base, "livecap_deadline_misses"))
         final_capacity = asyncio.run(capacity(base))
     admitted = [a for a in attempts if a.admitted]
     refused = [a for a in attempts if not a.admitted]

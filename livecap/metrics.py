@@ -52,8 +52,9 @@ class Metrics:
                                        "behind the capacity", registry=registry)
         self.publishers = Gauge("livecap_publishers", "Publishers streaming now", registry=registry)
         self.suppressed = Counter("livecap_suppressed_hypotheses_total",
-                                  "Hypotheses dropped by guardrails (hallucinations on silence or noise)",
-                                  ["reason"], registry=registry)
+                                  "Hypotheses dropped by guardrails (hallucinations on silence or noise), "
+                                  "and utterances not shown because they held no speech",
+                                  ["reason", "kind"], registry=registry)
         # latency as people see it
         self.word_lag_seconds = Histogram("livecap_word_lag_seconds",
                                           "Server side: first publication of a final's word at its position minus "

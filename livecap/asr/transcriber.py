@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -185,7 +186,7 @@ class Transcriber:
             return
         finally:
             utterance.decoded = utterance.received
-        if self._suppressed(hypothesis):
+        if self._suppression(hypothesis, "partial") is not None:
             return
         agreement = utterance.agreement.update(hypothesis.words, utterance.received / SAMPLE_RATE)
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
@@ -196,7 +197,7 @@ class Transcriber:
         and the audio after the last word kept go to the next utterance."""
         if not await self._is_speech(utterance):
             utterance.recognizer.abandon()
-            self._count("not_speech")
+            self._count("not_speech", "final")
             self._on_update(FinalUpdate(utterance.index, (), Hypothesis((), "none", "none"), utterance.start, end,
                                         last_voiced_arrival, "not_speech"))
             return
@@ -204,7 +205,7 @@ class Transcriber:
         suppressed: str | None = None
         try:
             hypothesis = await utterance.recognizer.finish(_take(utterance.pending))
-            suppressed = self._suppression(hypothesis)
+            suppressed = self._suppression(hypothesis, "final")
             words = utterance.agreement.finish(() if suppressed else hypothesis.words,
                                                guardrails_for(hypothesis.engine).calibrated)
         except Exception:
@@ -220,19 +221,16 @@ class Transcriber:
         self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival,
                                     suppressed))
 
-    def _suppression(self, hypothesis: Hypothesis) -> str | None:
+    def _suppression(self, hypothesis: Hypothesis, kind: Literal["partial", "final"]) -> str | None:
         """Guardrails: hallucinations on silence or noise never become captions."""
         reason = suppression_reason(hypothesis)
         if reason is not None:
-            self._count(reason)
+            self._count(reason, kind)
             log.debug("suppressed %r (%s)", hypothesis.text, reason)
         return reason
 
-    def _suppressed(self, hypothesis: Hypothesis) -> bool:
-        return self._suppression(hypothesis) is not None
-
-    def _count(self, reason: str) -> None:
-        self._scheduler.metrics.suppressed.labels(reason).inc()
+    def _count(self, reason: str, kind: Literal["partial", "final"]) -> None:
+        self._scheduler.metrics.suppressed.labels(reason, kind).inc()
 
 
 def _take(chunks: list[np.ndarray]) -> np.ndarray:
