@@ -173,7 +173,8 @@ class Transcriber:
 
     async def _step(self, utterance: _Utterance) -> None:
         if not await self._is_speech(utterance):
-            utterance.decoded = utterance.received  # nothing to show yet; the audio waits in `pending`
+            # Nothing to show yet; the audio waits in `pending`, and the step stays due, so the
+            # first decode comes as soon as speech is confirmed, not a whole step interval later.
             return
         audio = _take(utterance.pending)
         try:
