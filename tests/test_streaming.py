@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from livecap.asr.engine import Word
-from livecap.asr.streaming import Agreement, LocalAgreement, align, comparable, split_at_cut
+from livecap.asr.streaming import Agreement, LocalAgreement, align, comparable, heard_before, skipped_head, split_at_cut
 
 
 def words(text: str, start: float = 0.0, confidence: float = 1.0) -> list[Word]:
@@ -209,3 +211,23 @@ def test_split_at_cut_moves_the_words_at_the_cut_to_the_next_utterance() -> None
     assert split_at_cut([], 15.0, 0) == ((), 0.0), "nothing heard: all of it goes on"
     kept, carry_from = split_at_cut([Word("a", 0.0, 0.5), Word("b", 0.5, 14.9)], 15.0, 0, max_carry_s=5.0)
     assert texts(kept) == "a" and carry_from == 10.0, "at most max_carry_s goes on"
+
+
+def test_a_late_first_word_or_a_suppressed_hypothesis_marks_a_skipped_head() -> None:
+    late = [Word("If", 0.68, 1.1), Word("the", 1.1, 1.3)]
+    assert skipped_head(late, 9.4, suppressed=False) == 0.68
+    assert skipped_head([Word("For", 0.05, 0.3), *late], 9.4, suppressed=False) == 0.0, "it starts at the cut"
+    assert skipped_head(late, 0.54, suppressed=True) == 0.54, "a suppressed guess: all of it again"
+    assert skipped_head([], 2.0, suppressed=False) == 0.0, "nothing heard, nothing suppressed: no speech left out"
+
+
+def test_heard_before_keeps_the_head_words_between_the_context_and_the_first_word() -> None:
+    """Decoded: 1 s of the utterance before ("a snack"), then the 0.68 s head and 0.3 s more."""
+    head = [Word("a", 0.5, 0.6), Word("snack", 0.6, 1.08), Word("for", 1.1, 1.24), Word("her", 1.24, 1.46),
+            Word("brother", 1.46, 1.64), Word("Bob.", 1.64, 1.9), Word("If", 1.95, 1.98)]
+    words = [Word("if", 0.68, 1.1), Word("the", 1.1, 1.3)]
+    kept = heard_before(head, 1.0, 0.68, words)
+    assert texts(kept) == "for her brother Bob.", "context words and the first word again are left out"
+    assert kept[0].start == pytest.approx(0.1) and kept[-1].end == pytest.approx(0.9), "timed in the utterance"
+    assert texts(heard_before(head, 1.0, 0.98, [])) == "for her brother Bob. If", "all of a suppressed utterance"
+    assert heard_before([Word("snack", 0.6, 1.08)], 1.0, 0.68, words) == (), "only the context heard: nothing"

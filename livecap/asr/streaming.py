@@ -251,3 +251,45 @@ def split_at_cut(words: Sequence[Word], duration_s: float, settled: int,
         keep = max(settled, sum(1 for word in words if word.end <= carry_from))
         carry_from = max(carry_from, words[keep - 1].end if keep else 0.0)
     return words[:keep], min(carry_from, duration_s)
+
+
+SKIPPED_HEAD_S = 0.5
+"""A final hypothesis of an utterance that continues speech without a pause, whose first word
+starts this late, has left out the words before it."""
+HEAD_CONTEXT_S = 1.0
+"""Audio from before such an utterance decoded with its skipped head: measured on ``runon.wav``,
+the head alone is decoded unsure ("For how brother bought.", mean confidence 0.3), after 0.5-1 s of
+what came before it sure and right; after 2 s Whisper skips it again."""
+
+
+def skipped_head(words: Sequence[Word], duration_s: float, suppressed: bool) -> float:
+    """Seconds of audio at the start of an utterance that continues speech
+    without a pause (a cut, a soft cut at a short pause) that its final
+    hypothesis (``words``, of ``duration_s`` of audio) left out, or 0.0.
+
+    Whisper leaves out the fragment of a sentence that opens such an
+    utterance once it hears a new sentence start ("for her brother Bob. If
+    the reader..." decoded as "If the reader..."), and the partials that
+    showed the fragment give way to it; and a short rest of a sentence
+    ("to myself") decoded alone is a guess the guardrails suppress ("I will
+    do myself.", mean confidence 0.3). Such audio, all of it if the
+    hypothesis was ``suppressed``, is decoded again after ``HEAD_CONTEXT_S``
+    of the speech before it (``heard_before``)."""
+    if suppressed:
+        return duration_s
+    return words[0].start if words and words[0].start >= SKIPPED_HEAD_S else 0.0
+
+
+def heard_before(head: Sequence[Word], context_s: float, head_s: float, words: Sequence[Word]) -> tuple[Word, ...]:
+    """The words to put before ``words`` from ``head``, a decode of
+    ``context_s`` of the preceding utterance's audio, then the ``head_s``
+    (``skipped_head``) that ``words`` left out and ``CUT_EDGE_S`` more (so
+    that its last word is heard whole): the words heard (mostly) after the
+    context that begin before ``words`` do, re-timed to the utterance, less
+    one that is ``words``' first word again."""
+    first = words[0].start if words else head_s
+    kept = [Word(w.text, max(0.0, w.start - context_s), w.end - context_s, w.confidence) for w in head
+            if (w.start + w.end) / 2 > context_s and w.start - context_s < first]
+    if kept and words and comparable(kept[-1].text) == comparable(words[0].text):
+        kept.pop()
+    return tuple(kept)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -27,7 +27,16 @@ import numpy as np
 from livecap.asr.engine import SAMPLE_RATE, Hypothesis, Word
 from livecap.asr.guardrails import guardrails_for, suppression_reason
 from livecap.asr.scheduler import ScheduledUtterance, Scheduler, StepSkipped
-from livecap.asr.streaming import Agreement, LocalAgreement, StreamingOptions, split_at_cut
+from livecap.asr.streaming import (
+    CUT_EDGE_S,
+    HEAD_CONTEXT_S,
+    Agreement,
+    LocalAgreement,
+    StreamingOptions,
+    heard_before,
+    skipped_head,
+    split_at_cut,
+)
 from livecap.vad import SpeechCheck, SpeechCheckOptions, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
 log = logging.getLogger(__name__)
@@ -86,6 +95,9 @@ class _Utterance:
     """Audio not yet given to the recognizer."""
     unchecked: list[np.ndarray] = field(default_factory=list)
     """Audio not yet given to the speech check (empty once it is confirmed)."""
+    context: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """The last ``HEAD_CONTEXT_S`` of the utterance before, if this one starts where it ended (speech
+    went on across the cut); empty otherwise."""
     received: int = 0
     decoded: int = 0
     newest_arrival: float = 0.0
@@ -104,6 +116,9 @@ class Transcriber:
         self._queue: asyncio.Queue[VadEvent | _Flush] = asyncio.Queue()
         self._current: _Utterance | None = None
         self._carry: _Carry | None = None
+        self._last_end: int | None = None
+        self._context = np.zeros(0, dtype=np.float32)
+        """The end of the last utterance's audio (``_Utterance.context``)."""
         self._task = asyncio.create_task(self._run(), name="transcriber")
 
     def submit(self, events: list[VadEvent]) -> None:
@@ -144,8 +159,10 @@ class Transcriber:
                     pending, start, arrival = [carry.audio], start - len(carry.audio), carry.arrival
                 agreement = LocalAgreement(self.options.agreement_horizon_s, self.options.agreement_min_audio_s)
                 self._speech.begin()
+                continued = self._last_end is not None and start <= self._last_end
+                context = self._context if continued else np.zeros(0, dtype=np.float32)
                 self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
-                                           agreement, pending, list(pending),
+                                           agreement, pending, list(pending), context,
                                            received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
@@ -155,6 +172,7 @@ class Transcriber:
                 self._current.newest_arrival = arrival
             case UtteranceEnded(_, end, last_voiced_arrival, reason) if self._current is not None:
                 utterance, self._current = self._current, None
+                self._last_end = end
                 await self._finish(utterance, end, last_voiced_arrival, cut=reason == "max_length")
             case _:
                 log.warning("transcriber got %r outside an utterance", event)
@@ -196,6 +214,7 @@ class Transcriber:
     async def _finish(self, utterance: _Utterance, end: int, last_voiced_arrival: float, cut: bool) -> None:
         """The utterance's final. At a ``cut`` mid-speech, words at the cut
         and the audio after the last word kept go to the next utterance."""
+        self._context = np.zeros(0, dtype=np.float32)
         if not await self._is_speech(utterance):
             utterance.recognizer.abandon()
             self._count("not_speech", "final")
@@ -206,6 +225,8 @@ class Transcriber:
         suppressed: str | None = None
         try:
             hypothesis = await utterance.recognizer.finish(_take(utterance.pending))
+            if len(utterance.context):
+                hypothesis = await self._with_head(utterance, hypothesis)
             suppressed = self._suppression(hypothesis, "final")
             words = utterance.agreement.finish(() if suppressed else hypothesis.words,
                                                guardrails_for(hypothesis.engine).calibrated)
@@ -213,14 +234,38 @@ class Transcriber:
             log.exception("recognizer failed at the endpoint; the final keeps the stable words")
             words = stable
             hypothesis = Hypothesis(words, "none", "none")
+        audio = utterance.recognizer.audio()
+        kept = len(audio)
         if cut:
-            audio = utterance.recognizer.audio()
             words, carry_from = split_at_cut(words, len(audio) / SAMPLE_RATE, len(stable))
             kept = min(len(audio), round(carry_from * SAMPLE_RATE))
             self._carry = _Carry(audio[kept:], end, last_voiced_arrival)
             end = utterance.start + kept
+        self._context = audio[max(0, kept - round(HEAD_CONTEXT_S * SAMPLE_RATE)) : kept]
         self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival,
                                     suppressed))
+
+    async def _with_head(self, utterance: _Utterance, hypothesis: Hypothesis) -> Hypothesis:
+        """``hypothesis`` with the words it left out at the start (``skipped_head``), decoded again
+        after the end of the utterance before; unchanged if that decode fails or its words are
+        suppressed."""
+        audio = utterance.recognizer.audio()
+        duration_s = len(audio) / SAMPLE_RATE
+        head_s = skipped_head(hypothesis.words, duration_s, suppression_reason(hypothesis) is not None)
+        if not head_s:
+            return hypothesis
+        context_s = len(utterance.context) / SAMPLE_RATE
+        try:
+            head = await self._scheduler.open(self._room, self._prompt()).finish(
+                np.concatenate([utterance.context, audio[: round((head_s + CUT_EDGE_S) * SAMPLE_RATE)]]))
+        except Exception:
+            log.exception("decoding the skipped head failed; the final goes without it")
+            return hypothesis
+        words = hypothesis.words if head_s < duration_s else ()
+        added = heard_before(head.words, context_s, head_s, words)
+        if not added or suppression_reason(replace(head, words=added)) is not None:
+            return hypothesis
+        return replace(hypothesis, words=(*added, *words))
 
     def _suppression(self, hypothesis: Hypothesis, kind: Literal["partial", "final"]) -> str | None:
         """Guardrails: hallucinations on silence or noise never become captions."""
