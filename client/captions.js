@@ -167,8 +167,13 @@ const ACK_INTERVAL_MS = 500;
  * rendered an event, its seq is acknowledged ({"type":"ack","seq":N,
  * "age_ms":M}: rendered M ms ago; at most twice a second) so the server can
  * measure speech-to-screen delay and the operator see how far behind viewers are.
+ * `fromStart`: the first connection asks for every final (else the server
+ * sends the latest few); `token`: the key to present (default: the page's
+ * ?token=); `onReply`: the server's answers to what the page sent (flagged,
+ * rated, refused).
  */
-export function followCaptions({ onCaption, onState = () => {} }) {
+export function followCaptions({ onCaption, onState = () => {}, onReply = () => {}, fromStart = false,
+  token = params.get("token") }) {
   let lastSeq = null;
   let renderedAt = 0; // when lastSeq was rendered (performance.now())
   let acked = 0; // on the current connection
@@ -187,7 +192,7 @@ export function followCaptions({ onCaption, onState = () => {} }) {
     ackTimer ??= setTimeout(ack, Math.max(0, ackedAt + ACK_INTERVAL_MS - performance.now()));
   };
   const connection = new Connection(
-    () => socketUrl(`/ws/captions/${encodeURIComponent(room)}`, { after_seq: lastSeq, token: params.get("token") }),
+    () => socketUrl(`/ws/captions/${encodeURIComponent(room)}`, { after_seq: lastSeq ?? (fromStart ? 0 : null), token }),
     {
       onState,
       onOpen: () => {
@@ -196,6 +201,7 @@ export function followCaptions({ onCaption, onState = () => {} }) {
       },
       onMessage: (message) => {
         if (message.type === "caption") connection.healthy();
+        else if (message.type !== "error") onReply(message);
         if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
         lastSeq = message.seq;
         onCaption(message);
@@ -228,6 +234,7 @@ export class CaptionList {
     else if (event.kind === "final") this.final(entry ?? this.add(event, this.live), event);
     else if (event.kind === "correction" && entry) {
       entry.text.replaceChildren(event.text);
+      entry.item.dataset.seq = event.seq; // the version shown now (a flag names it)
       entry.item.classList.add("corrected");
     }
   }

@@ -1,5 +1,5 @@
 // /dashboard[?token=OPERATOR_KEY][&theme=dark|light]: every open room, live.
-// Polls GET /operator/rooms each second (see livecap/dashboard.py for the
+// Polls GET /operator/rooms each second (see livecap/operator.py for the
 // fields); "End room" posts to /operator/rooms/ROOM/end. Charts: uPlot,
 // vendored by client/vendor/update.sh.
 import uPlot from "/static/vendor/uplot/uPlot.esm.js";
@@ -188,6 +188,21 @@ function updateCard(entry, room) {
   field(".qr").href = room.links.qr;
   field(".overlay").href = room.links.overlay;
   field(".transcript").href = room.links.transcript;
+  field(".edit").href = `${room.links.edit}?${new URLSearchParams({ token: key })}`;
+  const { quality } = room;
+  field(".quality").textContent = `${quality.corrections} corrected · ${quality.flags} flagged · ` +
+    (quality.rating === null ? "no rating" : `★ ${quality.rating.toFixed(1)} (${quality.ratings})`);
+  field(".flagged").hidden = !quality.flagged.length;
+  field(".flagged-lines").replaceChildren(...quality.flagged.map((line) => {
+    const item = document.createElement("li");
+    item.dataset.seq = line.seq;
+    item.textContent = `${line.text} `;
+    const count = document.createElement("span");
+    count.className = "count";
+    count.textContent = `⚑ ${line.flags}`;
+    item.append(count);
+    return item;
+  }));
 
   const items = room.recent.map((final) => {
     const item = document.createElement("li");

@@ -1,5 +1,9 @@
 // /view/ROOM[?token=VIEWER_KEY]: the attendee's phone.
-import { CaptionList, followCaptions, listItem, numberParam, room, withToken } from "/static/captions.js";
+// Feedback goes over the caption socket, without an account: tap a line,
+// then "Caption wrong?" ({"type":"flag","seq":N}, one per line); stars for
+// the captions ({"type":"rating","stars":1-5}) in the settings panel, and
+// offered when the room ends.
+import { CaptionList, followCaptions, listItem, numberParam, params, room, socketUrl, withToken } from "/static/captions.js";
 
 const root = document.documentElement;
 const $ = (id) => document.getElementById(id);
@@ -90,13 +94,111 @@ function showState(state, error) {
   $("notice").textContent = state === "failed" ? `Captions unavailable: ${error?.message ?? "refused"}.` : "";
 }
 
+// ---- feedback
+
+const flagged = new Set(); // segments this viewer flagged
+let pending = null; // the feedback message waiting for its answer: {message, done(answer)}
+let lastSeq = null;
+
+/** Send one feedback message: over the caption socket, or (the room ended) a socket of its own. */
+function sendFeedback(message, done) {
+  pending = { message, done };
+  if (connection.open) {
+    connection.send(message);
+    return;
+  }
+  const ws = new WebSocket(socketUrl(`/ws/captions/${encodeURIComponent(room)}`,
+    { after_seq: lastSeq ?? 0, token: params.get("token") }));
+  ws.onopen = () => ws.send(JSON.stringify(message));
+  ws.onmessage = (e) => {
+    const answer = JSON.parse(e.data);
+    if (answer.type !== "caption") {
+      reply(answer);
+      ws.close(1000);
+    }
+  };
+  ws.onerror = () => reply({ type: "refused", message: "the server cannot be reached" });
+}
+
+function reply(answer) {
+  if (!pending || !["flagged", "rated", "refused", "error"].includes(answer.type)) return;
+  const { done } = pending;
+  pending = null;
+  done(answer);
+}
+
+$("log").addEventListener("click", (event) => {
+  const item = event.target.closest(".item.final");
+  if (!item || event.target.closest(".flag")) return;
+  const existing = item.querySelector(".flag");
+  if (existing) {
+    existing.remove();
+    return;
+  }
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "flag";
+  const segment = Number(item.dataset.segment);
+  button.textContent = flagged.has(segment) ? "Reported. Thank you" : "Caption wrong?";
+  button.disabled = flagged.has(segment);
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    button.textContent = "Sending…";
+    sendFeedback({ type: "flag", seq: Number(item.dataset.seq) }, (answer) => {
+      if (answer.type === "flagged") {
+        flagged.add(segment);
+        item.classList.add("flagged");
+        button.textContent = "Reported. Thank you";
+      } else {
+        button.disabled = false;
+        button.textContent = `Not sent (${answer.message}). Try again?`;
+      }
+    });
+  });
+  item.append(button);
+});
+
+function ratingStars(fieldset) {
+  const thanks = document.createElement("output");
+  for (let stars = 1; stars <= 5; stars++) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "star";
+    button.dataset.stars = stars;
+    button.textContent = "★";
+    button.setAttribute("aria-label", `${stars} star${stars > 1 ? "s" : ""}`);
+    button.addEventListener("click", () => {
+      thanks.value = "Sending…";
+      sendFeedback({ type: "rating", stars }, (answer) => {
+        thanks.value = answer.type === "rated" ? "Thank you!" : `Not sent (${answer.message})`;
+        if (answer.type !== "rated") return;
+        for (const star of document.querySelectorAll(".rating .star")) {
+          star.setAttribute("aria-pressed", String(Number(star.dataset.stars) <= stars));
+        }
+      });
+    });
+    fieldset.append(button);
+  }
+  fieldset.append(thanks);
+}
+ratingStars($("rating"));
+ratingStars($("rating-end"));
+
 const connection = followCaptions({
   onCaption(event) {
+    lastSeq = event.seq;
     captions.apply(event);
     $("empty").hidden = true;
     if (following) scrollToLive();
   },
-  onState: showState,
+  onState(state, error) {
+    showState(state, error);
+    if (state === "failed" && error?.code === "room_ended") {
+      $("settings").open = false; // the prompt, not the panel over it
+      $("rate-prompt").hidden = false;
+    }
+  },
+  onReply: reply,
 });
 for (const change of ["online", "offline"]) {
   addEventListener(change, () => { if (connection.state === "reconnecting") showState("reconnecting"); });

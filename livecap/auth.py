@@ -18,7 +18,9 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from livecap.errors import Unauthorized
+from aiohttp import web
+
+from livecap.errors import LivecapError, Unauthorized
 
 Role = Literal["publisher", "operator", "viewer"]
 MAX_KEY_CHARS = 256
@@ -45,6 +47,24 @@ class Keys:
         accepted = [self.key(role, room)] + ([self.key("operator")] if role != "operator" else [])
         if not any(hmac.compare_digest(presented.encode(), key.encode()) for key in accepted):
             raise Unauthorized(f"wrong {role} key for room {room!r}")
+
+    def require_operator(self, request: web.Request) -> None:
+        """The operator key (one for the whole server) or 401."""
+        try:
+            self.check("operator", "", presented_key(request))
+        except LivecapError as error:
+            raise web.HTTPUnauthorized(text=error.message, headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key a client presents, ``Authorization: Bearer KEY`` or ``?token=KEY``.
+    One longer than ``MAX_KEY_CHARS`` or not ASCII is no key (``Unauthorized``)
+    and goes no further, into a QR code, say."""
+    header = request.headers.get("Authorization", "")
+    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token")
+    if key is not None and (len(key) > MAX_KEY_CHARS or not key.isascii()):
+        raise Unauthorized(f"keys are at most {MAX_KEY_CHARS} ASCII characters")
+    return key
 
 
 def load_or_create_secret(path: Path) -> str:

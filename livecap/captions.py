@@ -5,9 +5,12 @@ gaps and resume after a reconnect (``after_seq``). A seq is never used twice,
 not even after a ``kill -9`` (``SeqCounter``). A *segment* is one utterance
 on screen: its partials replace one another, its final is immutable, and
 only an operator ``correction`` (its own event with its own seq) may change
-it afterwards. A segment cut off by a crash ends in a final of the words
-viewers saw settle (``CaptionState.recovered``). The state is pure;
-``rooms`` feeds it, stores and broadcasts what it returns.
+it afterwards; a correction names the version of the line the editor saw
+(its seq), and one based on an older version is refused (``EditConflict``),
+so two editors never silently overwrite each other. A segment cut off by a
+crash ends in a final of the words viewers saw settle
+(``CaptionState.recovered``). The state is pure; ``rooms`` feeds it, stores
+and broadcasts what it returns.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from livecap.asr.engine import Word
+from livecap.errors import EditConflict, UnknownSeq
 
 CaptionKind = Literal["partial", "final", "correction"]
 SEQ_BLOCK = 1000
@@ -119,6 +123,11 @@ class CaptionState:
         self.room = room
         self.finals: list[CaptionEvent] = [e for e in history if e.kind == "final"]
         self.corrections: list[CaptionEvent] = [e for e in history if e.kind == "correction"]
+        self._lines: dict[int, CaptionEvent] = {e.seq: e for e in history if e.kind in ("final", "correction")}
+        """Every version of every line (finals and corrections) by seq."""
+        self._current: dict[int, CaptionEvent] = {e.segment: e for e in sorted(self._lines.values(),
+                                                                               key=lambda e: e.seq)}
+        """The version of each line shown now, by segment."""
         self.seqs = SeqCounter(max(reserved, *(e.seq for e in history), 0), reserve)
         self._segments = max((e.segment for e in history), default=-1)
         self.current_partial: CaptionEvent | None = None
@@ -155,7 +164,7 @@ class CaptionState:
             return None
         event = self._event(segment, "final", text, text, "", start, end, engine, model_version, latency_ms,
                             tuple(words))
-        self.finals.append(event)
+        self._add_final(event)
         return event
 
     def recovered(self, settled: Settled) -> CaptionEvent:
@@ -165,16 +174,42 @@ class CaptionState:
         text = join_words(settled.words)
         event = self._event(settled.segment, "final", text, text, "", settled.start, settled.end, RECOVERED,
                             settled.model_version, 0.0, settled.words)
-        self.finals.append(event)
+        self._add_final(event)
         return event
 
-    def correction(self, segment: int, text: str) -> CaptionEvent:
-        """An operator's replacement text for a final (raises KeyError if none)."""
-        final = next(e for e in reversed(self.finals) if e.segment == segment)
-        event = replace(final, seq=self.seqs.next(), kind="correction", text=text, stable=text, unstable="",
-                        words=(), latency_ms=0.0)
+    def line(self, seq: int) -> tuple[CaptionEvent, CaptionEvent]:
+        """The final and the current version of the line that event ``seq``
+        (a final or a correction) showed; ``UnknownSeq`` if it showed none."""
+        version = self._lines.get(seq)
+        if version is None:
+            raise UnknownSeq(f"no line of room {self.room!r} has seq {seq}")
+        current = self._current[version.segment]
+        final = current if current.kind == "final" else self._lines[self._final_seq(version.segment)]
+        return final, current
+
+    def current(self, segment: int) -> CaptionEvent:
+        """The version of a line (segment) shown now: its final or latest correction."""
+        return self._current[segment]
+
+    def correction(self, seq: int, text: str) -> CaptionEvent:
+        """An editor's text for the line whose version ``seq`` they saw; ``EditConflict``
+        if it has been corrected since (``UnknownSeq`` if there is no such line)."""
+        _, current = self.line(seq)
+        if current.seq != seq:
+            raise EditConflict(f"line {current.segment} was corrected since version {seq}",
+                               {"seq": current.seq, "segment": current.segment, "text": current.text})
+        event = replace(current, seq=self.seqs.next(), kind="correction", text=text, stable=text, unstable="",
+                        latency_ms=0.0, words=())
         self.corrections.append(event)
+        self._lines[event.seq] = self._current[event.segment] = event
         return event
+
+    def _add_final(self, event: CaptionEvent) -> None:
+        self.finals.append(event)
+        self._lines[event.seq] = self._current[event.segment] = event
+
+    def _final_seq(self, segment: int) -> int:
+        return next(e.seq for e in reversed(self.finals) if e.segment == segment)
 
     def history_after(self, seq: int) -> list[CaptionEvent]:
         """Finals and corrections with a seq above ``seq``, in order: what a
@@ -182,11 +217,20 @@ class CaptionState:
         kept = [e for e in self.finals if e.seq > seq] + [e for e in self.corrections if e.seq > seq]
         return sorted(kept, key=lambda e: e.seq)
 
+    def recent(self, lines: int) -> list[CaptionEvent]:
+        """The last ``lines`` finals and their corrections, in seq order: what a
+        viewer that did not say where it was (no ``after_seq``) is sent first."""
+        finals = self.finals[-lines:]
+        segments = {e.segment for e in finals}
+        return sorted([*finals, *(e for e in self.corrections if e.segment in segments)], key=lambda e: e.seq)
+
     def transcript(self) -> list[CaptionEvent]:
-        """Finals with corrections applied and empty ones left out."""
-        corrected = {e.segment: e for e in self.corrections}
-        return [replace(f, text=corrected[f.segment].text) if f.segment in corrected else f
-                for f in self.finals if f.text or f.segment in corrected]
+        """Finals with corrections applied (their words, timed for the model's text, left out);
+        empty lines (nothing heard, or emptied by an editor) left out."""
+        corrected = {e.segment: e.text for e in self.corrections}  # the last correction of each line
+        lines = [replace(f, text=corrected[f.segment], stable=corrected[f.segment], words=())
+                 if f.segment in corrected else f for f in self.finals]
+        return [line for line in lines if line.text]
 
     def _event(self, segment: int, kind: CaptionKind, text: str, stable: str, unstable: str, start: float,
                end: float, engine: str, model_version: str, latency_ms: float,

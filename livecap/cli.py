@@ -11,6 +11,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     stream.add_argument("--key", help="publisher key of the room (see 'livecap keys')")
     stream.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     stream.add_argument("--json", action="store_true", help="print every message as a JSON line")
+    labels = commands.add_parser("labels", help="the corrections, flags and ratings kept in the data directory: "
+                                 "'export' them as an evaluation set, or sum them up per model version ('stats')")
+    labels.add_argument("action", choices=["export", "stats"])
+    labels.add_argument("--room", help="only this room")
+    labels.add_argument("--since", help="only labels given since then: an ISO date or time (UTC unless it says)")
+    labels.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="export format")
+    add_arguments(labels)
     commands.add_parser("models", help="build, list or verify the ONNX models", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "stream":
         return _stream(arguments)
     options = load_options(arguments)
+    if arguments.command == "labels":
+        return _labels(arguments, options)
     room_keys = Keys(options.secret or load_or_create_secret(options.data_dir / "secret"), options.viewer_keys)
     if arguments.command == "keys":
         _print_keys(arguments.room, room_keys, _base_url(options, options.port))
@@ -92,6 +102,33 @@ def main(argv: list[str] | None = None) -> int:
     configure(options.log_level, options.log_format)
     asyncio.run(_serve(options, room_keys))
     return 0
+
+
+def _labels(arguments: argparse.Namespace, options: ServerOptions) -> int:
+    from livecap import labels
+    from livecap.rooms import TranscriptStore
+
+    try:
+        since = _since(arguments.since)
+    except ValueError as error:
+        print(f"--since: {error}", file=sys.stderr)
+        return 2
+    store = labels.LabelStore(options.data_dir / "labels")
+    chosen = store.read(arguments.room, since)
+    if arguments.action == "export":
+        sys.stdout.write(labels.export(chosen, arguments.format))
+        return 0
+    transcripts = TranscriptStore(options.data_dir / "transcripts")
+    print(json.dumps(labels.stats(chosen, transcripts.finals(arguments.room, since)), indent=2))
+    return 0
+
+
+def _since(value: str | None) -> float | None:
+    """``--since``: an ISO 8601 date or date and time, UTC unless it gives an offset."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _base_url(options: ServerOptions, port: int) -> str:

@@ -19,7 +19,12 @@ generated from this module's classes (see ``tests/test_errors.py``)::
     ├── RoomEnded                4410  an operator ended the room (do not reconnect)
     ├── ServerBusy               1013  at capacity or still loading; try again later
     ├── ShuttingDown             1001  the server is stopping; open utterances were made final
-    └── InternalError            1011  a bug or a failed component; details go to the log
+    ├── InternalError            1011  a bug or a failed component; details go to the log
+    └── Refused                        one request refused; the connection stays open
+        ├── InvalidRequest       400   a correction, flag or rating with a bad field
+        ├── UnknownSeq           404   no line of the room has that seq
+        ├── EditConflict         409   the line was corrected since the editor saw it
+        └── TooManyRequests      429   flags and ratings faster than allowed
 
 Close codes come from RFC 6455 §7.4.1 (1001, 1002, 1003, 1007, 1008, 1009, 1011), RFC
 6455's registry (1013 "try again later") and the private range 4000–4999,
@@ -45,10 +50,10 @@ class LivecapError(Exception):
         self.retry_after_s = retry_after_s
         """When a retry makes sense: how long the client should wait first (a hint, not a promise)."""
 
-    def to_event(self) -> dict[str, str | int]:
+    def to_event(self) -> dict[str, Any]:
         """The ``error`` event sent before the close frame; ``retry_after_ms``
         only when the error says when to retry (the clients honour it)."""
-        event: dict[str, str | int] = {"type": "error", "code": self.code, "message": self.message}
+        event: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
         if self.retry_after_s is not None:
             event["retry_after_ms"] = round(self.retry_after_s * 1000)
         return event
@@ -148,6 +153,51 @@ class ShuttingDown(LivecapError):
 class InternalError(LivecapError):
     code = "internal_error"
     close_code = 1011
+
+
+class Refused(LivecapError):
+    """One request refused on its own: the client gets a ``refused`` event
+    (not ``error``, which always comes before a close; over HTTP, the
+    ``http_status`` with the event as its JSON body) and the connection
+    stays open, so a viewer's bad flag costs it no caption."""
+
+    code = "refused"
+    close_code = 0
+    """Nothing is closed."""
+    http_status: ClassVar[int] = 400
+
+    def to_event(self) -> dict[str, Any]:
+        return {"type": "refused", "code": self.code, "message": self.message}
+
+
+class InvalidRequest(Refused):
+    code = "invalid_request"
+    http_status = 400
+
+
+class UnknownSeq(Refused):
+    code = "unknown_seq"
+    http_status = 404
+
+
+class EditConflict(Refused):
+    """Two editors corrected the same line: the later one, based on the
+    version both saw, is refused with the line as it is now (``current``)."""
+
+    code = "edit_conflict"
+    http_status = 409
+
+    def __init__(self, message: str, current: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.current = current
+
+    def to_event(self) -> dict[str, Any]:
+        return {**super().to_event(), "current": self.current}
+
+
+class TooManyRequests(Refused):
+    code = "too_many_requests"
+    http_status = 429
 
 
 def json_object(text: str) -> dict[str, Any]:

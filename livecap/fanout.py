@@ -18,9 +18,9 @@ a viewer that is further behind than the bound with ``ViewerTooSlow``; it
 resumes with ``after_seq`` and loses nothing. Publishing and sweeping make
 no system call per event.
 
-Viewers send one kind of message, ``{"type": "ack", "seq": N, "age_ms": M}``
-(they rendered event ``N``, ``M`` ms ago), read by the sans-I/O
-``ViewerInbox``.
+Viewers send acks, ``{"type": "ack", "seq": N, "age_ms": M}`` (they
+rendered event ``N``, ``M`` ms ago), and the audience's feedback (flags and
+ratings), read by the sans-I/O ``ViewerInbox``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,19 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from livecap.captions import CaptionEvent
-from livecap.errors import LivecapError, ProtocolError, RateLimited, ViewerTooSlow, json_object, shown
+from livecap.errors import (
+    InvalidRequest,
+    LivecapError,
+    ProtocolError,
+    RateLimited,
+    TooManyRequests,
+    ViewerTooSlow,
+    json_object,
+    shown,
+)
 
 try:
     import fcntl
@@ -271,37 +281,70 @@ class ViewerAck:
     """How long before sending the ack the viewer rendered the event."""
 
 
-class ViewerInbox:
-    """Checks what one viewer sends (sans-I/O: text in, acks out).
+@dataclass(frozen=True, slots=True)
+class ViewerFlag:
+    """"Caption wrong?": the viewer flags the line it saw as event ``seq``."""
 
-    Only ``{"type": "ack", "seq": N}`` (with an optional ``"age_ms"``) is
-    allowed: text that is not a JSON object raises ``InvalidJson``, any other
-    message ``ProtocolError``, the same as on the ingest socket. Pages ack at
-    most twice a second; a viewer sending more than ``burst`` messages at
-    once or ``rate`` a second sustained (a token bucket) raises
-    ``RateLimited``. An ack is returned only for an event sent live on this
-    connection (above ``live_from``: finals replayed on connect are old news)
-    and newer than the last one, so a repeated or made-up seq measures nothing.
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerRating:
+    """"How were the captions?": 1-5 stars."""
+
+    stars: int
+
+
+ViewerMessage = ViewerAck | ViewerFlag | ViewerRating
+
+
+class ViewerInbox:
+    """Checks what one viewer sends (sans-I/O: text in, messages out).
+
+    Three messages are allowed: ``{"type": "ack", "seq": N}`` (with an
+    optional ``"age_ms"``), ``{"type": "flag", "seq": N}`` and ``{"type":
+    "rating", "stars": 1-5}``. Text that is not a JSON object raises
+    ``InvalidJson``, an unknown type or a bad ack ``ProtocolError``, the same
+    as on the ingest socket; these close the connection. Feedback is the
+    audience's, so a bad flag or rating only refuses that message
+    (``InvalidRequest``), and so do more than ``feedback_burst`` at once or
+    ``feedback_rate`` a second (``TooManyRequests``); the viewer keeps its
+    captions. Pages ack at most twice a second; a viewer sending more than
+    ``burst`` messages of any kind at once or ``rate`` a second sustained (token
+    buckets) raises ``RateLimited``. An ack is returned only for an event
+    sent live on this connection (above ``live_from``: finals replayed on
+    connect are old news) and newer than the last one, so a repeated or
+    made-up seq measures nothing.
     """
 
-    def __init__(self, live_from: int, rate: float = 4.0, burst: float = 10.0) -> None:
-        self.rate = rate
-        self.burst = burst
+    def __init__(self, live_from: int, rate: float = 4.0, burst: float = 10.0, feedback_rate: float = 0.5,
+                 feedback_burst: float = 5.0) -> None:
         self.acked = live_from
-        self._tokens = burst
-        self._updated: float | None = None
+        self._messages = TokenBucket(rate, burst)
+        self._feedback = TokenBucket(feedback_rate, feedback_burst)
 
-    def receive_bytes(self, data: bytes, now: float) -> ViewerAck | None:
+    def receive_bytes(self, data: bytes, now: float) -> ViewerMessage | None:
         raise ProtocolError("viewers send only JSON text messages")
 
-    def receive_text(self, text: str, now: float, sent_seq: int) -> ViewerAck | None:
-        """The ack to measure, or None; ``sent_seq`` is the newest seq sent to this viewer."""
-        self._spend(now)
+    def receive_text(self, text: str, now: float, sent_seq: int) -> ViewerMessage | None:
+        """The message to act on, or None; ``sent_seq`` is the newest seq sent to this viewer."""
+        if not self._messages.take(now):
+            raise RateLimited(f"more than {self._messages.rate:g} messages a second from a viewer")
         message = json_object(text)
-        if message.get("type") != "ack":
-            raise ProtocolError(f"viewers may only send acks, not {shown(message.get('type'))}")
+        match message.get("type"):
+            case "ack":
+                return self._ack(message, sent_seq)
+            case "flag" | "rating" as kind:
+                if not self._feedback.take(now):
+                    raise TooManyRequests(f"at most {self._feedback.burst:g} flags and ratings at once, then one "
+                                          f"every {1 / self._feedback.rate:g} s")
+                return _flag(message) if kind == "flag" else _rating(message)
+            case other:
+                raise ProtocolError(f"viewers may send ack, flag or rating messages, not {shown(other)}")
+
+    def _ack(self, message: dict[str, Any], sent_seq: int) -> ViewerAck | None:
         seq, age_ms = message.get("seq"), message.get("age_ms", 0)
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        if not _is_seq(seq):
             raise ProtocolError("ack.seq must be a non-negative integer")
         if not isinstance(age_ms, int | float) or isinstance(age_ms, bool) or not 0 <= age_ms < math.inf:
             raise ProtocolError("ack.age_ms must be a non-negative number")
@@ -310,10 +353,39 @@ class ViewerInbox:
         self.acked = seq
         return ViewerAck(seq, age_ms / 1000)
 
-    def _spend(self, now: float) -> None:
+
+def _flag(message: dict[str, Any]) -> ViewerFlag:
+    seq = message.get("seq")
+    if not _is_seq(seq):
+        raise InvalidRequest("flag.seq must be the seq of a final or correction")
+    return ViewerFlag(seq)
+
+
+def _rating(message: dict[str, Any]) -> ViewerRating:
+    stars = message.get("stars")
+    if not isinstance(stars, int) or isinstance(stars, bool) or not 1 <= stars <= 5:
+        raise InvalidRequest("rating.stars must be a whole number from 1 to 5")
+    return ViewerRating(stars)
+
+
+def _is_seq(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+class TokenBucket:
+    """``burst`` at once, then ``rate`` a second."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._updated: float | None = None
+
+    def take(self, now: float) -> bool:
         if self._updated is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
         if self._tokens < 1:
-            raise RateLimited(f"more than {self.rate:g} messages a second from a viewer")
+            return False
         self._tokens -= 1
+        return True

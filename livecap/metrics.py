@@ -82,6 +82,16 @@ class Metrics:
                                           registry=registry)
         self.disconnects = Counter("livecap_disconnects_total", "Connections closed by the server, by error code",
                                    ["code"], registry=registry)
+        self.refusals = Counter("livecap_refusals_total", "Requests refused without closing anything, by error code",
+                                ["code"], registry=registry)
+        self.corrections = Counter("livecap_corrections_total", "Lines an editor corrected, by what produced them",
+                                   ["engine", "model_version"], registry=registry)
+        self.flags = Counter("livecap_caption_flags_total", "Lines a viewer flagged as wrong (one per viewer and line)",
+                             ["engine", "model_version"], registry=registry)
+        self.rating_stars = Histogram("livecap_caption_rating_stars",
+                                      "Viewers' 1-5 star ratings of a room's captions, by the model version "
+                                      "of its latest final", ["model_version"], buckets=(1, 2, 3, 4, 5),
+                                      registry=registry)
         self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],
                                 registry=registry)
         self.build_info.labels(__version__).set(1)

@@ -20,9 +20,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
+from livecap.appkeys import OPTIONS
+from livecap.auth import presented_key
 from livecap.errors import Unauthorized
 from livecap.rooms import ROOM_NAME_RULE, is_room_name
-from livecap.server import OPTIONS, presented_key
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 PAGES = {"overlay": "overlay.html", "view": "view.html", "speak": "speak.html"}
@@ -44,7 +45,8 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_static("/static", CLIENT_DIR)
 
 
-def _room(request: web.Request) -> str:
+def room_name(request: web.Request) -> str:
+    """The ``{room}`` of a route, or 404 for a name that is no room's."""
     room = request.match_info["room"]
     if not is_room_name(room):
         raise web.HTTPNotFound(text=ROOM_NAME_RULE)
@@ -53,7 +55,7 @@ def _room(request: web.Request) -> str:
 
 def _page(path: Path) -> Handler:
     async def handler(request: web.Request) -> web.FileResponse:
-        _room(request)
+        room_name(request)
         return web.FileResponse(path, headers=PAGE_HEADERS)
 
     return handler
@@ -81,13 +83,13 @@ def qr_code(url: str) -> str:
 
 
 async def qr_svg(request: web.Request) -> web.Response:
-    svg = qr_code(view_url(request, _room(request)))
+    svg = qr_code(view_url(request, room_name(request)))
     return web.Response(text=svg, content_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
 
 
 async def qr_page(request: web.Request) -> web.Response:
     """A page to project: the QR code, big, and the link spelled out."""
-    room = _room(request)
+    room = room_name(request)
     url = view_url(request, room)
     template = Template((CLIENT_DIR / "qr.html").read_text())
     html = template.substitute(room=escape(room), url=escape(url), svg=qr_code(url))

@@ -35,6 +35,7 @@ from livecap.captions import CaptionEvent, CaptionState, Settled
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
+from livecap.labels import Label, LabelStore
 from livecap.latency import RoomLatency
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
@@ -110,8 +111,25 @@ class TranscriptStore:
                           tuple(s for segment, s in sorted(settled.items()) if segment not in finished))
 
     def append(self, event: CaptionEvent) -> None:
-        """A final or a correction."""
-        self._write(event.room, event.to_message())
+        """A final or a correction, with the wall-clock time it was made (``time``, Unix seconds)."""
+        self._write(event.room, {**event.to_message(), "time": round(time.time(), 3)})
+
+    def finals(self, room: str | None = None, since: float | None = None) -> list[CaptionEvent]:
+        """The finals with text stored for ``room`` (every room if None), made
+        ``since`` then (Unix seconds) if set: the lines viewers were shown."""
+        paths = [self.directory / f"{room}.jsonl"] if room is not None else sorted(self.directory.glob("*.jsonl"))
+        finals = []
+        for path in paths:
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break
+                record = json.loads(line)
+                if record.get("kind") == "final" and record.get("text") and \
+                        (since is None or record.get("time", 0.0) >= since):
+                    finals.append(CaptionEvent.from_message(record))
+        return finals
 
     def reserve(self, room: str, ceiling: int) -> None:
         """Seqs up to ``ceiling`` may be handed out: on disk before this returns."""
@@ -167,11 +185,13 @@ class RoomSettings:
 
 
 class Room:
-    def __init__(self, name: str, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None) -> None:
+    def __init__(self, name: str, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
+                 labels: LabelStore | None = None) -> None:
         self.name = name
         self.scheduler = scheduler
         self.settings = settings
         self.store = store
+        self.labels = labels
         self.captions = restore(name, store)
         self._settled = (-1, 0)
         """(segment, how many of its stable words) the store holds."""
@@ -188,6 +208,12 @@ class Room:
         self.publisher_room = False
         """Holds one of the ``max_rooms`` places of publishers (see ``RoomRegistry``)."""
         self._label: str | None = None
+        self.flaggers: dict[int, set[str]] = {}
+        """The viewers who flagged each line (segment), since the room came into memory."""
+        self.open_flags: dict[int, int] = {}
+        """Flags on each line since its last correction: what the editor has yet to look at."""
+        self.ratings: dict[str, int] = {}
+        """Each viewer's last rating."""
 
     @property
     def idle(self) -> bool:
@@ -260,6 +286,58 @@ class Room:
         self.last_event = event
         if coalesced := self.broadcaster.publish(event, now):
             metrics.partials_coalesced.labels(label).inc(coalesced)
+
+    def correct(self, seq: int, text: str, by: str, wall: float) -> CaptionEvent:
+        """An editor's ``text`` for the line whose version ``seq`` they saw
+        (``CaptionState.correction``: ``UnknownSeq``, ``EditConflict``):
+        published to every viewer, stored with the finals, kept as a label."""
+        event = self.captions.correction(seq, text)
+        final, _ = self.captions.line(event.seq)
+        self.publish(event)
+        self.open_flags.pop(event.segment, None)
+        self.scheduler.metrics.corrections.labels(final.engine, final.model_version).inc()
+        self._keep(Label.about("correction", final, wall, by, event.seq, corrected=text))
+        return event
+
+    def flag(self, seq: int, viewer: str, wall: float) -> bool:
+        """A viewer says the line it saw as event ``seq`` is wrong
+        (``UnknownSeq`` if no line has that seq); False if it had flagged
+        that line already (one flag per viewer per line)."""
+        final, _ = self.captions.line(seq)
+        flaggers = self.flaggers.setdefault(final.segment, set())
+        if viewer in flaggers:
+            return False
+        flaggers.add(viewer)
+        self.open_flags[final.segment] = self.open_flags.get(final.segment, 0) + 1
+        self.scheduler.metrics.flags.labels(final.engine, final.model_version).inc()
+        self._keep(Label.about("flag", final, wall, viewer, seq))
+        return True
+
+    def rate(self, stars: int, viewer: str, wall: float) -> None:
+        """A viewer's 1-5 stars for the room's captions, credited to the
+        model version of the latest final (a later rating replaces it)."""
+        last = self.captions.finals[-1] if self.captions.finals else None
+        engine, version = (last.engine, last.model_version) if last else ("none", "none")
+        self.ratings[viewer] = stars
+        self.scheduler.metrics.rating_stars.labels(version).observe(stars)
+        self._keep(Label("rating", self.name, wall, engine, version, viewer, stars=stars))
+
+    def quality(self) -> dict[str, Any]:
+        """The dashboard's quality figures: corrections, flags and ratings, and the lines flagged since
+        their last correction, newest first."""
+        flagged = [(self.captions.current(segment), count) for segment, count in self.open_flags.items()]
+        return {
+            "corrections": len(self.captions.corrections),
+            "flags": sum(len(viewers) for viewers in self.flaggers.values()),
+            "flagged": [{"seq": line.seq, "segment": line.segment, "text": line.text, "flags": count}
+                        for line, count in sorted(flagged, key=lambda item: -item[0].segment)],
+            "rating": round(sum(self.ratings.values()) / len(self.ratings), 2) if self.ratings else None,
+            "ratings": len(self.ratings),
+        }
+
+    def _keep(self, label: Label) -> None:
+        if self.labels is not None:
+            self.labels.append(label)
 
     def acknowledged(self, seq: int, now: float, age_s: float) -> None:
         """A viewer rendered event ``seq`` (see ``RoomLatency.acknowledged``)."""
@@ -387,10 +465,11 @@ class RoomRegistry:
     """
 
     def __init__(self, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
-                 max_rooms: int, max_viewer_rooms: int) -> None:
+                 max_rooms: int, max_viewer_rooms: int, labels: LabelStore | None = None) -> None:
         self.scheduler = scheduler
         self.settings = settings
         self.store = store
+        self.labels = labels
         self.max_rooms = max_rooms
         self.max_viewer_rooms = max_viewer_rooms
         self.rooms: dict[str, Room] = {}
@@ -423,7 +502,7 @@ class RoomRegistry:
             raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms with a publisher")
         room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
-            room = Room(name, self.scheduler, self.settings, self.store)
+            room = Room(name, self.scheduler, self.settings, self.store, self.labels)
             if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
                 raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
                                  "neither a publisher nor a transcript; try again later")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import sys
 import time
 import weakref
@@ -23,11 +24,12 @@ from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecap import __version__
+from livecap.appkeys import CONNECTIONS, KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER, SOCKETS, STARTED
 from livecap.asr.engine import ENGINES, EngineOptions
 from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler, warm_up
 from livecap.audio import read_wav
-from livecap.auth import MAX_KEY_CHARS, Keys, Role
+from livecap.auth import Keys, Role, presented_key
 from livecap.config import ServerOptions
 from livecap.demo import DEMO_AUDIO
 from livecap.errors import (
@@ -39,25 +41,26 @@ from livecap.errors import (
     MessageTooBig,
     ProtocolError,
     RateLimited,
+    Refused,
     ServerBusy,
     ShuttingDown,
-    Unauthorized,
     ViewerTooSlow,
     json_object,
 )
 from livecap.export import MEDIA_TYPES, export
-from livecap.fanout import Outgoing, Subscriber, ViewerInbox, unsent_bytes
+from livecap.fanout import Outgoing, Subscriber, ViewerAck, ViewerFlag, ViewerInbox, ViewerRating, unsent_bytes
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
+from livecap.labels import LabelStore
 from livecap.metrics import Metrics
+from livecap.operator import add_operator_routes
+from livecap.pages import add_page_routes, room_name
 from livecap.rooms import (
-    ROOM_NAME_RULE,
     PublisherSession,
     Room,
     RoomRegistry,
     RoomSettings,
     TranscriptStore,
-    is_room_name,
 )
 
 log = logging.getLogger(__name__)
@@ -83,14 +86,6 @@ bounds in bytes); past it reading pauses, so a flood of control messages cannot 
 LOADING_RETRY_S = 5.0
 """Retry hint while the models load (seconds to a minute; longer on the first start, which builds them)."""
 
-OPTIONS = web.AppKey("options", ServerOptions)
-KEYS = web.AppKey("keys", Keys)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-ROOMS = web.AppKey("rooms", RoomRegistry)
-CONNECTIONS = web.AppKey("connections", Counter[str])
-SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
-METRICS = web.AppKey("metrics", Metrics)
-STARTED = web.AppKey("started", float)
 
 
 def create_app(options: ServerOptions, keys: Keys) -> web.Application:
@@ -101,7 +96,8 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
     app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
-                                      options.max_rooms, options.max_viewer_rooms)
+                                      options.max_rooms, options.max_viewer_rooms,
+                                      LabelStore(options.data_dir / "labels"))
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     metrics.publishers.set_function(lambda: rooms.publishers)
     metrics.publisher_capacity.set_function(lambda: scheduler.capacity)
@@ -119,12 +115,8 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app.router.add_get("/ws/ingest/{room}", ingest)
     app.router.add_get("/ws/captions/{room}", captions)
     app.router.add_get("/rooms/{room}/transcript.{fmt}", transcript)
-    # here: these modules import this one's app keys
-    from livecap.dashboard import add_dashboard_routes
-    from livecap.pages import add_page_routes
-
     add_page_routes(app)
-    add_dashboard_routes(app)
+    add_operator_routes(app)
     return app
 
 
@@ -256,7 +248,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def set_faults(request: web.Request) -> web.Response:
     """Operator endpoint of the fault injector: {"delay_s": 0.0, "failure_rate": 0.0}."""
-    require_operator(request)
+    request.app[KEYS].require_operator(request)
     injector = request.app[SCHEDULER].primary
     if not isinstance(injector, FaultInjector):
         raise web.HTTPServiceUnavailable(text="engines are still loading")
@@ -275,36 +267,15 @@ async def set_faults(request: web.Request) -> web.Response:
 
 
 async def transcript(request: web.Request) -> web.Response:
-    fmt, name = request.match_info["fmt"], request.match_info["room"]
+    fmt, name = request.match_info["fmt"], room_name(request)
     if fmt not in MEDIA_TYPES:
         raise web.HTTPNotFound(text="formats: txt, vtt, srt, json")
-    if not is_room_name(name):
-        raise web.HTTPNotFound(text=ROOM_NAME_RULE)
     try:
         request.app[KEYS].check("viewer", name, presented_key(request))
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
     return web.Response(text=export(request.app[ROOMS].transcript(name), fmt),
                         content_type=MEDIA_TYPES[fmt], charset="utf-8")
-
-
-def presented_key(request: web.Request) -> str | None:
-    """The key a client presents, ``Authorization: Bearer KEY`` or ``?token=KEY``.
-    One longer than ``MAX_KEY_CHARS`` or not ASCII is no key (``Unauthorized``)
-    and goes no further, into a QR code, say."""
-    header = request.headers.get("Authorization", "")
-    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token")
-    if key is not None and (len(key) > MAX_KEY_CHARS or not key.isascii()):
-        raise Unauthorized(f"keys are at most {MAX_KEY_CHARS} ASCII characters")
-    return key
-
-
-def require_operator(request: web.Request) -> None:
-    """The operator key (one for the whole server) or 401."""
-    try:
-        request.app[KEYS].check("operator", "", presented_key(request))
-    except LivecapError as error:
-        raise web.HTTPUnauthorized(text=error.message, headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 async def _close_with(ws: web.WebSocketResponse, error: LivecapError, metrics: Metrics) -> None:
@@ -466,13 +437,14 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
 
 
 async def _answer(ws: web.WebSocketResponse, room: Room, message: Mapping[str, object]) -> None:
-    """Reply to a publisher. One that vanishes (laptop lid, Wi-Fi) is normal, not an error: what
-    it sent before is still transcribed, its open utterance becomes final for the viewers and the
+    """Reply to a client, between the captions (a frame is written whole: writes do not interleave).
+    A client that vanishes (laptop lid, Wi-Fi) is normal, not an error: what a publisher sent
+    before is still transcribed, its open utterance becomes final for the viewers and the
     transcript (``finally`` in ``_publish``), the reader sees the close; only the reply is lost."""
     try:
         await ws.send_json(message)
     except ConnectionError:
-        log.info("room %s: the publisher went away before it got %r", room.name, message.get("type"),
+        log.info("room %s: the client went away before it got %r", room.name, message.get("type"),
                  extra={"room": room.name})
 
 
@@ -557,7 +529,7 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     # Snapshot the history and subscribe in one step (no await between):
     # every final is then either replayed or queued live, never both.
     history = room.captions.history_after(after_seq) if after_seq is not None else \
-        room.captions.finals[-DEFAULT_HISTORY:]
+        room.captions.recent(DEFAULT_HISTORY)
     if room.captions.current_partial is not None:
         history = [*history, room.captions.current_partial]
     now = time.monotonic()
@@ -587,18 +559,31 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
 
 async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room, subscriber: Subscriber,
                      inbox: ViewerInbox) -> None:
-    """Until the viewer leaves: its acks and pongs confirm what it got; anything
-    else has it closed (``subscriber.disconnect``)."""
+    """Until the viewer leaves: its acks and pongs confirm what it got, its
+    flags and ratings are answered (``flagged``, ``rated``, or a refusal that
+    closes nothing); anything else has it closed (``subscriber.disconnect``)."""
+    viewer = secrets.token_hex(6)  # anonymous, one per connection: one flag per line, one rating kept
     try:
         async for message in ws:
             if _missed_pong(request, message):
                 return
             now = time.monotonic()
             if message.type == WSMsgType.TEXT:
-                ack = inbox.receive_text(str(message.data), now, subscriber.sent_seq)
-                if ack is not None:
-                    subscriber.acknowledged(ack.seq)
-                    room.acknowledged(ack.seq, now, ack.age_s)
+                try:
+                    received = inbox.receive_text(str(message.data), now, subscriber.sent_seq)
+                    match received:
+                        case ViewerAck(seq, age_s):
+                            subscriber.acknowledged(seq)
+                            room.acknowledged(seq, now, age_s)
+                        case ViewerFlag(seq):
+                            counted = room.flag(seq, viewer, time.time())
+                            await _answer(ws, room, {"type": "flagged", "seq": seq, "counted": counted})
+                        case ViewerRating(stars):
+                            room.rate(stars, viewer, time.time())
+                            await _answer(ws, room, {"type": "rated", "stars": stars})
+                except Refused as refusal:
+                    request.app[METRICS].refusals.labels(refusal.code).inc()
+                    await _answer(ws, room, refusal.to_event())
             elif message.type == WSMsgType.BINARY:
                 inbox.receive_bytes(bytes(message.data), now)
             elif message.type == WSMsgType.PING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,19 @@ from typing import Any
 import pytest
 from aiohttp import web
 from livecap_models import Manifest, ensure_model
+from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from livecap import asr  # noqa: F401  (registers the engines)
+from livecap.appkeys import METRICS, SCHEDULER
 from livecap.asr.engine import EngineOptions
 from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.auth import Keys
 from livecap.config import ServerOptions
-from livecap.server import METRICS, SCHEDULER, create_app
+from livecap.server import create_app
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 TIMEOUT_FACTOR = float(os.environ.get("LIVECAP_TEST_TIMEOUT_FACTOR", "1"))
 """Scale every test timeout at once on a slow machine (websockets does the same)."""
 
@@ -96,3 +102,37 @@ def tiny_manifest() -> Manifest:
 @pytest.fixture(scope="session")
 def whisper_engine(tiny_manifest: Manifest) -> WhisperOnnx:
     return WhisperOnnx(EngineOptions(model="tiny.en", device="cpu", threads=2))
+
+
+# --- real Chromium (Debian's, driven by Playwright: see shared/notes/browser-tests.md) ---------------------------
+
+
+@pytest.fixture(scope="session")
+async def playwright() -> AsyncIterator[Playwright]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is not installed: make system-deps")
+    async with async_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def chromium_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | float | bool]:
+    """Chromium writes a profile and caches under $HOME: keep them out of the real one."""
+    home = tmp_path_factory.mktemp("chromium-home")
+    return {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache")}
+
+
+@pytest.fixture(scope="session")
+async def browser(playwright: Playwright, chromium_env: dict[str, str | float | bool]) -> AsyncIterator[Browser]:
+    browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                              env=chromium_env)
+    yield browser
+    await browser.close()
+
+
+def fail_on_page_errors(page: Page) -> list[str]:
+    """Collect uncaught exceptions of the page; a test asserts the list is empty."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors

@@ -6,7 +6,7 @@ import pytest
 
 from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent, CaptionState
-from livecap.errors import ViewerTooSlow
+from livecap.errors import EditConflict, UnknownSeq, ViewerTooSlow
 from livecap.export import export
 from livecap.fanout import Outgoing, ViewerQueue
 
@@ -38,7 +38,7 @@ def test_history_and_corrections() -> None:
     state = CaptionState("r")
     for i in range(3):
         state.final(state.new_segment(), w(f"line {i}"), i, i + 1, "e", "v", 0)
-    correction = state.correction(1, "line one")
+    correction = state.correction(2, "line one")
     assert [e.seq for e in state.history_after(1)] == [2, 3, 4]
     assert [e.text for e in state.transcript()] == ["line 0", "line one", "line 2"]
     restored = CaptionState("r", [CaptionEvent.from_message(e.to_message()) for e in state.history_after(0)])
@@ -80,3 +80,47 @@ def test_exports() -> None:
     assert export(finals, "vtt").startswith("WEBVTT\n\n00:00:01.500 --> 00:00:03.250\nHello there.\n")
     assert "2\n01:01:01,000 --> 01:01:02,000\nSecond line\n" in export(finals, "srt")
     assert '"text": "Second line"' in export(finals, "json")
+
+
+def test_a_correction_names_the_version_it_corrects() -> None:
+    """Two editors saw the same final: the first correction wins, the second
+    is refused with the line as it is now; corrections of corrections chain."""
+    state = CaptionState("r")
+    final = state.final(state.new_segment(), w("the jason format"), 0, 1, "e", "v", 0)
+    assert final is not None
+    first = state.correction(final.seq, "the JSON format")
+    with pytest.raises(EditConflict) as conflict:
+        state.correction(final.seq, "the Jason format")
+    assert conflict.value.current == {"seq": first.seq, "segment": final.segment, "text": "the JSON format"}
+    second = state.correction(first.seq, "the JSON format.")
+    assert state.line(final.seq) == (final, second) and state.line(second.seq)[1] == second
+    assert (second.engine, second.model_version, second.words) == ("e", "v", ())
+    with pytest.raises(UnknownSeq):
+        state.correction(999, "no such line")
+    partial = state.partial(state.new_segment(), (), w("not yet"), 1, 2, "e", "v", 0)
+    assert partial is not None
+    with pytest.raises(UnknownSeq):
+        state.line(partial.seq)
+    restored = CaptionState("r", [CaptionEvent.from_message(e.to_message()) for e in state.history_after(0)])
+    assert restored.line(final.seq)[1].text == "the JSON format." and restored.line(first.seq)[1].seq == second.seq
+
+
+def test_the_transcript_shows_corrected_lines_without_the_models_words() -> None:
+    state = CaptionState("r")
+    kept = state.final(state.new_segment(), w("the jason format"), 0, 1, "e", "v", 0)
+    noise = state.final(state.new_segment(), w("thank you"), 1, 2, "e", "v", 0)
+    assert kept is not None and noise is not None
+    state.correction(kept.seq, "the JSON format")
+    state.correction(noise.seq, "")
+    [line] = state.transcript()
+    assert (line.text, line.stable, line.words, line.seq) == ("the JSON format", "the JSON format", (), kept.seq)
+    assert "jason" not in export(state.transcript(), "json"), \
+        "an emptied line is gone, a corrected one has no stale words"
+
+
+def test_a_new_viewer_gets_the_recent_lines_as_corrected() -> None:
+    state = CaptionState("r")
+    finals = [e for i in range(4) if (e := state.final(state.new_segment(), w(f"line {i}"), i, i + 1, "e", "v", 0))]
+    old = state.correction(finals[0].seq, "line zero")  # out of the window
+    new = state.correction(finals[3].seq, "line three")
+    assert state.recent(2) == [finals[2], finals[3], new] and old not in state.recent(2)

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import websockets
 
+from livecap.appkeys import ROOMS
 from livecap.auth import Keys
 from livecap.cli import STREAM_TRIES, main
 from livecap.client import Backoff, ingest_url, stream_audio, wait_until_ready
 from livecap.config import add_arguments
 from livecap.demo import DEMO_ROOM, play_demo
-from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio
 

@@ -16,9 +16,10 @@ from aiohttp import WSCloseCode
 from aiohttp._websocket import reader_py
 
 from livecap import errors
+from livecap.appkeys import ROOMS
 from livecap.auth import Keys
 from livecap.config import ServerOptions, settings_table
-from livecap.server import LIBRARY_ERRORS, ROOMS, create_app
+from livecap.server import LIBRARY_ERRORS, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -50,8 +51,17 @@ def documented_closes() -> tuple[set[tuple[str, int]], set[int]]:
 
 def test_error_table_lists_every_code_the_protocol_reports() -> None:
     reported = {(cls.code, cls.close_code) for _, cls in inspect.getmembers(errors, inspect.isclass)
-                if issubclass(cls, errors.LivecapError) and cls is not errors.LivecapError}
+                if issubclass(cls, errors.LivecapError) and not issubclass(cls, errors.Refused)
+                and cls is not errors.LivecapError}
     assert documented_closes()[0] == reported
+
+
+def test_refusal_table_lists_every_refusal_with_its_status() -> None:
+    """Refusals close nothing: their own table, with the HTTP status a correction gets."""
+    rows = set(re.findall(r"^\| `(\w+)` \| (\d+) \|", section(README.read_text(), "refusals"), re.M))
+    refused = {(cls.code, str(cls.http_status)) for _, cls in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(cls, errors.Refused) and cls is not errors.Refused}
+    assert rows == refused
 
 
 def test_error_table_lists_every_close_the_websocket_library_sends() -> None:
@@ -68,7 +78,7 @@ def test_error_table_lists_every_close_the_websocket_library_sends() -> None:
 
 
 PAGE_SCRIPTS = {"/overlay/{room}": "overlay.js", "/view/{room}": "view.js", "/speak/{room}": "speak.js",
-                "/dashboard": "dashboard.js"}
+                "/edit/{room}": "edit.js", "/dashboard": "dashboard.js"}
 
 
 def page_parameters(script: str) -> set[str]:
@@ -86,12 +96,12 @@ def test_page_table_lists_every_parameter_the_pages_read() -> None:
     assert documented == read
 
 
-def test_readme_says_where_transcripts_are_kept(tmp_path: Path) -> None:
-    """README once said DATA_DIR/rooms/; the store is elsewhere."""
-    said = re.findall(r"`DATA_DIR/(\w+)/`", README.read_text())
-    assert said, "README says where transcripts are kept"
-    store = create_app(ServerOptions(data_dir=tmp_path, secret="s"), Keys("s"))[ROOMS].store
-    assert store is not None and {tmp_path / name for name in said} == {store.directory}
+def test_readme_says_where_transcripts_and_labels_are_kept(tmp_path: Path) -> None:
+    """README once said DATA_DIR/rooms/; the stores are elsewhere."""
+    said = re.findall(r"`DATA_DIR/(\w+)/", README.read_text())
+    rooms = create_app(ServerOptions(data_dir=tmp_path, secret="s"), Keys("s"))[ROOMS]
+    assert rooms.store is not None and rooms.labels is not None
+    assert {tmp_path / name for name in said} == {rooms.store.directory, rooms.labels.path.parent}
 
 
 def main() -> None:

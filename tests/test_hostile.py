@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import websockets
 
+from livecap.appkeys import ROOMS
 from livecap.asr.faults import Faults
 from livecap.client import stream_audio
 from livecap.errors import InvalidJson, ProtocolError
 from livecap.fanout import ViewerInbox
 from livecap.ingest import IngestProtocol
 from livecap.rooms import is_room_name
-from livecap.server import ROOMS
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio
 from tests.test_docs import documented_closes

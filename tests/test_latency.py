@@ -112,7 +112,7 @@ def test_room_latency_from_audio_to_final_and_ack() -> None:
     assert latency.acknowledged(999, 13.3) is None, "unknown seq"
     assert latency.acknowledged(final.seq, 13.3, age_s=5.0) is None, "rendered before the audio came"
     assert latency.windows["speech_to_screen"].summary(13.3).count == 1
-    correction = state.correction(segment, "one two free")
+    correction = state.correction(final.seq, "one two free")
     latency.published(correction, 14.0)
     assert latency.acknowledged(correction.seq, 14.2) is None, "a correction covers no speech"
     assert latency.engine_share(13.5) == {"e": 1}

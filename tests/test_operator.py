@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +19,20 @@ import numpy as np
 import pytest
 import websockets
 from aiohttp.test_utils import make_mocked_request
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 from playwright.async_api import expect as playwright_expect
 from prometheus_client.parser import text_string_to_metric_families
 
+from livecap.appkeys import ROOMS
 from livecap.asr.engine import Word
 from livecap.auth import Keys
 from livecap.client import stream_audio
 from livecap.config import ServerOptions
 from livecap.logs import JsonFormatter
-from livecap.server import ROOMS, create_app, readyz
-from tests.conftest import LiveServer, timeout
+from livecap.server import create_app, readyz
+from tests.conftest import LiveServer, fail_on_page_errors, timeout
 from tests.speech import audio
-from tests.test_pages import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, fail_on_page_errors
+from tests.test_pages import ARTIFACTS
 from tests.test_server import drain
 
 MONITORING = Path(__file__).resolve().parent.parent / "livecap" / "monitoring"
@@ -299,31 +298,18 @@ async def test_promtool_accepts_the_scrape_config_rules_and_metrics(sphinx_serve
 # ---- the dashboard page in Chromium
 
 
-@pytest.fixture(scope="module")
-async def dashboard_browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is not installed: make system-deps")
-    home = tmp_path_factory.mktemp("chromium-home")
-    env: dict[str, str | float | bool] = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-                                          "XDG_CACHE_HOME": str(home / ".cache")}
-    async with async_playwright() as driver:
-        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env)
-        yield browser
-        await browser.close()
-
-
 @pytest.mark.slow
 async def test_dashboard_shows_a_live_room_and_ends_it(sphinx_server: LiveServer,
-                                                       dashboard_browser: Browser) -> None:
+                                                       browser: Browser) -> None:
     room, base = "dash-room", sphinx_server.base
     ARTIFACTS.mkdir(exist_ok=True)
-    phone = await dashboard_browser.new_page()
+    phone = await browser.new_page()
     phone_errors = fail_on_page_errors(phone)
     await phone.goto(f"{base}/view/{room}")
     await expect(phone.locator("#status")).to_have_attribute("data-state", "open")
 
     # Without a key the dashboard asks for one; a wrong one is refused in words.
-    context = await dashboard_browser.new_context(viewport={"width": 1280, "height": 800})
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     errors = fail_on_page_errors(page)
     await page.goto(f"{base}/dashboard?theme=dark")

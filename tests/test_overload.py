@@ -22,6 +22,7 @@ import pytest
 import websockets
 
 from benchmarks.scoring import word_error_rate
+from livecap.appkeys import SCHEDULER
 from livecap.asr.engine import SAMPLE_RATE
 from livecap.asr.faults import FaultInjector
 from livecap.asr.scheduler import Scheduler, SchedulerOptions
@@ -32,7 +33,6 @@ from livecap.client import StreamResult, stream_audio
 from livecap.errors import LivecapError, ServerBusy
 from livecap.metrics import Metrics
 from livecap.rooms import RoomRegistry, RoomSettings
-from livecap.server import SCHEDULER
 from livecap.vad import VadOptions
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio, recordings

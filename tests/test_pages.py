@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
-import shutil
 import time
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,22 +24,19 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from playwright.async_api import Browser, Page, Playwright, Route, WebSocketRoute, async_playwright
+from playwright.async_api import Browser, Page, Playwright, Route, WebSocketRoute
 from playwright.async_api import expect as playwright_expect
 
 from benchmarks.scoring import word_error_rate
+from livecap.appkeys import OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.client import stream_audio
 from livecap.config import ServerOptions
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol
 from livecap.pages import view_url
-from livecap.server import OPTIONS, ROOMS
-from tests.conftest import LiveServer, timeout
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer, fail_on_page_errors, timeout
 from tests.speech import audio, recordings
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 # Recordings PocketSphinx transcribes well (WER 0-12% each), with words it gets right.
@@ -63,41 +58,10 @@ def server(sphinx_server: LiveServer) -> LiveServer:
     return sphinx_server
 
 
-@pytest.fixture(scope="session")
-async def playwright() -> AsyncIterator[Playwright]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is not installed: make system-deps")
-    async with async_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="session")
-def chromium_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | float | bool]:
-    """Chromium writes a profile and caches under $HOME: keep them out of the real one."""
-    home = tmp_path_factory.mktemp("chromium-home")
-    return {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache")}
-
-
-@pytest.fixture(scope="session")
-async def browser(playwright: Playwright, chromium_env: dict[str, str | float | bool]) -> AsyncIterator[Browser]:
-    browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                                              env=chromium_env)
-    yield browser
-    await browser.close()
-
-
 @pytest.fixture
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
-
-
-def fail_on_page_errors(page: Page) -> list[str]:
-    """Collect uncaught exceptions of the page; a test asserts the list is empty."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -183,7 +147,7 @@ async def test_overlay_marks_low_confidence_words_and_applies_corrections(server
     assert await box.evaluate("e => getComputedStyle(e).color") == "rgb(255, 204, 0)"
     assert await box.evaluate("e => getComputedStyle(e).fontSize") == "30px"
     assert (await box.bounding_box() or {"y": 1e9})["y"] < 100, "position=top"
-    room.publish(room.captions.correction(segment, "captions for every one"))
+    room.publish(room.captions.correction(room.captions.finals[-1].seq, "captions for every one"))
     await expect(page.locator("#log .item.corrected")).to_have_text("captions for every one")
     await page.close()
     assert not errors

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import websockets
 
+from livecap.appkeys import ROOMS, SCHEDULER
 from livecap.asr.engine import Word
 from livecap.auth import Keys
 from livecap.captions import RECOVERED, SEQ_BLOCK, SeqCounter
 from livecap.client import ingest_url, stream_audio, wait_until_ready
 from livecap.rooms import Room, RoomRegistry, TranscriptStore
-from livecap.server import ROOMS, SCHEDULER
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio
 

@@ -14,9 +14,9 @@ import pytest
 import websockets
 
 from benchmarks.scoring import word_error_rate
+from livecap.appkeys import ROOMS
 from livecap.audio import float_to_s16le
 from livecap.client import StreamResult, stream_audio
-from livecap.server import ROOMS
 from tests.conftest import LiveServer, timeout
 from tests.speech import audio, recordings
 from tests.test_budget import faults

@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 import pytest
 import websockets
 
+from livecap.appkeys import METRICS, ROOMS
 from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent, CaptionState
 from livecap.errors import RoomEnded, ViewerTooSlow
 from livecap.fanout import PROBE_AT, Outgoing, Subscriber, ViewerQueue
 from livecap.rooms import Room
-from livecap.server import METRICS, ROOMS
 from tests.conftest import LiveServer, start_server, timeout
 
 MAX_LAG_S = timeout(1.5)

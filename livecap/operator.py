@@ -1,4 +1,5 @@
-"""The operator dashboard: ``/dashboard`` and the operator's room endpoints.
+"""Operator routes: the dashboard page (``client/dashboard.html``) and the
+operator's room endpoints.
 
 The page (``client/dashboard.html``) holds no data and no secret, so it is
 served to anyone; everything it shows comes from ``GET /operator/rooms``,
@@ -21,28 +22,80 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from livecap.appkeys import KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER
+from livecap.auth import presented_key
+from livecap.errors import InvalidRequest, LivecapError, Refused, json_object
+from livecap.labels import key_id
 from livecap.latency import LATENCY_KINDS, WINDOW_S
-from livecap.pages import CLIENT_DIR, PAGE_HEADERS
-from livecap.rooms import Room, is_room_name
-from livecap.server import KEYS, OPTIONS, ROOMS, SCHEDULER, require_operator
+from livecap.pages import CLIENT_DIR, PAGE_HEADERS, room_name
+from livecap.rooms import Room
 
 RECENT_FINALS = 4
 """Finals shown per room card."""
 
 
-def add_dashboard_routes(app: web.Application) -> None:
+MAX_CORRECTION_CHARS = 2000
+"""A corrected line is one utterance: at most 15 s of speech."""
+
+
+def add_operator_routes(app: web.Application) -> None:
     app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/edit/{room}", editor_page)
     app.router.add_get("/operator/rooms", operator_rooms)
     app.router.add_post("/operator/rooms/{room}/end", end_room)
+    app.router.add_post("/operator/rooms/{room}/corrections", correct_line)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(CLIENT_DIR / "dashboard.html", headers=PAGE_HEADERS)
 
 
+async def editor_page(request: web.Request) -> web.FileResponse:
+    """The live editor (``client/edit.html``): like the dashboard, it holds no data and asks for the operator key."""
+    room_name(request)
+    return web.FileResponse(CLIENT_DIR / "edit.html", headers=PAGE_HEADERS)
+
+
+async def correct_line(request: web.Request) -> web.Response:
+    """``{"seq": N, "text": "..."}``: the editor's text for the line whose
+    version (final or correction) ``N`` they saw. The correction goes to
+    every viewer as a ``correction`` event with its own seq, into the
+    transcript and into the labels; the answer is that event. Refusals are
+    JSON ``error`` bodies: 400 ``invalid_request``, 404 ``unknown_seq``, 409
+    ``edit_conflict`` (another editor corrected the line first; ``current``
+    is the line now, to edit again)."""
+    keys = request.app[KEYS]
+    keys.require_operator(request)
+    name = room_name(request)
+    try:
+        seq, text = _correction(await request.text())
+        room = request.app[ROOMS].get(name)
+        event = room.correct(seq, text, key_id(presented_key(request)), time.time())
+    except Refused as refusal:
+        request.app[METRICS].refusals.labels(refusal.code).inc()
+        return web.json_response(refusal.to_event(), status=refusal.http_status)
+    except LivecapError as error:  # the registry is full (ServerBusy)
+        raise web.HTTPServiceUnavailable(text=error.message) from None
+    return web.json_response(event.to_message())
+
+
+def _correction(body: str) -> tuple[int, str]:
+    try:
+        request = json_object(body)
+    except LivecapError:
+        raise InvalidRequest("expected a JSON object {\"seq\": N, \"text\": \"...\"}") from None
+    seq, text = request.get("seq"), request.get("text")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidRequest("seq must be the seq of the line's version the editor saw")
+    line = " ".join(text.split()) if isinstance(text, str) else ""  # one line: line breaks become spaces
+    if not isinstance(text, str) or len(text) > MAX_CORRECTION_CHARS or not line.isprintable():
+        raise InvalidRequest(f"text must be printable text of at most {MAX_CORRECTION_CHARS} characters")
+    return seq, line
+
+
 async def operator_rooms(request: web.Request) -> web.Response:
     """Every room held in memory with its live state; see ``room_state``."""
-    require_operator(request)
+    request.app[KEYS].require_operator(request)
     app = request.app
     scheduler, mono, wall = app[SCHEDULER], time.monotonic(), time.time()
     primary, fallback = scheduler.primary, scheduler.fallback
@@ -95,6 +148,7 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
         "fallback_share": round(engines.get(fallback, 0) / finals, 3) if finals and fallback else None,
         "recent": [{"seq": e.seq, "start": round(e.start, 1), "text": e.text, "engine": e.engine}
                    for e in room.captions.finals[-RECENT_FINALS:] if e.text],
+        "quality": room.quality(),
         "partial": partial.text if partial is not None else None,
         "series": series,
         "links": _links(request, room.name),
@@ -107,7 +161,7 @@ def _links(request: web.Request, room: str) -> dict[str, str]:
     query = f"?{urlencode({'token': keys.key('viewer', room)})}" if keys.viewer_keys_required else ""
     name = quote(room)
     return {"view": f"/view/{name}{query}", "overlay": f"/overlay/{name}{query}", "qr": f"/qr/{name}{query}",
-            "transcript": f"/rooms/{name}/transcript.txt{query}"}
+            "transcript": f"/rooms/{name}/transcript.txt{query}", "edit": f"/edit/{name}"}
 
 
 def _round(value: float | None) -> float | None:
@@ -118,10 +172,8 @@ async def end_room(request: web.Request) -> web.Response:
     """End a room (``Room.end``): the open utterance becomes final, then its
     publisher and viewers are closed with ``room_ended`` (4410) and the room
     leaves memory. Its transcript stays; a new publisher may start it again."""
-    require_operator(request)
-    name = request.match_info["room"]
-    if not is_room_name(name):
-        raise web.HTTPNotFound(text="no such room")
+    request.app[KEYS].require_operator(request)
+    name = room_name(request)
     result = await request.app[ROOMS].end(name)
     if result is None:
         raise web.HTTPNotFound(text=f"room {name!r} is not open")
