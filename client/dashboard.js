@@ -4,23 +4,15 @@
 // vendored by client/vendor/update.sh.
 import uPlot from "/static/vendor/uplot/uPlot.esm.js";
 import { Backoff, formatTime, params } from "/static/captions.js";
+import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
 const root = document.documentElement;
 const POLL_MS = 1000;
-const KEY_STORAGE = "livecap.operatorKey";
 
 if (["dark", "light"].includes(params.get("theme"))) root.dataset.theme = params.get("theme");
 
-// The key is kept for this tab only and taken out of the address bar, so it
-// does not end up in screenshots, screen shares or the browser history.
-let key = params.get("token") ?? sessionStorage.getItem(KEY_STORAGE);
-if (params.has("token")) {
-  sessionStorage.setItem(KEY_STORAGE, key);
-  const url = new URL(location.href);
-  url.searchParams.delete("token");
-  history.replaceState(null, "", url);
-}
+const key = new OperatorKey({ form: $("key-form"), input: $("key"), message: $("key-message"), onKey: () => poll() });
 
 function status(state, text) {
   $("status").dataset.state = state;
@@ -30,24 +22,10 @@ function status(state, text) {
 function askForKey(message) {
   clearTimeout(pollTimer);
   status("failed", "Locked");
-  $("key-form").hidden = false;
-  $("key-message").hidden = !message;
-  $("key-message").textContent = message ?? "";
   $("rooms").hidden = true;
   $("empty").hidden = true;
   $("server").hidden = true;
-  $("key").focus();
-}
-
-$("key-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  key = $("key").value.trim();
-  sessionStorage.setItem(KEY_STORAGE, key);
-  poll();
-});
-
-function authorized(init = {}) {
-  return { ...init, cache: "no-store", headers: { Authorization: `Bearer ${key}` } };
+  key.ask(message);
 }
 
 let pollTimer = null;
@@ -55,13 +33,13 @@ let pollTimer = null;
 const backoff = new Backoff({ baseMs: POLL_MS * 2, capMs: 10 * POLL_MS });
 async function poll() {
   clearTimeout(pollTimer);
-  if (!key) {
+  if (!key.value) {
     askForKey();
     return;
   }
   let delay = POLL_MS;
   try {
-    const response = await fetch("/operator/rooms", authorized());
+    const response = await fetch("/operator/rooms", key.authorized());
     if (response.status === 401) {
       askForKey("This key was not accepted. Paste the operator key.");
       return;
@@ -188,7 +166,7 @@ function updateCard(entry, room) {
   field(".qr").href = room.links.qr;
   field(".overlay").href = room.links.overlay;
   field(".transcript").href = room.links.transcript;
-  field(".edit").href = `${room.links.edit}?${new URLSearchParams({ token: key })}`;
+  field(".edit").href = `${room.links.edit}?${new URLSearchParams({ token: key.value })}`;
   const { quality } = room;
   field(".quality").textContent = `${quality.corrections} corrected · ${quality.flags} flagged · ` +
     (quality.rating === null ? "no rating" : `★ ${quality.rating.toFixed(1)} (${quality.ratings})`);
@@ -296,7 +274,7 @@ function confirmEnd(name) {
 async function endRoom(name) {
   $("notice").hidden = true;
   try {
-    const response = await fetch(`/operator/rooms/${encodeURIComponent(name)}/end`, authorized({ method: "POST" }));
+    const response = await fetch(`/operator/rooms/${encodeURIComponent(name)}/end`, key.authorized({ method: "POST" }));
     if (response.status === 401) return askForKey("This key was not accepted. Paste the operator key.");
     if (!response.ok && response.status !== 404) throw new Error(await response.text());
   } catch (error) {

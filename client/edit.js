@@ -6,19 +6,12 @@
 // editor saw: if another editor corrected it first, the server refuses
 // (409 edit_conflict) and the line shows their text, with ours kept in the
 // box to save again. Words of finals below `lowconf` are marked.
-import { followCaptions, formatTime, numberParam, params, room } from "/static/captions.js";
+import { followCaptions, formatTime, numberParam, room } from "/static/captions.js";
+import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
-const KEY_STORAGE = "livecap.operatorKey"; // shared with the dashboard (this tab only)
 const lowConfidence = numberParam("lowconf", 0.5, 0, 1);
-
-let key = params.get("token") ?? sessionStorage.getItem(KEY_STORAGE);
-if (params.has("token")) {
-  sessionStorage.setItem(KEY_STORAGE, key);
-  const url = new URL(location.href);
-  url.searchParams.delete("token");
-  history.replaceState(null, "", url);
-}
+const key = new OperatorKey({ form: $("key-form"), input: $("key"), message: $("key-message"), onKey: () => start() });
 
 document.title = `${room} · Caption editor`;
 $("room").textContent = room;
@@ -141,11 +134,11 @@ async function save(edited, text) {
   edited.saving = true;
   let response;
   try {
-    response = await fetch(`/operator/rooms/${encodeURIComponent(room)}/corrections`, {
+    response = await fetch(`/operator/rooms/${encodeURIComponent(room)}/corrections`, key.authorized({
       method: "POST",
-      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ seq: base, text }),
-    });
+    }));
   } catch {
     edited.saving = false;
     line.note.textContent = "Not saved: the server cannot be reached. Enter tries again.";
@@ -195,10 +188,10 @@ const STATES = { connecting: "Connecting…", open: "Live", reconnecting: "Recon
 let connection = null;
 
 function start() {
-  $("key-form").hidden = true;
+  connection?.close();
   connection = followCaptions({
     fromStart: true,
-    token: key,
+    token: key.value,
     onCaption: apply,
     onState(state, error) {
       $("status").dataset.state = state;
@@ -211,18 +204,8 @@ function start() {
 
 function askForKey(message) {
   connection?.close();
-  $("key-form").hidden = false;
-  $("key-message").hidden = !message;
-  $("key-message").textContent = message ?? "";
-  $("key").focus();
+  key.ask(message);
 }
 
-$("key-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  key = $("key").value.trim();
-  sessionStorage.setItem(KEY_STORAGE, key);
-  start();
-});
-
-if (key) start();
+if (key.value) start();
 else askForKey();

@@ -82,11 +82,12 @@ PAGE_SCRIPTS = {"/overlay/{room}": "overlay.js", "/view/{room}": "view.js", "/sp
 
 
 def page_parameters(script: str) -> set[str]:
-    """The query parameters a page script reads, itself or through captions.js."""
+    """The query parameters a page script reads, itself or through the modules it imports."""
     source = (ROOT / "client" / script).read_text()
-    if script != "captions.js" and '/static/captions.js"' in source:
-        source += (ROOT / "client" / "captions.js").read_text()
-    return set(re.findall(r'(?:params\.(?:get|has)|numberParam)\("(\w+)"', source))
+    read = set(re.findall(r'(?:params\.(?:get|has)|numberParam)\("(\w+)"', source))
+    for module in re.findall(r'from "/static/([\w-]+\.js)"', source):
+        read |= page_parameters(module)
+    return read
 
 
 def test_page_table_lists_every_parameter_the_pages_read() -> None:
