@@ -201,6 +201,7 @@ export function followCaptions({ onCaption, onState = () => {}, onReply = () => 
       },
       onMessage: (message) => {
         if (message.type === "caption") connection.healthy();
+        else if (message.type === "room") showRoomState(message);
         else if (message.type !== "error") onReply(message);
         if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
         lastSeq = message.seq;
@@ -211,6 +212,15 @@ export function followCaptions({ onCaption, onState = () => {}, onReply = () => 
     },
   );
   return connection;
+}
+
+/**
+ * What the server says about the room ({"type":"room","recording":true}):
+ * a room whose audio is being recorded says so on every page
+ * (data-recording on the root element; each page's CSS shows a badge).
+ */
+export function showRoomState(message) {
+  document.documentElement.dataset.recording = String(Boolean(message.recording));
 }
 
 /**

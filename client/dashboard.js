@@ -133,6 +133,7 @@ function createCard(name) {
   field(".name").textContent = name;
   field(".name").title = `${name}: open the phone view`;
   field(".end").addEventListener("click", () => confirmEnd(name));
+  field(".settings").addEventListener("click", () => openSettings(name));
   const plot = field(".plot");
   const entry = { card, field, plot, chart: null, data: null };
   new ResizeObserver(() => {
@@ -220,6 +221,17 @@ function render(snapshot) {
   $("server-totals").textContent = `${count(snapshot.rooms.length, "room", "rooms")} · ` +
     `${count(server.publishers, "speaker", "speakers")} · ${count(server.viewers, "viewer", "viewers")}`;
   $("empty").hidden = snapshot.rooms.length > 0;
+  $("models").hidden = !snapshot.models.length;
+  $("models").tBodies[0].replaceChildren(...snapshot.models.map((model) => {
+    const row = document.createElement("tr");
+    for (const value of [model.model_version, model.lines, model.corrected, model.flags_per_100_lines ?? "—",
+      model.rating === null ? "—" : `★ ${model.rating.toFixed(1)}`]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    return row;
+  }));
 
   const seen = new Set();
   let previous = null;
@@ -281,7 +293,127 @@ async function endRoom(name) {
     $("notice").hidden = false;
     $("notice").textContent = `Room “${name}” could not be ended: ${error.message}`;
   }
-  poll();
+  // ---- room settings
+
+const terms = (text) => text.split(/[,\n]/).map((t) => t.trim()).filter(Boolean);
+const settingsUrl = (name) => `/operator/rooms/${encodeURIComponent(name)}/settings`;
+
+async function openSettings(name) {
+  const dialog = $("settings-dialog");
+  const response = await fetch(settingsUrl(name), key.authorized()).catch(() => null);
+  if (response?.status === 401) return askForKey("This key was not accepted. Paste the operator key.");
+  if (!response?.ok) {
+    $("notice").hidden = false;
+    $("notice").textContent = `The settings of “${name}” could not be read.`;
+    return;
+  }
+  const { settings, effective, audit } = await response.json();
+  $("settings-room").textContent = name;
+  $("settings-server-glossary").checked = settings.glossary === null;
+  $("settings-glossary").value = effective.glossary.join("\n");
+  $("settings-glossary").disabled = settings.glossary === null;
+  $("settings-profanity").value = settings.profanity.join("\n");
+  $("settings-viewer-keys").value = String(settings.viewer_keys);
+  $("settings-recording").checked = settings.recording;
+  $("settings-message").hidden = true;
+  $("settings-audit").replaceChildren(...audit.reverse().map((entry) => {
+    const item = document.createElement("li");
+    const changes = Object.entries(entry.changes).map(([field, [old, now]]) => `${field}: ${JSON.stringify(old)} → ${JSON.stringify(now)}`);
+    item.textContent = `${new Date(entry.time * 1000).toLocaleString()} · ${entry.who} · ${changes.join("; ")}`;
+    return item;
+  }));
+  dialog.dataset.room = name;
+  dialog.showModal();
 }
+
+$("settings-server-glossary").addEventListener("change", (event) => {
+  $("settings-glossary").disabled = event.target.checked;
+});
+
+$("settings-form").addEventListener("submit", async (event) => {
+  if (event.submitter?.value !== "save") return;
+  event.preventDefault();
+  const dialog = $("settings-dialog");
+  const body = {
+    glossary: $("settings-server-glossary").checked ? null : terms($("settings-glossary").value),
+    profanity: terms($("settings-profanity").value),
+    viewer_keys: JSON.parse($("settings-viewer-keys").value),
+    recording: $("settings-recording").checked,
+  };
+  const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({
+    method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  })).catch(() => null);
+  if (response?.ok) {
+    dialog.close();
+    poll();
+    return;
+  }
+  const answer = await response?.json().catch(() => ({}));
+  $("settings-message").hidden = false;
+  $("settings-message").textContent = `Not saved: ${answer?.message ?? "the server cannot be reached"}`;
+});
+
+poll();
+}
+
+// ---- room settings
+
+const terms = (text) => text.split(/[,\n]/).map((t) => t.trim()).filter(Boolean);
+const settingsUrl = (name) => `/operator/rooms/${encodeURIComponent(name)}/settings`;
+
+async function openSettings(name) {
+  const dialog = $("settings-dialog");
+  const response = await fetch(settingsUrl(name), key.authorized()).catch(() => null);
+  if (response?.status === 401) return askForKey("This key was not accepted. Paste the operator key.");
+  if (!response?.ok) {
+    $("notice").hidden = false;
+    $("notice").textContent = `The settings of “${name}” could not be read.`;
+    return;
+  }
+  const { settings, effective, audit } = await response.json();
+  $("settings-room").textContent = name;
+  $("settings-server-glossary").checked = settings.glossary === null;
+  $("settings-glossary").value = effective.glossary.join("\n");
+  $("settings-glossary").disabled = settings.glossary === null;
+  $("settings-profanity").value = settings.profanity.join("\n");
+  $("settings-viewer-keys").value = String(settings.viewer_keys);
+  $("settings-recording").checked = settings.recording;
+  $("settings-message").hidden = true;
+  $("settings-audit").replaceChildren(...audit.reverse().map((entry) => {
+    const item = document.createElement("li");
+    const changes = Object.entries(entry.changes).map(([field, [old, now]]) => `${field}: ${JSON.stringify(old)} → ${JSON.stringify(now)}`);
+    item.textContent = `${new Date(entry.time * 1000).toLocaleString()} · ${entry.who} · ${changes.join("; ")}`;
+    return item;
+  }));
+  dialog.dataset.room = name;
+  dialog.showModal();
+}
+
+$("settings-server-glossary").addEventListener("change", (event) => {
+  $("settings-glossary").disabled = event.target.checked;
+});
+
+$("settings-form").addEventListener("submit", async (event) => {
+  if (event.submitter?.value !== "save") return;
+  event.preventDefault();
+  const dialog = $("settings-dialog");
+  const body = {
+    glossary: $("settings-server-glossary").checked ? null : terms($("settings-glossary").value),
+    profanity: terms($("settings-profanity").value),
+    viewer_keys: JSON.parse($("settings-viewer-keys").value),
+    recording: $("settings-recording").checked,
+  };
+  const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({
+    method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  })).catch(() => null);
+  if (response?.ok) {
+    dialog.close();
+    poll();
+    return;
+  }
+  const answer = await response?.json().catch(() => ({}));
+  $("settings-message").hidden = false;
+  $("settings-message").textContent = `Not saved: ${answer?.message ?? "the server cannot be reached"}`;
+});
 
 poll();

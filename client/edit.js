@@ -16,10 +16,10 @@ const key = new OperatorKey({ form: $("key-form"), input: $("key"), message: $("
 document.title = `${room} · Caption editor`;
 $("room").textContent = room;
 
-/** segment → {item, text, seq (the version shown), caption (the text shown)} */
+/** segment → {item, text and note (its elements), seq and event (the version shown)} */
 const lines = new Map();
 let selected = null; // a line
-let editing = null; // {line, input, base: the seq of the version being edited}
+let editing = null; // {line, input, base and original: the seq and text of the version being edited}
 
 function render(line) {
   const { text, event } = line;
@@ -72,8 +72,8 @@ function addLine(event) {
   note.className = "note";
   item.append(time, text, note);
   const line = { item, text, note, seq: null, event };
-  item.addEventListener("click", () => {
-    if (editing?.line === line) return;
+  item.addEventListener("click", (event) => {
+    if (editing?.line === line || event.target.closest("button")) return; // the note's buttons are not the line
     select(line);
     edit(line);
   });
@@ -102,7 +102,7 @@ function edit(line, text = line.event.text) {
   input.setAttribute("aria-label", "Corrected text");
   line.text.replaceChildren(input);
   line.note.textContent = "";
-  editing = { line, input, base: line.seq };
+  editing = { line, input, base: line.seq, original: line.event.text };
   input.focus();
   input.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {
@@ -155,7 +155,7 @@ async function save(edited, text) {
     editing = null;
     apply(answer);
     render(line);
-    line.note.textContent = "Saved";
+    line.note.replaceChildren("Saved", ...newTerms(edited.original, answer.text).map((term) => teachButton(line, term)));
     $("lines").focus();
   } else if (answer.code === "edit_conflict") {
     // Another editor was first: say what they saved, keep ours in the box to save over it knowingly.
@@ -164,6 +164,40 @@ async function save(edited, text) {
   } else {
     line.note.textContent = `Not saved: ${answer.message ?? `HTTP ${response.status}`}`;
   }
+}
+
+const wordKey = (word) => word.toLowerCase().replace(/[^\p{L}\p{N}]/gu, "");
+
+/** Runs of words of `after` that `before` did not have: what an editor taught the line (at most 3). */
+function newTerms(before, after) {
+  const known = new Set(before.split(/\s+/).map(wordKey));
+  const runs = [];
+  let run = [];
+  for (const word of after.split(/\s+/)) {
+    if (wordKey(word) && !known.has(wordKey(word))) run.push(word.replace(/^[^\p{L}\p{N}]+|[^\p{L}\p{N}.]+$/gu, ""));
+    else if (run.length) runs.push(run.splice(0).join(" "));
+  }
+  if (run.length) runs.push(run.join(" "));
+  return [...new Set(runs)].slice(0, 3);
+}
+
+/** One click adds `term` to the room's glossary: later captions spell it so. */
+function teachButton(line, term) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "teach";
+  button.textContent = `Add “${term}” to the glossary`;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const response = await fetch(`/operator/rooms/${encodeURIComponent(room)}/glossary`, key.authorized({
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ terms: [term] }),
+    })).catch(() => null);
+    const answer = await response?.json().catch(() => ({}));
+    button.replaceWith(response?.ok ? `“${term}” is in the room's glossary` : `Not added: ${answer?.message ?? "the server cannot be reached"}`);
+  });
+  return button;
 }
 
 function move(step) {

@@ -1,5 +1,5 @@
 // /speak/ROOM?token=PUBLISHER_KEY: send this browser's microphone to the room.
-import { CaptionList, Connection, listItem, params, room, socketUrl } from "/static/captions.js";
+import { CaptionList, Connection, listItem, params, room, showRoomState, socketUrl } from "/static/captions.js";
 
 const $ = (id) => document.getElementById(id);
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
@@ -138,6 +138,8 @@ function received(current, message) {
     current.stopped?.();
   } else if (message.type === "caption") {
     captions.apply(message);
+  } else if (message.type === "room") {
+    showRoomState(message);
   }
 }
 

@@ -38,15 +38,19 @@ class Keys:
         digest = hmac.new(self._secret, scope.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:18]).decode()
 
-    def check(self, role: Role, room: str, presented: str | None) -> None:
-        """Raise ``Unauthorized`` unless ``presented`` is the key for ``role``."""
-        if role == "viewer" and not self.viewer_keys_required:
+    def check(self, role: Role, room: str, presented: str | None, viewer_keys: bool | None = None) -> None:
+        """Raise ``Unauthorized`` unless ``presented`` is the key for ``role``. Viewers need one if
+        ``viewer_keys`` (the room's setting) says so, or, where it says nothing, the server."""
+        if role == "viewer" and not self.viewers_need_keys(viewer_keys):
             return
         if presented is None:
             raise Unauthorized(f"a {role} key is required")
         accepted = [self.key(role, room)] + ([self.key("operator")] if role != "operator" else [])
         if not any(hmac.compare_digest(presented.encode(), key.encode()) for key in accepted):
             raise Unauthorized(f"wrong {role} key for room {room!r}")
+
+    def viewers_need_keys(self, room_setting: bool | None) -> bool:
+        return self.viewer_keys_required if room_setting is None else room_setting
 
     def require_operator(self, request: web.Request) -> None:
         """The operator key (one for the whole server) or 401."""

@@ -10,6 +10,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from livecap.client import Backoff, StreamResult, ingest_url, stream_audio
 from livecap.config import ServerOptions, add_arguments, load_options
 from livecap.ingest import CHANNELS_CANCEL
 from livecap.logs import configure
+from livecap.settings import SettingsStore, changes
 
 log = logging.getLogger("livecap")
 STREAM_TRIES = 5
@@ -82,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("--since", help="only labels given since then: an ISO date or time (UTC unless it says)")
     labels.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="export format")
     add_arguments(labels)
+    settings = commands.add_parser("settings", help="print a room's settings, or change them (audited as 'cli')")
+    settings.add_argument("room")
+    settings.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="changes",
+                          help="glossary='Sintra, OBS' (or glossary=null), profanity='word, word', "
+                               "viewer_keys=true|false|null, recording=true|false; repeat for more")
+    settings.add_argument("--audit", action="store_true", help="print the room's audit log instead")
+    add_arguments(settings)
+    recordings = commands.add_parser("recordings", help="delete a room's recorded audio now")
+    recordings.add_argument("action", choices=["delete"])
+    recordings.add_argument("--room", required=True)
+    add_arguments(recordings)
     commands.add_parser("models", help="build, list or verify the ONNX models", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
@@ -95,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     options = load_options(arguments)
     if arguments.command == "labels":
         return _labels(arguments, options)
+    if arguments.command == "settings":
+        return _settings(arguments, options)
+    if arguments.command == "recordings":
+        return _delete_recordings(arguments.room, options)
     room_keys = Keys(options.secret or load_or_create_secret(options.data_dir / "secret"), options.viewer_keys)
     if arguments.command == "keys":
-        _print_keys(arguments.room, room_keys, _base_url(options, options.port))
+        viewer_keys = SettingsStore(options.data_dir / "settings").get(arguments.room).viewer_keys
+        _print_keys(arguments.room, room_keys, _base_url(options, options.port), viewer_keys)
         return 0
     configure(options.log_level, options.log_format)
     asyncio.run(_serve(options, room_keys))
@@ -123,6 +141,48 @@ def _labels(arguments: argparse.Namespace, options: ServerOptions) -> int:
     return 0
 
 
+def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
+    """``livecap settings ROOM [--set NAME=VALUE ...] [--audit]``; a running server sees a change at once."""
+    from livecap.errors import InvalidRequest
+    from livecap.rooms import ROOM_NAME_RULE, is_room_name
+
+    if not is_room_name(arguments.room):
+        print(ROOM_NAME_RULE, file=sys.stderr)
+        return 2
+    store = SettingsStore(options.data_dir / "settings")
+    if arguments.audit:
+        for entry in store.audit(arguments.room):
+            print(json.dumps(entry))
+        return 0
+    values: dict[str, Any] = {}
+    for change in arguments.changes:
+        name, _, text = change.partition("=")
+        try:
+            values[name.strip()] = json.loads(text) if text.strip() in ("true", "false", "null") else text
+        except ValueError:
+            values[name.strip()] = text
+    try:
+        current = store.change(arguments.room, changes(values), "cli", time.time()) if values \
+            else store.get(arguments.room)
+    except InvalidRequest as error:
+        print(f"settings: {error.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(current.to_json(), indent=2))
+    return 0
+
+
+def _delete_recordings(room: str, options: ServerOptions) -> int:
+    from livecap.recordings import RecordingStore
+    from livecap.rooms import ROOM_NAME_RULE, is_room_name
+
+    if not is_room_name(room):
+        print(ROOM_NAME_RULE, file=sys.stderr)
+        return 2
+    deleted = RecordingStore(options.data_dir / "recordings", options.recording_retention_days).delete(room)
+    print(f"deleted {deleted} recordings of room {room!r}")
+    return 0
+
+
 def _since(value: str | None) -> float | None:
     """``--since``: an ISO 8601 date or date and time, UTC unless it gives an offset."""
     if value is None:
@@ -136,19 +196,21 @@ def _base_url(options: ServerOptions, port: int) -> str:
     return options.public_url.rstrip("/") or f"{'https' if options.tls_cert else 'http'}://{options.host}:{port}"
 
 
-def _print_keys(room: str, keys: Keys, base: str) -> None:
-    """The room's keys, each with a link or command that uses it as it stands (copied, not retyped)."""
+def _print_keys(room: str, keys: Keys, base: str, viewer_keys: bool | None) -> None:
+    """The room's keys, each with a link or command that uses it as it stands (copied, not retyped);
+    the viewer key if the room (``viewer_keys``, its setting) or the server needs one."""
     publisher, operator = keys.key("publisher", room), keys.key("operator")
     print(f"publisher key for room {room!r}: {publisher}\n"
           f"  speaker page: {base}/speak/{room}?{urlencode({'token': publisher})}\n"
           f"  play a file:  {shlex.join(['livecap', 'stream', 'FILE.wav', '--room', room, '--url', base])}"
           f" --key={shlex.quote(publisher)}")
-    if keys.viewer_keys_required:
+    if keys.viewers_need_keys(viewer_keys):
         viewer = keys.key("viewer", room)
         print(f"viewer key for room {room!r}: {viewer}\n"
               f"  phone view:   {base}/view/{room}?{urlencode({'token': viewer})}")
     print(f"operator key (all rooms): {operator}\n"
-          f"  dashboard:    {base}/dashboard?{urlencode({'token': operator})}")
+          f"  dashboard:    {base}/dashboard?{urlencode({'token': operator})}\n"
+          f"  editor:       {base}/edit/{room}?{urlencode({'token': operator})}")
 
 
 async def _serve(options: ServerOptions, keys: Keys) -> None:

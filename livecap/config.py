@@ -59,6 +59,8 @@ class ServerOptions:
     data_dir: Path = _setting(default_data_dir(), "where transcripts (finals, and the settled words of the "
                                                   "utterance in progress) and the secret are kept",
                               shown="$XDG_STATE_HOME/livecap or ~/.local/state/livecap")
+    recording_retention_days: float = _setting(7.0, "recordings of rooms whose recording an operator switched on "
+                                                    "are deleted after this many days")
     # recognition
     engine: str = _setting("whisper-onnx", "primary speech engine: whisper-onnx or pocketsphinx")
     fallback_engine: str = _setting("pocketsphinx", "engine that serves when the primary misses its deadline "

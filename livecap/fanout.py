@@ -173,8 +173,11 @@ class Subscriber:
     """A viewer's queue plus the means to wake its writer, to probe it and to have it closed."""
 
     def __init__(self, max_backlog: int = 200, sent_seq: int = 0, replay: Iterable[Outgoing] = (),
-                 ping: Callable[[bytes], None] | None = None) -> None:
+                 ping: Callable[[bytes], None] | None = None,
+                 notify: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.queue = ViewerQueue(max_backlog, replay)
+        self.notify = notify or (lambda message: None)
+        """Sends a message about the room that is no caption (``{"type": "room", ...}``; a task, never blocks)."""
         self.ready = asyncio.Event()
         self.ready.set()
         self._closing = asyncio.Event()

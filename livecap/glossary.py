@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from livecap.asr.engine import Word
 from livecap.asr.streaming import comparable
 
-_AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+"""A word's leading punctuation, its core and its trailing punctuation."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class Glossary:
                 if keys[i : i + len(term)] == term_key:
                     for k, spelling in enumerate(term):
                         word = out[i + k]
-                        before, _, after = _AFFIXES.match(word.text).groups()  # type: ignore[union-attr]
-                        own = _AFFIXES.match(spelling).group(3)  # type: ignore[union-attr]
+                        before, _, after = AFFIXES.match(word.text).groups()  # type: ignore[union-attr]
+                        own = AFFIXES.match(spelling).group(3)  # type: ignore[union-attr]
                         after = after[len(own):] if after.startswith(own) else after  # "Dr." + "." once
                         out[i + k] = Word(before + spelling + after, word.start, word.end, word.confidence)
                     i += len(term) - 1

@@ -57,6 +57,8 @@ class Label:
     """A correction: the editor's text."""
     stars: int | None = None
     """A rating: 1-5."""
+    audio: str | None = None
+    """The line's audio, when its room records: a path under the data directory (``livecap.recordings``)."""
 
     @classmethod
     def about(cls, kind: LabelKind, final: CaptionEvent, time: float, by: str, seq: int,

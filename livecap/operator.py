@@ -1,12 +1,15 @@
-"""Operator routes: the dashboard page (``client/dashboard.html``) and the
-operator's room endpoints.
+"""Operator routes: the dashboard and the editor pages, and the operator's
+endpoints (rooms and their quality, ending a room, corrections, room
+settings and glossary, the fault injector).
 
-The page (``client/dashboard.html``) holds no data and no secret, so it is
-served to anyone; everything it shows comes from ``GET /operator/rooms``,
-polled every second, and its actions go to ``POST /operator/rooms/{room}/end``.
-Both need the **operator key**: one key for the whole server (derived from
-the server secret like the rooms' keys, printed by ``livecap keys ROOM``),
-given as ``Authorization: Bearer KEY`` or ``?token=KEY``.
+The pages (``client/dashboard.html``, ``client/edit.html``) hold no data and
+no secret, so they are served to anyone; everything they show comes from
+``GET /operator/rooms`` (polled every second) and the caption socket, and
+their actions go to the endpoints here. These need the **operator key**:
+one key for the whole server (derived from the server secret like the rooms'
+keys, printed by ``livecap keys ROOM``), given as ``Authorization: Bearer
+KEY`` or ``?token=KEY``. A request body that is not a JSON object of the
+expected fields is refused with a JSON ``refused`` body (``Refused``).
 
 Latency figures are the room's own rolling window of the last minute
 (``livecap.latency``), not a Prometheus query: the dashboard works without
@@ -16,6 +19,7 @@ history.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -23,17 +27,22 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from livecap.appkeys import KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER
+from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.auth import presented_key
 from livecap.errors import InvalidRequest, LivecapError, Refused, json_object
 from livecap.labels import key_id
 from livecap.latency import LATENCY_KINDS, WINDOW_S
 from livecap.pages import CLIENT_DIR, PAGE_HEADERS, room_name
 from livecap.rooms import Room
+from livecap.settings import changes
 
 RECENT_FINALS = 4
 """Finals shown per room card."""
 
 
+log = logging.getLogger(__name__)
+AUDIT_SHOWN = 20
+"""Changes of a room's settings shown with them (``livecap settings ROOM --audit`` prints all)."""
 MAX_CORRECTION_CHARS = 2000
 """A corrected line is one utterance: at most 15 s of speech."""
 
@@ -43,7 +52,11 @@ def add_operator_routes(app: web.Application) -> None:
     app.router.add_get("/edit/{room}", editor_page)
     app.router.add_get("/operator/rooms", operator_rooms)
     app.router.add_post("/operator/rooms/{room}/end", end_room)
+    app.router.add_post("/operator/faults", set_faults)
     app.router.add_post("/operator/rooms/{room}/corrections", correct_line)
+    app.router.add_get("/operator/rooms/{room}/settings", room_settings)
+    app.router.add_patch("/operator/rooms/{room}/settings", change_room_settings)
+    app.router.add_post("/operator/rooms/{room}/glossary", teach_room)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
@@ -68,22 +81,111 @@ async def correct_line(request: web.Request) -> web.Response:
     keys.require_operator(request)
     name = room_name(request)
     try:
-        seq, text = _correction(await request.text())
+        seq, text = _correction(await json_request(request))
         room = request.app[ROOMS].get(name)
         event = room.correct(seq, text, key_id(presented_key(request)), time.time())
     except Refused as refusal:
-        request.app[METRICS].refusals.labels(refusal.code).inc()
-        return web.json_response(refusal.to_event(), status=refusal.http_status)
+        return _refusal(request, refusal)
     except LivecapError as error:  # the registry is full (ServerBusy)
         raise web.HTTPServiceUnavailable(text=error.message) from None
     return web.json_response(event.to_message())
 
 
-def _correction(body: str) -> tuple[int, str]:
+async def room_settings(request: web.Request) -> web.Response:
+    """The room's own settings, what applies (its own, else the server's), and its last changes."""
+    request.app[KEYS].require_operator(request)
+    return _settings_answer(request, room_name(request))
+
+
+async def change_room_settings(request: web.Request) -> web.Response:
+    """``PATCH`` with a JSON object of the settings to change (``livecap.settings.changes``);
+    audited with the operator key's id. Answers as ``GET``; 400 ``invalid_request``."""
+    request.app[KEYS].require_operator(request)
+    name = room_name(request)
+    store = request.app[ROOMS].settings
     try:
-        request = json_object(body)
-    except LivecapError:
-        raise InvalidRequest("expected a JSON object {\"seq\": N, \"text\": \"...\"}") from None
+        values = changes(await json_request(request))
+    except Refused as refusal:
+        return _refusal(request, refusal)
+    if store is not None:
+        store.change(name, values, key_id(presented_key(request)), time.time())
+    if (room := request.app[ROOMS].rooms.get(name)) is not None:
+        room.announce()
+    return _settings_answer(request, name)
+
+
+async def teach_room(request: web.Request) -> web.Response:
+    """``{"terms": ["Dr. Smith"]}``: add terms to the room's glossary (from an editor's
+    correction), starting from the server's glossary if the room has none of its own.
+    Later captions of the room spell them so. Answers as ``GET`` settings."""
+    request.app[KEYS].require_operator(request)
+    name = room_name(request)
+    rooms = request.app[ROOMS]
+    try:
+        added = (await json_request(request)).get("terms")
+    except InvalidRequest:
+        added = None
+    if not isinstance(added, list) or not added:
+        return _refusal(request, InvalidRequest('expected {"terms": ["term", ...]}'))
+    current = rooms.settings_of(name).glossary
+    terms = list(rooms.defaults.glossary.terms if current is None else current)
+    try:
+        glossary = changes({"glossary": [*terms, *added]})["glossary"]
+    except Refused as refusal:
+        return _refusal(request, refusal)
+    if rooms.settings is not None:
+        rooms.settings.change(name, {"glossary": glossary}, key_id(presented_key(request)), time.time())
+    return _settings_answer(request, name)
+
+
+def _settings_answer(request: web.Request, name: str) -> web.Response:
+    rooms, keys = request.app[ROOMS], request.app[KEYS]
+    own = rooms.settings_of(name)
+    glossary = rooms.defaults.glossary.terms if own.glossary is None else own.glossary
+    return web.json_response({
+        "room": name,
+        "settings": own.to_json(),
+        "effective": {**own.to_json(), "glossary": list(glossary),
+                      "viewer_keys": keys.viewers_need_keys(own.viewer_keys)},
+        "audit": rooms.settings.audit(name)[-AUDIT_SHOWN:] if rooms.settings is not None else [],
+    }, headers={"Cache-Control": "no-store"})
+
+
+def _refusal(request: web.Request, refusal: Refused) -> web.Response:
+    request.app[METRICS].refusals.labels(refusal.code).inc()
+    return web.json_response(refusal.to_event(), status=refusal.http_status)
+
+
+async def json_request(request: web.Request) -> dict[str, Any]:
+    """The JSON object an operator sent (``InvalidRequest`` for anything else: not UTF-8, not JSON,
+    not an object)."""
+    try:
+        return json_object((await request.read()).decode())
+    except (UnicodeDecodeError, LivecapError):
+        raise InvalidRequest("expected a JSON object") from None
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    """Operator endpoint of the fault injector: {"delay_s": 0.0, "failure_rate": 0.0}."""
+    request.app[KEYS].require_operator(request)
+    injector = request.app[SCHEDULER].primary
+    if not isinstance(injector, FaultInjector):
+        raise web.HTTPServiceUnavailable(text="engines are still loading")
+    try:
+        body = await json_request(request)
+        values = [body.get("delay_s", 0.0), body.get("failure_rate", 0.0)]
+        if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
+            raise ValueError("delay_s and failure_rate must be numbers")
+        faults = Faults(*map(float, values))  # ValueError unless finite and in range
+    except (InvalidRequest, ValueError) as error:
+        raise web.HTTPBadRequest(text=f'expected {{"delay_s": 0..{MAX_DELAY_S:g} seconds, "failure_rate": 0..1}}: '
+                                      f"{error}") from None
+    injector.faults = faults
+    log.warning("fault injector set to %s", faults)
+    return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
+
+
+def _correction(request: dict[str, Any]) -> tuple[int, str]:
     seq, text = request.get("seq"), request.get("text")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise InvalidRequest("seq must be the seq of the line's version the editor saw")
@@ -114,7 +216,34 @@ async def operator_rooms(request: web.Request) -> web.Response:
                    "capacity": scheduler.capacity_state(app[ROOMS].publishers),
                    "viewers": sum(len(r.viewers) for r in rooms)},
         "rooms": [room_state(request, room, mono, wall, fallback.name if fallback else None) for room in rooms],
+        "models": model_quality(rooms),
     }, headers={"Cache-Control": "no-store"})
+
+
+def model_quality(rooms: list[Room]) -> list[dict[str, Any]]:
+    """Per model version, over the rooms held: lines shown, lines corrected, flags per 100 lines and
+    the mean rating (``livecap labels stats`` gives the same, with the corrected-line WER, from the
+    labels on disk)."""
+    figures: dict[str, dict[str, Any]] = {}
+
+    def of(version: str) -> dict[str, Any]:
+        return figures.setdefault(version, {"lines": 0, "corrected": 0, "flags": 0, "ratings": []})
+
+    for room in rooms:
+        captions = room.captions
+        for final in captions.finals:
+            if final.text:
+                of(final.model_version)["lines"] += 1
+        for segment in {c.segment for c in captions.corrections}:
+            of(captions.current(segment).model_version)["corrected"] += 1
+        for segment, viewers in room.flaggers.items():
+            of(captions.current(segment).model_version)["flags"] += len(viewers)
+        if room.ratings and captions.finals:
+            of(captions.finals[-1].model_version)["ratings"] += room.ratings.values()
+    return [{"model_version": version, "lines": f["lines"], "corrected": f["corrected"],
+             "flags_per_100_lines": round(100 * f["flags"] / f["lines"], 1) if f["lines"] else None,
+             "rating": round(sum(f["ratings"]) / len(f["ratings"]), 2) if f["ratings"] else None}
+            for version, f in sorted(figures.items())]
 
 
 def room_state(request: web.Request, room: Room, mono: float, wall: float, fallback: str | None) -> dict[str, Any]:
@@ -158,7 +287,8 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
 def _links(request: web.Request, room: str) -> dict[str, str]:
     """Pages of the room, with the viewer key when viewers need one."""
     keys = request.app[KEYS]
-    query = f"?{urlencode({'token': keys.key('viewer', room)})}" if keys.viewer_keys_required else ""
+    needed = keys.viewers_need_keys(request.app[ROOMS].settings_of(room).viewer_keys)
+    query = f"?{urlencode({'token': keys.key('viewer', room)})}" if needed else ""
     name = quote(room)
     return {"view": f"/view/{name}{query}", "overlay": f"/overlay/{name}{query}", "qr": f"/qr/{name}{query}",
             "transcript": f"/rooms/{name}/transcript.txt{query}", "edit": f"/edit/{name}"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
 from livecap.labels import Label, LabelStore
 from livecap.latency import RoomLatency
+from livecap.mask import WordMask
+from livecap.recordings import RecordingStore
+from livecap.settings import RoomSettings, SettingsStore
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
 
 log = logging.getLogger(__name__)
@@ -177,7 +181,10 @@ def restore(name: str, store: TranscriptStore | None, write: bool = True) -> Cap
 
 
 @dataclass(frozen=True, slots=True)
-class RoomSettings:
+class RoomDefaults:
+    """What every room starts from: the pipeline's options and the server-wide glossary
+    (a room's own ``RoomSettings`` may replace the glossary)."""
+
     vad: VadOptions
     streaming: StreamingOptions
     viewer_backlog: int
@@ -185,13 +192,17 @@ class RoomSettings:
 
 
 class Room:
-    def __init__(self, name: str, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
-                 labels: LabelStore | None = None) -> None:
+    def __init__(self, name: str, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
+                 labels: LabelStore | None = None, settings: SettingsStore | None = None,
+                 recordings: RecordingStore | None = None) -> None:
         self.name = name
         self.scheduler = scheduler
-        self.settings = settings
+        self.defaults = defaults
         self.store = store
         self.labels = labels
+        self._settings = settings
+        self.recordings = recordings
+        self._writes: set[asyncio.Future[Path]] = set()
         self.captions = restore(name, store)
         self._settled = (-1, 0)
         """(segment, how many of its stable words) the store holds."""
@@ -214,6 +225,23 @@ class Room:
         """Flags on each line since its last correction: what the editor has yet to look at."""
         self.ratings: dict[str, int] = {}
         """Each viewer's last rating."""
+        self._recording = False
+        """Whether the pages of the room were last told that it is recording."""
+
+    @property
+    def settings(self) -> RoomSettings:
+        """The room's own settings, as an operator last changed them."""
+        return self._settings.get(self.name) if self._settings is not None else RoomSettings()
+
+    @property
+    def glossary(self) -> Glossary:
+        """The room's glossary, else the server-wide one."""
+        terms = self.settings.glossary
+        return self.defaults.glossary if terms is None else _glossary(terms)
+
+    @property
+    def mask(self) -> WordMask:
+        return _mask(self.settings.profanity)
 
     @property
     def idle(self) -> bool:
@@ -263,7 +291,21 @@ class Room:
             self.scheduler.metrics.viewers.labels(self.label).dec()
         self.broadcaster.subscribers.discard(subscriber)
 
+    def state(self) -> dict[str, Any]:
+        """What every page of the room is told on connecting (when recording) and on any change."""
+        return {"type": "room", "recording": self.settings.recording}
+
+    def announce(self) -> None:
+        """Tell every page of the room if its recording was switched on or off (through the API, at
+        once; by ``livecap settings``, with the next caption)."""
+        state = self.state()
+        if state["recording"] != self._recording:
+            self._recording = state["recording"]
+            for subscriber in list(self.broadcaster.subscribers):
+                subscriber.notify(state)
+
     def publish(self, event: CaptionEvent) -> None:
+        self.announce()
         if self.store is not None:
             if event.kind in ("final", "correction"):
                 self.store.append(event)
@@ -336,8 +378,26 @@ class Room:
         }
 
     def _keep(self, label: Label) -> None:
-        if self.labels is not None:
-            self.labels.append(label)
+        if self.labels is None:
+            return
+        if self.recordings is not None and label.segment is not None:
+            path = self.recordings.path(self.name, label.segment)
+            if path.exists():  # the line's audio: a training example
+                label = replace(label, audio=str(path.relative_to(self.recordings.directory.parent)))
+        self.labels.append(label)
+
+    def record(self, segment: int, audio: np.ndarray) -> None:
+        """Keep a final's audio if the room records (written off the event loop)."""
+        if self.recordings is None or not self.settings.recording or not len(audio):
+            return
+        write = asyncio.get_running_loop().run_in_executor(None, self.recordings.save, self.name, segment, audio)
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def flush_recordings(self) -> None:
+        """Wait for the recordings being written."""
+        if self._writes:
+            await asyncio.wait(set(self._writes))
 
     def acknowledged(self, seq: int, now: float, age_s: float) -> None:
         """A viewer rendered event ``seq`` (see ``RoomLatency.acknowledged``)."""
@@ -373,8 +433,8 @@ class Room:
     def prompt(self) -> str:
         """Context for the recognizer: the glossary, then the latest finals."""
         words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
-        recent = " ".join(words[-self.settings.streaming.prompt_words :])
-        return " ".join(part for part in (self.settings.glossary.prompt, recent) if part)
+        recent = " ".join(words[-self.defaults.streaming.prompt_words :])
+        return " ".join(part for part in (self.glossary.prompt, recent) if part)
 
 
 class PublisherSession:
@@ -387,9 +447,9 @@ class PublisherSession:
         self.offset = offset
         """Room time of the session's first sample."""
         self.disconnect = disconnect
-        self.vad = VadSegmenter(room.settings.vad)
+        self.vad = VadSegmenter(room.defaults.vad)
         self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt,
-                                       room.settings.streaming)
+                                       room.defaults.streaming)
         self._segments: dict[int, int] = {}
         self.samples = 0
         self.speaking = False
@@ -426,28 +486,42 @@ class PublisherSession:
         if segment is None:
             segment = self._segments[update.utterance] = captions.new_segment()
         hypothesis = update.hypothesis
-        glossary = self.room.settings.glossary
+        glossary, mask = self.room.glossary, self.room.mask
         latency_ms = 0.0
         match update:
             case PartialUpdate(agreement=agreement, start=start, end=end, newest_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 # one pass over the whole partial, so a term may straddle stable and unstable words
                 offset = self._time(start)
-                shown = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence)
-                              for w in glossary.apply((*agreement.stable, *agreement.unstable)))
+                shown, _ = mask.apply(glossary.apply((*agreement.stable, *agreement.unstable)))
+                shown = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in shown)
                 settled = len(agreement.stable)
                 event = captions.partial(segment, shown[:settled], shown[settled:], offset,
                                          self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 offset = self._time(start)
-                timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence)
-                              for w in glossary.apply(words))
+                masked_words, masked = mask.apply(glossary.apply(words))
+                if masked:
+                    self.room.scheduler.metrics.masked_words.labels(self.room.label).inc(masked)
+                timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in masked_words)
                 event = captions.final(segment, timed, offset, self._time(end), hypothesis.engine,
                                        hypothesis.model_version, latency_ms)
+                if event is not None and event.text:
+                    self.room.record(segment, update.audio)
                 del self._segments[update.utterance]
         if event is not None:
             self.room.publish(event)
+
+
+@functools.lru_cache(maxsize=256)
+def _glossary(terms: tuple[str, ...]) -> Glossary:
+    return Glossary(terms)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask(words: tuple[str, ...]) -> WordMask:
+    return WordMask.of(words)
 
 
 class RoomRegistry:
@@ -464,12 +538,15 @@ class RoomRegistry:
     leave memory whenever a room is made; their transcripts stay on disk.
     """
 
-    def __init__(self, scheduler: Scheduler, settings: RoomSettings, store: TranscriptStore | None,
-                 max_rooms: int, max_viewer_rooms: int, labels: LabelStore | None = None) -> None:
+    def __init__(self, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
+                 max_rooms: int, max_viewer_rooms: int, labels: LabelStore | None = None,
+                 settings: SettingsStore | None = None, recordings: RecordingStore | None = None) -> None:
         self.scheduler = scheduler
-        self.settings = settings
+        self.defaults = defaults
         self.store = store
         self.labels = labels
+        self.settings = settings
+        self.recordings = recordings
         self.max_rooms = max_rooms
         self.max_viewer_rooms = max_viewer_rooms
         self.rooms: dict[str, Room] = {}
@@ -502,7 +579,7 @@ class RoomRegistry:
             raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms with a publisher")
         room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
-            room = Room(name, self.scheduler, self.settings, self.store, self.labels)
+            room = Room(name, self.scheduler, self.defaults, self.store, self.labels, self.settings, self.recordings)
             if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
                 raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
                                  "neither a publisher nor a transcript; try again later")
@@ -510,6 +587,12 @@ class RoomRegistry:
         if publisher:
             room.take_publisher_place()
         return room
+
+    def settings_of(self, name: str) -> RoomSettings:
+        """The settings of room ``name``, held or not (``ProtocolError`` for a name that is no room's)."""
+        if not is_room_name(name):
+            raise ProtocolError(ROOM_NAME_RULE)
+        return self.settings.get(name) if self.settings is not None else RoomSettings()
 
     def transcript(self, name: str) -> list[CaptionEvent]:
         """The room's transcript, read from disk when the room is not held:

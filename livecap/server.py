@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from livecap import __version__
 from livecap.appkeys import CONNECTIONS, KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER, SOCKETS, STARTED
 from livecap.asr.engine import ENGINES, EngineOptions
-from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
+from livecap.asr.faults import FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler, warm_up
 from livecap.audio import read_wav
 from livecap.auth import Keys, Role, presented_key
@@ -45,7 +45,6 @@ from livecap.errors import (
     ServerBusy,
     ShuttingDown,
     ViewerTooSlow,
-    json_object,
 )
 from livecap.export import MEDIA_TYPES, export
 from livecap.fanout import Outgoing, Subscriber, ViewerAck, ViewerFlag, ViewerInbox, ViewerRating, unsent_bytes
@@ -55,13 +54,15 @@ from livecap.labels import LabelStore
 from livecap.metrics import Metrics
 from livecap.operator import add_operator_routes
 from livecap.pages import add_page_routes, room_name
+from livecap.recordings import SWEEP_INTERVAL_S, RecordingStore
 from livecap.rooms import (
     PublisherSession,
     Room,
+    RoomDefaults,
     RoomRegistry,
-    RoomSettings,
     TranscriptStore,
 )
+from livecap.settings import SettingsStore
 
 log = logging.getLogger(__name__)
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
@@ -94,10 +95,12 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[KEYS] = keys
     app[METRICS] = metrics = Metrics()
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
-    settings = RoomSettings(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
-    app[ROOMS] = rooms = RoomRegistry(scheduler, settings, TranscriptStore(options.data_dir / "transcripts"),
+    defaults = RoomDefaults(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
+    app[ROOMS] = rooms = RoomRegistry(scheduler, defaults, TranscriptStore(options.data_dir / "transcripts"),
                                       options.max_rooms, options.max_viewer_rooms,
-                                      LabelStore(options.data_dir / "labels"))
+                                      LabelStore(options.data_dir / "labels"),
+                                      SettingsStore(options.data_dir / "settings"),
+                                      RecordingStore(options.data_dir / "recordings", options.recording_retention_days))
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     metrics.publishers.set_function(lambda: rooms.publishers)
     metrics.publisher_capacity.set_function(lambda: scheduler.capacity)
@@ -107,11 +110,11 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_engine_lifecycle)
     app.cleanup_ctx.append(_viewer_sweep)
+    app.cleanup_ctx.append(_recording_sweep)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/operator/faults", set_faults)
     app.router.add_get("/ws/ingest/{room}", ingest)
     app.router.add_get("/ws/captions/{room}", captions)
     app.router.add_get("/rooms/{room}/transcript.{fmt}", transcript)
@@ -192,6 +195,22 @@ async def _viewer_sweep(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
 
 
+async def _recording_sweep(app: web.Application) -> AsyncIterator[None]:
+    """Recordings past their retention are deleted at start and every hour."""
+    recordings = app[ROOMS].recordings
+
+    async def sweep() -> None:
+        while recordings is not None:
+            deleted = await asyncio.to_thread(recordings.sweep)
+            if deleted:
+                log.info("deleted %d recordings older than %g days", deleted, recordings.retention_s / 86400)
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+
+
 async def _going_away(app: web.Application) -> None:
     """Shutdown (runs once the listening socket is closed, before the engines
     are): open utterances become final and reach their viewers, then every
@@ -246,32 +265,13 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def set_faults(request: web.Request) -> web.Response:
-    """Operator endpoint of the fault injector: {"delay_s": 0.0, "failure_rate": 0.0}."""
-    request.app[KEYS].require_operator(request)
-    injector = request.app[SCHEDULER].primary
-    if not isinstance(injector, FaultInjector):
-        raise web.HTTPServiceUnavailable(text="engines are still loading")
-    try:
-        body = json_object(await request.text())
-        values = [body.get("delay_s", 0.0), body.get("failure_rate", 0.0)]
-        if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
-            raise ValueError("delay_s and failure_rate must be numbers")
-        faults = Faults(*map(float, values))  # ValueError unless finite and in range
-    except (InvalidJson, ValueError) as error:
-        raise web.HTTPBadRequest(text=f'expected {{"delay_s": 0..{MAX_DELAY_S:g} seconds, "failure_rate": 0..1}}: '
-                                      f"{error}") from None
-    injector.faults = faults
-    log.warning("fault injector set to %s", faults)
-    return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
-
-
 async def transcript(request: web.Request) -> web.Response:
     fmt, name = request.match_info["fmt"], room_name(request)
     if fmt not in MEDIA_TYPES:
         raise web.HTTPNotFound(text="formats: txt, vtt, srt, json")
     try:
-        request.app[KEYS].check("viewer", name, presented_key(request))
+        viewer_keys = request.app[ROOMS].settings_of(name).viewer_keys
+        request.app[KEYS].check("viewer", name, presented_key(request), viewer_keys)
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
     return web.Response(text=export(request.app[ROOMS].transcript(name), fmt),
@@ -342,8 +342,9 @@ async def _accept(request: web.Request, role: Role) -> tuple[web.WebSocketRespon
     try:
         if connections[peer] > options.max_connections_per_ip:
             raise RateLimited(f"more than {options.max_connections_per_ip} connections from one address")
-        request.app[KEYS].check(role, request.match_info["room"], presented_key(request))
-        return ws, request.app[ROOMS].get(request.match_info["room"], publisher=role == "publisher")
+        name, rooms = request.match_info["room"], request.app[ROOMS]
+        request.app[KEYS].check(role, name, presented_key(request), rooms.settings_of(name).viewer_keys)
+        return ws, rooms.get(name, publisher=role == "publisher")
     except LivecapError as error:
         return ws, error
 
@@ -382,8 +383,10 @@ _Received = tuple[float, list[IngestEvent]] | LivecapError | None
 async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) -> None:
     options, scheduler, metrics = request.app[OPTIONS], request.app[SCHEDULER], request.app[METRICS]
     # The publisher sees its room's captions too, like any viewer.
-    subscriber = Subscriber(options.viewer_backlog, sent_seq=room.captions.seq)
+    subscriber = Subscriber(options.viewer_backlog, sent_seq=room.captions.seq,
+                            notify=lambda message: _spawn(_answer(ws, room, message)))
     room.broadcaster.subscribers.add(subscriber)
+    await _tell_state(ws, room)
     writer = asyncio.create_task(_write_captions(ws, subscriber))
     inbox: asyncio.Queue[_Received] = asyncio.Queue(PUBLISHER_READ_AHEAD)
     reader = asyncio.create_task(_read_publisher(request, ws, IngestProtocol(options.ingest_limits), inbox,
@@ -434,6 +437,13 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
+
+
+async def _tell_state(ws: web.WebSocketResponse, room: Room) -> None:
+    """A page connecting to a room that records is told so at once (``Room.state``)."""
+    room.announce()
+    if room.settings.recording:
+        await _answer(ws, room, room.state())
 
 
 async def _answer(ws: web.WebSocketResponse, room: Room, message: Mapping[str, object]) -> None:
@@ -534,13 +544,15 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
         history = [*history, room.captions.current_partial]
     now = time.monotonic()
     subscriber = Subscriber(options.viewer_backlog, replay=[Outgoing.of(event, now) for event in history],
-                            ping=lambda payload: _spawn(_ping(ws, payload)))
+                            ping=lambda payload: _spawn(_ping(ws, payload)),
+                            notify=lambda message: _spawn(_answer(ws, room, message)))
     inbox = ViewerInbox(live_from=room.captions.seq)
     try:
         room.add_viewer(subscriber)
     except LivecapError as error:
         await _close_with(ws, error, metrics)
         return
+    await _tell_state(ws, room)
     # Three tasks: the writer, the reader, and this one, which alone closes the connection.
     writer = asyncio.create_task(_write_captions(ws, subscriber))
     reader = asyncio.create_task(_read_acks(request, ws, room, subscriber, inbox))

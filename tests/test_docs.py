@@ -97,12 +97,13 @@ def test_page_table_lists_every_parameter_the_pages_read() -> None:
     assert documented == read
 
 
-def test_readme_says_where_transcripts_and_labels_are_kept(tmp_path: Path) -> None:
+def test_readme_says_where_things_are_kept(tmp_path: Path) -> None:
     """README once said DATA_DIR/rooms/; the stores are elsewhere."""
     said = re.findall(r"`DATA_DIR/(\w+)/", README.read_text())
     rooms = create_app(ServerOptions(data_dir=tmp_path, secret="s"), Keys("s"))[ROOMS]
-    assert rooms.store is not None and rooms.labels is not None
-    assert {tmp_path / name for name in said} == {rooms.store.directory, rooms.labels.path.parent}
+    assert rooms.store and rooms.labels and rooms.settings and rooms.recordings
+    assert {tmp_path / name for name in said} == {rooms.store.directory, rooms.labels.path.parent,
+                                                  rooms.settings.directory, rooms.recordings.directory}
 
 
 def main() -> None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from playwright.async_api import Browser, Page
 
-from livecap.appkeys import METRICS, ROOMS
+from livecap.appkeys import METRICS, OPTIONS, ROOMS
 from livecap.asr.engine import Word
+from livecap.cli import main
 from livecap.client import stream_audio
 from tests.conftest import LiveServer, fail_on_page_errors, timeout
 from tests.speech import audio
@@ -98,7 +98,7 @@ async def test_the_editor_corrects_real_finals_on_every_screen(sphinx_server: Li
             await page.wait_for_function(f"() => '{i}' in seenAt", timeout=timeout(10) * 1000)
         shown = [await page.evaluate(f"seenAt['{i}']") for page in screens]
         latencies.append(max(shown) - pressed)
-        await expect(lines.nth(index).locator(".note")).to_have_text("Saved")
+        await expect(lines.nth(index).locator(".note")).to_contain_text("Saved")
     p95 = statistics.quantiles(latencies, n=20)[-1]
     (ARTIFACTS / "editor-latency.json").parent.mkdir(exist_ok=True)
     (ARTIFACTS / "editor-latency.json").write_text(json.dumps(
@@ -141,6 +141,9 @@ async def test_low_confidence_words_are_marked_and_a_click_edits(sphinx_server: 
     await editor.keyboard.press("Enter")
     await expect(editor.locator("#lines .line .text")).to_have_text("meet Dr. Smith")
     await expect(editor.locator("#lines .line mark")).to_have_count(0)
+    await editor.locator("#lines .line .teach").click()  # one click teaches the room the corrected term
+    await expect(editor.locator("#lines .line .note")).to_contain_text("“Dr. Smith” is in the room's glossary")
+    assert room.glossary.terms[-1] == "Dr. Smith" and "Dr. Smith" in room.prompt()
     await editor.close()
 
 
@@ -155,14 +158,14 @@ async def test_two_editors_do_not_overwrite_each_other(sphinx_server: LiveServer
         await editor.locator("#lines .line").first.click()
     await first.locator("input.editor").fill("Hello, everyone")
     await first.keyboard.press("Enter")
-    await expect(first.locator("#lines .line .note")).to_have_text("Saved")
+    await expect(first.locator("#lines .line .note")).to_contain_text("Saved")
     await expect(second.locator("#lines .line .note")).to_contain_text("Another editor changed this line")
     await second.locator("input.editor").fill("Hello all")
     await second.keyboard.press("Enter")
     await expect(second.locator("#lines .line .note")).to_contain_text("“Hello, everyone”")
     assert room.captions.transcript()[-1].text == "Hello, everyone", "the second save was refused"
     await second.keyboard.press("Enter")  # told, the second editor saves over it
-    await expect(second.locator("#lines .line .note")).to_have_text("Saved")
+    await expect(second.locator("#lines .line .note")).to_contain_text("Saved")
     await expect(first.locator("#lines .line .text")).to_have_text("Hello all")
     assert room.captions.transcript()[-1].text == "Hello all"
     for editor in (first, second):
@@ -197,7 +200,7 @@ async def test_a_phone_that_reconnects_gets_the_correction(sphinx_server: LiveSe
 
 @pytest.mark.slow
 async def test_a_phone_flags_a_line_and_the_dashboard_shows_it(sphinx_server: LiveServer, browser: Browser,
-                                                               tmp_path: Path) -> None:
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     server, name = sphinx_server, "flag-room"
     finals = await speak(server, name)
     dashboard = await browser.new_page()
@@ -235,3 +238,13 @@ async def test_a_phone_flags_a_line_and_the_dashboard_shows_it(sphinx_server: Li
     await phone.close()
     await dashboard.close()
     assert not errors
+
+    data_dir = str(server.app[OPTIONS].data_dir)
+    assert main(["labels", "export", "--room", name, "--format", "jsonl", "--data-dir", data_dir]) == 0
+    labels = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(lb["kind"], lb.get("stars")) for lb in labels] == [("flag", None), ("rating", 4), ("rating", 5)]
+    assert labels[0]["text"] == finals[1] and labels[0]["model_version"] == version
+    assert labels[0]["by"] == labels[1]["by"] != labels[2]["by"], "anonymous ids, one per connection"
+    assert main(["labels", "stats", "--room", name, "--data-dir", data_dir]) == 0
+    figures = json.loads(capsys.readouterr().out)[version]
+    assert figures["lines_shown"] == len(finals) and figures["mean_rating"] == 4.5, figures

@@ -99,15 +99,15 @@ async def test_two_editors_on_one_line_the_second_is_told_not_overwritten(server
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
-    ("not json", 400, "invalid_request"), ([1, 2], 400, "invalid_request"), ({"text": "x"}, 400, "invalid_request"),
+    ("not json", 400, "invalid_request"), (b"\x80{}", 400, "invalid_request"), ([1, 2], 400, "invalid_request"), ({"text": "x"}, 400, "invalid_request"),
     ({"seq": "1", "text": "x"}, 400, "invalid_request"), ({"seq": True, "text": "x"}, 400, "invalid_request"),
     ({"seq": 1, "text": 5}, 400, "invalid_request"), ({"seq": 1, "text": "x" * 2001}, 400, "invalid_request"),
     ({"seq": 1, "text": "bell\x07"}, 400, "invalid_request"), ({"seq": 10**9, "text": "x"}, 404, "unknown_seq")])
 async def test_a_bad_correction_is_refused_with_its_code(server: LiveServer, body: Any, status: int,
                                                           code: str) -> None:
     say(server.app[ROOMS].get("bad-corrections"), "some line")
-    got, refusal = await correct(server, "bad-corrections", body if not isinstance(body, str) else None)
-    if isinstance(body, str):
+    got, refusal = await correct(server, "bad-corrections", body if not isinstance(body, str | bytes) else None)
+    if isinstance(body, str | bytes):
         async with aiohttp.ClientSession() as http, http.post(
                 f"{server.base}/operator/rooms/bad-corrections/corrections", data=body,
                 headers={"Authorization": f"Bearer {server.keys.key('operator')}"}) as response:
@@ -149,8 +149,11 @@ async def test_viewers_flag_lines_and_rate_the_captions(server: LiveServer) -> N
                                    "flags": 2}]
     async with aiohttp.ClientSession() as http, http.get(
             f"{server.base}/operator/rooms", headers={"Authorization": f"Bearer {server.keys.key('operator')}"}) as r:
-        card = next(c for c in (await r.json())["rooms"] if c["name"] == "flags")
+        snapshot = await r.json()
+    card = next(c for c in snapshot["rooms"] if c["name"] == "flags")
     assert card["quality"]["flagged"][0]["flags"] == 2 and card["links"]["edit"] == "/edit/flags"
+    v2 = next(m for m in snapshot["models"] if m["model_version"] == "v2")
+    assert v2["flags_per_100_lines"] is not None and v2["flags_per_100_lines"] > 0 and v2["rating"] == 4.0
     status, _ = await correct(server, "flags", {"seq": lines[1].seq, "text": "second line."})
     assert status == 200 and room.quality()["flagged"] == [], "corrected: off the editor's list"
 

@@ -25,6 +25,7 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from websockets.protocol import State
 
 from livecap.asr.faults import MAX_DELAY_S
 from livecap.client import stream_audio
@@ -51,8 +52,14 @@ start_messages = st.fixed_dictionaries(
               "channels": st.sampled_from([1, 2]) | st.integers(-2, 8) | json_values,
               "language": st.sampled_from(["en", "xx"]) | json_values})
 control_messages = st.fixed_dictionaries(
-    {"type": st.sampled_from(["stop", "ack", "play", ""]) | json_values},
-    optional={"seq": st.integers(-5, 10**20) | json_values, "age_ms": st.floats() | json_values})
+    {"type": st.sampled_from(["stop", "ack", "flag", "rating", "play", ""]) | json_values},
+    optional={"seq": st.integers(-5, 10**20) | json_values, "age_ms": st.floats() | json_values,
+              "stars": st.integers(-1, 7) | json_values})
+operator_bodies = st.fixed_dictionaries({}, optional={
+    "seq": st.integers(-5, 10**20) | json_values, "text": st.text(max_size=50) | json_values,
+    "terms": json_values, "glossary": json_values, "profanity": json_values, "viewer_keys": json_values,
+    "recording": json_values}).map(json.dumps)
+"""Corrections, settings and glossary terms, well-formed and not."""
 text_messages = (start_messages | control_messages | json_values).map(json.dumps) | st.text(max_size=200)
 raw_frames = st.builds(frame, opcode=st.integers(0, 15), payload=st.binary(max_size=130), fin=st.booleans(),
                        rsv=st.integers(0, 7))
@@ -95,6 +102,8 @@ async def exchange(url: str, messages: list[Any]) -> tuple[list[dict[str, Any]],
         try:
             for message in messages:
                 if isinstance(message, tuple):
+                    if ws.state is not State.OPEN:  # the server closed: the library half-closed the socket
+                        break
                     ws.transport.write(message[1])
                 else:
                     await ws.send(message)
@@ -146,8 +155,11 @@ async def test_fuzz_the_sockets(sphinx_server: LiveServer, witness: websockets.C
 
 ROUTES = [("GET", path) for path in ("/healthz", "/readyz", "/metrics", "/dashboard", "/operator/rooms",
                                      "/rooms/{room}/transcript.{x}", "/rooms/{room}/qr.svg", "/qr/{room}",
-                                     "/view/{room}", "/overlay/{room}", "/speak/{room}", "/static/{x}", "/{x}")]
-ROUTES += [("POST", "/operator/faults"), ("POST", "/operator/rooms/{room}/end")]
+                                     "/view/{room}", "/overlay/{room}", "/speak/{room}", "/edit/{room}",
+                                     "/operator/rooms/{room}/settings", "/static/{x}", "/{x}")]
+ROUTES += [("POST", "/operator/faults"), ("POST", "/operator/rooms/{room}/end"),
+           ("POST", "/operator/rooms/{room}/corrections"), ("PATCH", "/operator/rooms/{room}/settings"),
+           ("POST", "/operator/rooms/{room}/glossary")]
 
 
 @settings(FUZZ, max_examples=500)
@@ -155,7 +167,7 @@ ROUTES += [("POST", "/operator/faults"), ("POST", "/operator/rooms/{room}/end")]
        room=names,
        x=st.sampled_from(["txt", "json", "vtt", "srt", "doc", "captions.js", "../README.md", "%2e%2e/x"])
        | st.text(max_size=20), query=queries, operator=st.booleans(),
-       body=st.none() | text_messages | fault_bodies.map(json.dumps) | st.binary(max_size=300))
+       body=st.none() | text_messages | fault_bodies.map(json.dumps) | operator_bodies | st.binary(max_size=300))
 async def test_fuzz_the_http_routes(sphinx_server: LiveServer, witness: websockets.ClientConnection,
                                     route: tuple[str, str], other_method: str | None, room: str, x: str,
                                     query: dict[str, str], operator: bool, body: str | bytes | None) -> None:

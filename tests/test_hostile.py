@@ -212,7 +212,7 @@ async def test_keys_are_bounded_before_use(sphinx_server: LiveServer) -> None:
 @pytest.mark.parametrize("body", ['{"delay_s": NaN}', '{"delay_s": -1}', '{"delay_s": Infinity}', '{"delay_s": 61}',
                                   '{"failure_rate": NaN}', '{"failure_rate": -0.1}', '{"failure_rate": 1.5}',
                                   '{"failure_rate": -Infinity}', '{"delay_s": "1e400"}', '{"delay_s": true}',
-                                  '{"delay_s": null}', "[1]", "[" * 5000, "not json", "\xff"])
+                                  '{"delay_s": null}', "[1]", "[" * 5000, "not json", "\xff", "\udc80{}"])
 async def test_faults_must_be_finite_and_in_range(sphinx_server: LiveServer, body: str) -> None:
     url = f"{sphinx_server.base}/operator/faults"
     operator = {"Authorization": f"Bearer {sphinx_server.keys.key('operator')}"}

@@ -32,7 +32,7 @@ from livecap.audio import float_to_s16le
 from livecap.client import StreamResult, stream_audio
 from livecap.errors import LivecapError, ServerBusy
 from livecap.metrics import Metrics
-from livecap.rooms import RoomRegistry, RoomSettings
+from livecap.rooms import RoomDefaults, RoomRegistry
 from livecap.vad import VadOptions
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio, recordings
@@ -61,7 +61,7 @@ async def readyz(server: LiveServer) -> dict[str, Any]:
 
 async def test_a_publisher_beyond_capacity_is_refused_unless_it_takes_its_room_over() -> None:
     scheduler = Scheduler(SchedulerOptions(max_publishers=1), Metrics())
-    registry = RoomRegistry(scheduler, RoomSettings(VadOptions(), StreamingOptions(), 10), None, max_rooms=10,
+    registry = RoomRegistry(scheduler, RoomDefaults(VadOptions(), StreamingOptions(), 10), None, max_rooms=10,
                             max_viewer_rooms=10)
     closed: list[LivecapError] = []
 

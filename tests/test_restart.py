@@ -79,7 +79,7 @@ async def test_a_segment_cut_off_becomes_a_final_of_its_settled_words(sphinx_ser
                                                                         tmp_path: Path) -> None:
     """The server's rooms, stopped without a final (as by kill -9) and opened
     again on the same files, as a restart does."""
-    scheduler, settings = sphinx_server.app[SCHEDULER], sphinx_server.app[ROOMS].settings
+    scheduler, settings = sphinx_server.app[SCHEDULER], sphinx_server.app[ROOMS].defaults
     room = Room("cut", scheduler, settings, TranscriptStore(tmp_path))
     said = ["we", "will", "go", "to", "the", "moon"]
     words = tuple(Word(w, i * 0.3, i * 0.3 + 0.25, 0.9) for i, w in enumerate(said))

@@ -65,6 +65,8 @@ class FinalUpdate:
     last_voiced_arrival: float
     suppressed: str | None = None
     """Why the final hypothesis was dropped (a guardrail's reason, ``not_speech``), or None."""
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """The utterance's audio up to ``end`` (16 kHz), for rooms that record it."""
 
 
 TranscriptUpdate = PartialUpdate | FinalUpdate
@@ -243,7 +245,7 @@ class Transcriber:
             end = utterance.start + kept
         self._context = audio[max(0, kept - round(HEAD_CONTEXT_S * SAMPLE_RATE)) : kept]
         self._on_update(FinalUpdate(utterance.index, words, hypothesis, utterance.start, end, last_voiced_arrival,
-                                    suppressed))
+                                    suppressed, audio[:kept]))
 
     async def _with_head(self, utterance: _Utterance, hypothesis: Hypothesis) -> Hypothesis:
         """``hypothesis`` with the words it left out at the start (``skipped_head``), decoded again

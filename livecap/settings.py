@@ -1,0 +1,135 @@
+"""Per-room settings an operator changes while a room runs, kept and audited.
+
+A room's glossary (replacing the server-wide one), its profanity mask,
+whether its viewers need a key, and whether its audio is recorded. Kept in
+``DATA_DIR/settings/ROOM.json`` (written whole and atomically, so a crash
+leaves the old or the new settings, never half), read again whenever the
+file changes (``livecap settings`` may change it while the server runs);
+every change is appended to ``DATA_DIR/settings/audit.jsonl``: who (the
+operator key's id, or ``"cli"``), when, and each field that changed, old →
+new. The server-wide flags (``--glossary``, ``--viewer-keys``) are the
+defaults of rooms that do not set their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from livecap.errors import InvalidRequest, shown
+
+NULLABLE = ("glossary", "viewer_keys")
+"""Settings that may be null: the server-wide setting applies."""
+MAX_TERMS = 500
+MAX_TERM_CHARS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    glossary: tuple[str, ...] | None = None
+    """Names and jargon of the room, spelled as wanted; None: the server-wide glossary."""
+    profanity: tuple[str, ...] = ()
+    """Words masked in the room's captions (partials, finals, transcript); empty: no mask."""
+    viewer_keys: bool | None = None
+    """Viewers need the room's viewer key; None: as the server says (``--viewer-keys``)."""
+    recording: bool = False
+    """Each utterance's audio is kept as a WAV beside the labels; off unless an operator turns it on."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoomSettings:
+        return cls(**changes(data))
+
+
+def changes(data: dict[str, Any]) -> dict[str, Any]:
+    """Validated setting values from a client's JSON object (``InvalidRequest`` naming what is wrong):
+    ``glossary``: a list of terms, a comma-separated string, or null; ``profanity``: a list of
+    words or a comma-separated string; ``viewer_keys``: true, false or null; ``recording``: true or false."""
+    names = {f.name for f in fields(RoomSettings)}
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        raise InvalidRequest(f"unknown setting {shown(unknown[0])}; settings: {', '.join(sorted(names))}")
+    valid: dict[str, Any] = {}
+    for name, value in data.items():
+        if value is None and name in NULLABLE:
+            valid[name] = None
+        elif name in ("glossary", "profanity"):
+            valid[name] = _terms(name, value)
+        elif isinstance(value, bool):
+            valid[name] = value
+        else:
+            raise InvalidRequest(f"{name} must be true or false" + (" or null" if name in NULLABLE else ""))
+    return valid
+
+
+def _terms(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(term, str) for term in value):
+        raise InvalidRequest(f"{name} must be a list of strings or a comma-separated string")
+    terms = tuple(dict.fromkeys(" ".join(term.split()) for term in value if term.strip()))
+    if len(terms) > MAX_TERMS or any(len(term) > MAX_TERM_CHARS or not term.isprintable() for term in terms):
+        raise InvalidRequest(f"{name}: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} printable characters")
+    return terms
+
+
+class SettingsStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.audit_path = directory / "audit.jsonl"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, tuple[float, RoomSettings]] = {}
+
+    def get(self, room: str) -> RoomSettings:
+        """The room's settings (the defaults if it has none), read again when its file changed."""
+        path = self._path(room)
+        try:
+            changed = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return RoomSettings()
+        cached = self._cache.get(room)
+        if cached is None or cached[0] != changed:
+            cached = self._cache[room] = (changed, RoomSettings.from_json(json.loads(path.read_text())))
+        return cached[1]
+
+    def change(self, room: str, values: dict[str, Any], who: str, wall: float) -> RoomSettings:
+        """Apply validated ``values`` (see ``changes``), keep them, and audit what changed."""
+        old = self.get(room)
+        new = replace(old, **values)
+        changed = {name: [_shown(getattr(old, name)), _shown(getattr(new, name))]
+                   for name in values if getattr(old, name) != getattr(new, name)}
+        if not changed:
+            return old
+        self._write(room, new)
+        with open(self.audit_path, "a") as file:
+            file.write(json.dumps({"time": round(wall, 3), "room": room, "who": who, "changes": changed}) + "\n")
+        return new
+
+    def audit(self, room: str | None = None) -> list[dict[str, Any]]:
+        """The audit log (of one room), oldest first."""
+        if not self.audit_path.exists():
+            return []
+        entries = [json.loads(line) for line in self.audit_path.read_text().splitlines(keepends=True)
+                   if line.endswith("\n")]
+        return [entry for entry in entries if room is None or entry["room"] == room]
+
+    def _write(self, room: str, settings: RoomSettings) -> None:
+        fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{room}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as file:
+            json.dump(settings.to_json(), file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self._path(room))
+
+    def _path(self, room: str) -> Path:
+        return self.directory / f"{room}.json"
+
+
+def _shown(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
