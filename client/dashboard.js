@@ -293,67 +293,7 @@ async function endRoom(name) {
     $("notice").hidden = false;
     $("notice").textContent = `Room “${name}” could not be ended: ${error.message}`;
   }
-  // ---- room settings
-
-const terms = (text) => text.split(/[,\n]/).map((t) => t.trim()).filter(Boolean);
-const settingsUrl = (name) => `/operator/rooms/${encodeURIComponent(name)}/settings`;
-
-async function openSettings(name) {
-  const dialog = $("settings-dialog");
-  const response = await fetch(settingsUrl(name), key.authorized()).catch(() => null);
-  if (response?.status === 401) return askForKey("This key was not accepted. Paste the operator key.");
-  if (!response?.ok) {
-    $("notice").hidden = false;
-    $("notice").textContent = `The settings of “${name}” could not be read.`;
-    return;
-  }
-  const { settings, effective, audit } = await response.json();
-  $("settings-room").textContent = name;
-  $("settings-server-glossary").checked = settings.glossary === null;
-  $("settings-glossary").value = effective.glossary.join("\n");
-  $("settings-glossary").disabled = settings.glossary === null;
-  $("settings-profanity").value = settings.profanity.join("\n");
-  $("settings-viewer-keys").value = String(settings.viewer_keys);
-  $("settings-recording").checked = settings.recording;
-  $("settings-message").hidden = true;
-  $("settings-audit").replaceChildren(...audit.reverse().map((entry) => {
-    const item = document.createElement("li");
-    const changes = Object.entries(entry.changes).map(([field, [old, now]]) => `${field}: ${JSON.stringify(old)} → ${JSON.stringify(now)}`);
-    item.textContent = `${new Date(entry.time * 1000).toLocaleString()} · ${entry.who} · ${changes.join("; ")}`;
-    return item;
-  }));
-  dialog.dataset.room = name;
-  dialog.showModal();
-}
-
-$("settings-server-glossary").addEventListener("change", (event) => {
-  $("settings-glossary").disabled = event.target.checked;
-});
-
-$("settings-form").addEventListener("submit", async (event) => {
-  if (event.submitter?.value !== "save") return;
-  event.preventDefault();
-  const dialog = $("settings-dialog");
-  const body = {
-    glossary: $("settings-server-glossary").checked ? null : terms($("settings-glossary").value),
-    profanity: terms($("settings-profanity").value),
-    viewer_keys: JSON.parse($("settings-viewer-keys").value),
-    recording: $("settings-recording").checked,
-  };
-  const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({
-    method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  })).catch(() => null);
-  if (response?.ok) {
-    dialog.close();
-    poll();
-    return;
-  }
-  const answer = await response?.json().catch(() => ({}));
-  $("settings-message").hidden = false;
-  $("settings-message").textContent = `Not saved: ${answer?.message ?? "the server cannot be reached"}`;
-});
-
-poll();
+  poll();
 }
 
 // ---- room settings

@@ -248,3 +248,36 @@ async def test_a_phone_flags_a_line_and_the_dashboard_shows_it(sphinx_server: Li
     assert main(["labels", "stats", "--room", name, "--data-dir", data_dir]) == 0
     figures = json.loads(capsys.readouterr().out)[version]
     assert figures["lines_shown"] == len(finals) and figures["mean_rating"] == 4.5, figures
+
+
+@pytest.mark.slow
+async def test_the_dashboard_changes_a_rooms_settings(sphinx_server: LiveServer, browser: Browser) -> None:
+    server, name = sphinx_server, "settings-dialog"
+    room = server.app[ROOMS].get(name)
+    final = room.captions.final(room.captions.new_segment(), (Word("hello", 0, 1),), 0.0, 1.0, "test-engine", "v1", 0)
+    assert final is not None
+    room.publish(final)
+    dashboard = await browser.new_page()
+    errors = fail_on_page_errors(dashboard)
+    await dashboard.goto(f"{server.base}/dashboard?token={server.keys.key('operator')}")
+    card = dashboard.locator(f'.card[data-room="{name}"]')
+    await card.locator("button.settings").click()
+    dialog = dashboard.locator("#settings-dialog")
+    await expect(dialog).to_be_visible()
+    await dialog.locator("#settings-server-glossary").uncheck()
+    await dialog.locator("#settings-glossary").fill("Sintra\nDr. Smith")
+    await dialog.locator("#settings-profanity").fill("darn")
+    await dialog.locator("#settings-recording").check()
+    await dialog.locator("#settings-save").click()
+    await expect(dialog).to_be_hidden()
+    settings = server.app[ROOMS].settings_of(name)
+    assert (settings.glossary, settings.profanity, settings.recording) == (("Sintra", "Dr. Smith"), ("darn",), True)
+    await card.locator("button.settings").click()
+    await expect(dialog.locator("#settings-audit li")).to_have_count(1)
+    await expect(dialog.locator("#settings-audit li")).to_contain_text("recording: false → true")
+    await dialog.locator("#settings-recording").uncheck()
+    await dialog.locator("#settings-save").click()
+    await expect(dialog).to_be_hidden()
+    assert not server.app[ROOMS].settings_of(name).recording
+    await dashboard.close()
+    assert not errors
