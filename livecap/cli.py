@@ -232,6 +232,7 @@ async def _serve(options: ServerOptions, keys: Keys) -> None:
         publisher = keys.key("publisher", DEMO_ROOM)
         print(f"  demo captions (overlay):    {base}/overlay/{DEMO_ROOM}\n"
               f"  demo captions (phone view): {base}/view/{DEMO_ROOM}\n"
+              f"  demo caption editor:        {base}/edit/{DEMO_ROOM}?token={keys.key('operator')}\n"
               f"  demo room publisher key:    {publisher}", flush=True)
         demo = asyncio.create_task(play_demo(f"http://127.0.0.1:{port}", publisher))
     print(f"  operator dashboard: {base}/dashboard?token={keys.key('operator')}\n"
