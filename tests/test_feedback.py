@@ -99,7 +99,8 @@ async def test_two_editors_on_one_line_the_second_is_told_not_overwritten(server
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
-    ("not json", 400, "invalid_request"), (b"\x80{}", 400, "invalid_request"), ([1, 2], 400, "invalid_request"), ({"text": "x"}, 400, "invalid_request"),
+    ("not json", 400, "invalid_request"), (b"\x80{}", 400, "invalid_request"), ([1, 2], 400, "invalid_request"),
+    ({"text": "x"}, 400, "invalid_request"),
     ({"seq": "1", "text": "x"}, 400, "invalid_request"), ({"seq": True, "text": "x"}, 400, "invalid_request"),
     ({"seq": 1, "text": 5}, 400, "invalid_request"), ({"seq": 1, "text": "x" * 2001}, 400, "invalid_request"),
     ({"seq": 1, "text": "bell\x07"}, 400, "invalid_request"), ({"seq": 10**9, "text": "x"}, 404, "unknown_seq")])
