@@ -283,7 +283,7 @@ export class CaptionList {
     }
     item.dataset.seq = event.seq;
     item.hidden = false;
-    text.replaceChildren(...this.words(event));
+    text.replaceChildren(...wordNodes(event, this.lowConfidence));
     item.classList.replace("partial", "final") || item.classList.add("final");
     this.log.append(item);
     while (this.log.children.length > this.keep) {
@@ -292,20 +292,21 @@ export class CaptionList {
       oldest.remove();
     }
   }
+}
 
-  /** Final text as nodes, words below the confidence threshold marked. */
-  words(event) {
-    if (!this.lowConfidence || !event.words?.length) return [event.text];
-    return event.words.flatMap((word, i) => {
-      const separator = i ? [" "] : [];
-      if (word.conf >= this.lowConfidence) return [...separator, word.w];
-      const mark = document.createElement("span");
-      mark.className = "low-confidence";
-      mark.title = `confidence ${Math.round(word.conf * 100)}%`;
-      mark.textContent = word.w;
-      return [...separator, mark];
-    });
-  }
+/** A final's text as nodes, its words with a confidence below `threshold` in a `tag` element of class
+ * low-confidence (0: none marked). */
+export function wordNodes(event, threshold, tag = "span") {
+  if (!threshold || !event.words?.length) return [event.text];
+  return event.words.flatMap((word, i) => {
+    const separator = i ? [" "] : [];
+    if (word.conf >= threshold) return [...separator, word.w];
+    const mark = document.createElement(tag);
+    mark.className = "low-confidence";
+    mark.title = `confidence ${Math.round(word.conf * 100)}%`;
+    mark.textContent = word.w;
+    return [...separator, mark];
+  });
 }
 
 /** A transcript line for list layouts (phone view, speaker page): time, text. */

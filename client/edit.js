@@ -6,7 +6,7 @@
 // editor saw: if another editor corrected it first, the server refuses
 // (409 edit_conflict) and the line shows their text, with ours kept in the
 // box to save again. Words of finals below `lowconf` are marked.
-import { followCaptions, formatTime, numberParam, room } from "/static/captions.js";
+import { followCaptions, formatTime, numberParam, room, wordNodes } from "/static/captions.js";
 import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
@@ -25,18 +25,7 @@ function render(line) {
   const { text, event } = line;
   line.item.dataset.seq = line.seq;
   line.item.classList.toggle("corrected", event.kind === "correction");
-  if (event.kind === "correction" || !event.words?.length) {
-    text.replaceChildren(event.text);
-    return;
-  }
-  text.replaceChildren(...event.words.flatMap((word, i) => {
-    const separator = i ? [" "] : [];
-    if (word.conf >= lowConfidence) return [...separator, word.w];
-    const mark = document.createElement("mark");
-    mark.title = `confidence ${Math.round(word.conf * 100)}%`;
-    mark.textContent = word.w;
-    return [...separator, mark];
-  }));
+  text.replaceChildren(...wordNodes(event, lowConfidence, "mark")); // a correction has no words: its text
 }
 
 function apply(event) {

@@ -144,10 +144,8 @@ def _labels(arguments: argparse.Namespace, options: ServerOptions) -> int:
 def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
     """``livecap settings ROOM [--set NAME=VALUE ...] [--audit]``; a running server sees a change at once."""
     from livecap.errors import InvalidRequest
-    from livecap.rooms import ROOM_NAME_RULE, is_room_name
 
-    if not is_room_name(arguments.room):
-        print(ROOM_NAME_RULE, file=sys.stderr)
+    if not _is_room(arguments.room):
         return 2
     store = SettingsStore(options.data_dir / "settings")
     if arguments.audit:
@@ -173,14 +171,21 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
 
 def _delete_recordings(room: str, options: ServerOptions) -> int:
     from livecap.recordings import RecordingStore
-    from livecap.rooms import ROOM_NAME_RULE, is_room_name
 
-    if not is_room_name(room):
-        print(ROOM_NAME_RULE, file=sys.stderr)
+    if not _is_room(room):
         return 2
     deleted = RecordingStore(options.data_dir / "recordings", options.recording_retention_days).delete(room)
     print(f"deleted {deleted} recordings of room {room!r}")
     return 0
+
+
+def _is_room(name: str) -> bool:
+    """Whether ``name`` is a room's name; if not, says why on stderr."""
+    from livecap.rooms import ROOM_NAME_RULE, is_room_name
+
+    if not is_room_name(name):
+        print(ROOM_NAME_RULE, file=sys.stderr)
+    return is_room_name(name)
 
 
 def _since(value: str | None) -> float | None:

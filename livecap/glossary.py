@@ -10,7 +10,7 @@ Pure: ``rooms`` applies it to every partial and final.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from livecap.asr.engine import Word
@@ -20,14 +20,19 @@ AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 """A word's leading punctuation, its core and its trailing punctuation."""
 
 
+def clean_terms(terms: Iterable[str]) -> tuple[str, ...]:
+    """Terms with their spaces collapsed; blanks and repeats dropped, order kept."""
+    return tuple(dict.fromkeys(" ".join(term.split()) for term in terms if term.strip()))
+
+
 @dataclass(frozen=True)
 class Glossary:
     terms: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Glossary:
-        """Comma-separated terms; blanks and repeats dropped, order kept."""
-        return cls(tuple(dict.fromkeys(" ".join(term.split()) for term in text.split(",") if term.strip())))
+        """Comma-separated terms (see ``clean_terms``)."""
+        return cls(clean_terms(text.split(",")))
 
     @property
     def prompt(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from livecap.errors import InvalidRequest, shown
+from livecap.glossary import clean_terms
 
 NULLABLE = ("glossary", "viewer_keys")
 """Settings that may be null: the server-wide setting applies."""
@@ -73,7 +74,7 @@ def _terms(name: str, value: object) -> tuple[str, ...]:
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(term, str) for term in value):
         raise InvalidRequest(f"{name} must be a list of strings or a comma-separated string")
-    terms = tuple(dict.fromkeys(" ".join(term.split()) for term in value if term.strip()))
+    terms = clean_terms(value)
     if len(terms) > MAX_TERMS or any(len(term) > MAX_TERM_CHARS or not term.isprintable() for term in terms):
         raise InvalidRequest(f"{name}: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} printable characters")
     return terms
