@@ -79,7 +79,7 @@ async def replay(scheduler: Scheduler, audio: np.ndarray, options: StreamingOpti
         return " ".join(" ".join(finals).split()[-options.prompt_words :])
 
     segmenter = VadSegmenter(vad_options)
-    transcriber = Transcriber(scheduler, "replay", on_update, prompt, options)
+    transcriber = Transcriber(scheduler, "replay", on_update, prompt, options=options)
     chunk = int(CHUNK_S * SAMPLE_RATE)
     for i in range(0, len(audio), chunk):
         transcriber.submit(segmenter.feed(audio[i : i + chunk], time.monotonic()))

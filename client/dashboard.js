@@ -171,6 +171,10 @@ function updateCard(entry, room) {
   const { quality } = room;
   field(".quality").textContent = `${quality.corrections} corrected · ${quality.flags} flagged · ` +
     (quality.rating === null ? "no rating" : `★ ${quality.rating.toFixed(1)} (${quality.ratings})`);
+  const { glossary } = quality;
+  field(".glossary").textContent = glossary.terms ? `${glossary.terms} terms · ${glossary.heard} recognised` +
+    (glossary.most_heard.length ? ": " + glossary.most_heard.map((t) => `${t.term} ×${t.count}`).join(", ") : "")
+    : "none";
   field(".flagged").hidden = !quality.flagged.length;
   field(".flagged-lines").replaceChildren(...quality.flagged.map((line) => {
     const item = document.createElement("li");
@@ -319,6 +323,8 @@ async function openSettings(name) {
   $("settings-viewer-keys").value = String(settings.viewer_keys);
   $("settings-recording").checked = settings.recording;
   $("settings-message").hidden = true;
+  $("settings-candidates").replaceChildren();
+  $("settings-accept").hidden = true;
   $("settings-audit").replaceChildren(...audit.reverse().map((entry) => {
     const item = document.createElement("li");
     const changes = Object.entries(entry.changes).map(([field, [old, now]]) => `${field}: ${JSON.stringify(old)} → ${JSON.stringify(now)}`);
@@ -331,6 +337,52 @@ async function openSettings(name) {
 
 $("settings-server-glossary").addEventListener("change", (event) => {
   $("settings-glossary").disabled = event.target.checked;
+});
+
+// Proposed terms: ticked ones join the glossary box, where the operator edits them before saving.
+$("settings-propose-button").addEventListener("click", async () => {
+  const name = $("settings-dialog").dataset.room;
+  const response = await fetch(`/operator/rooms/${encodeURIComponent(name)}/glossary/candidates`, key.authorized({
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ text: $("settings-source").value }),
+  })).catch(() => null);
+  const answer = await response?.json().catch(() => ({}));
+  if (!response?.ok) {
+    $("settings-message").hidden = false;
+    $("settings-message").textContent = `No terms proposed: ${answer?.message ?? "the server cannot be reached"}`;
+    return;
+  }
+  const listed = new Set(terms($("settings-glossary").value).map((t) => t.toLowerCase()));
+  const fresh = answer.candidates.filter((c) => !listed.has(c.term.toLowerCase()));
+  $("settings-candidates").replaceChildren(...fresh.map((candidate) => {
+    const item = document.createElement("li");
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = candidate.term;
+    box.checked = candidate.why !== "rare";
+    label.append(box, ` ${candidate.term} `);
+    const why = document.createElement("span");
+    why.className = "why";
+    why.textContent = `${candidate.why} · ×${candidate.count}`;
+    label.append(why);
+    item.append(label);
+    return item;
+  }));
+  $("settings-accept").hidden = !fresh.length;
+  if (!fresh.length) $("settings-candidates").textContent = "No new terms found.";
+});
+
+$("settings-accept").addEventListener("click", () => {
+  const ticked = [...$("settings-candidates").querySelectorAll("input:checked")].map((box) => box.value);
+  const box = $("settings-glossary");
+  if ($("settings-server-glossary").checked) {
+    $("settings-server-glossary").checked = false;
+    box.disabled = false;
+  }
+  box.value = [...terms(box.value), ...ticked].join("\n");
+  $("settings-candidates").replaceChildren();
+  $("settings-accept").hidden = true;
 });
 
 $("settings-form").addEventListener("submit", async (event) => {

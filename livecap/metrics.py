@@ -86,6 +86,9 @@ class Metrics:
                                 ["code"], registry=registry)
         self.masked_words = Counter("livecap_masked_words_total", "Words of finals masked by the room's profanity mask",
                                     ["room"], registry=registry)
+        self.glossary_terms = Counter("livecap_glossary_terms_total",
+                                      "Glossary terms in finals, spelled as in the room's glossary", ["room"],
+                                      registry=registry)
         self.corrections = Counter("livecap_corrections_total", "Lines an editor corrected, by what produced them",
                                    ["engine", "model_version"], registry=registry)
         self.flags = Counter("livecap_caption_flags_total", "Lines a viewer flagged as wrong (one per viewer and line)",

@@ -1,6 +1,6 @@
 """Operator routes: the dashboard and the editor pages, and the operator's
 endpoints (rooms and their quality, ending a room, corrections, room
-settings and glossary, the fault injector).
+settings, glossary and proposed glossary terms, the fault injector).
 
 The pages (``client/dashboard.html``, ``client/edit.html``) hold no data and
 no secret, so they are served to anyone; everything they show comes from
@@ -19,6 +19,8 @@ history.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -30,6 +32,7 @@ from livecap.appkeys import KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER
 from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.auth import presented_key
 from livecap.errors import InvalidRequest, LivecapError, Refused, json_object
+from livecap.glossary import propose_terms
 from livecap.labels import key_id
 from livecap.latency import LATENCY_KINDS, WINDOW_S
 from livecap.pages import CLIENT_DIR, PAGE_HEADERS, room_name
@@ -45,6 +48,8 @@ AUDIT_SHOWN = 20
 """Changes of a room's settings shown with them (``livecap settings ROOM --audit`` prints all)."""
 MAX_CORRECTION_CHARS = 2000
 """A corrected line is one utterance: at most 15 s of speech."""
+MAX_SOURCE_CHARS = 100_000
+"""Text to propose glossary terms from: a programme or a talk's slides."""
 
 
 def add_operator_routes(app: web.Application) -> None:
@@ -57,6 +62,7 @@ def add_operator_routes(app: web.Application) -> None:
     app.router.add_get("/operator/rooms/{room}/settings", room_settings)
     app.router.add_patch("/operator/rooms/{room}/settings", change_room_settings)
     app.router.add_post("/operator/rooms/{room}/glossary", teach_room)
+    app.router.add_post("/operator/rooms/{room}/glossary/candidates", propose_glossary)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
@@ -136,6 +142,26 @@ async def teach_room(request: web.Request) -> web.Response:
     if rooms.settings is not None:
         rooms.settings.change(name, {"glossary": glossary}, key_id(presented_key(request)), time.time())
     return _settings_answer(request, name)
+
+
+async def propose_glossary(request: web.Request) -> web.Response:
+    """``{"text": "…"}`` (a talk's abstract, the programme, slide text): the terms in it that the
+    room's glossary lacks, for the operator to accept or edit (``glossary.propose_terms``):
+    ``{"candidates": [{"term", "count", "why"}]}``. Nothing is changed."""
+    request.app[KEYS].require_operator(request)
+    name = room_name(request)
+    try:
+        text = (await json_request(request)).get("text")
+    except InvalidRequest:
+        text = None
+    if not isinstance(text, str) or len(text) > MAX_SOURCE_CHARS:
+        return _refusal(request, InvalidRequest(f'expected {{"text": "…"}}, at most {MAX_SOURCE_CHARS} characters'))
+    rooms = request.app[ROOMS]
+    own = rooms.settings_of(name).glossary
+    known = rooms.defaults.glossary.terms if own is None else own
+    candidates = await asyncio.to_thread(propose_terms, text, known)
+    return web.json_response({"candidates": [dataclasses.asdict(c) for c in candidates]},
+                             headers={"Cache-Control": "no-store"})
 
 
 def _settings_answer(request: web.Request, name: str) -> web.Response:

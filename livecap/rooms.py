@@ -13,6 +13,7 @@ saw settle: the next start makes them a final.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -49,6 +50,8 @@ ROOM_NAME_RULE = "room names are 1-64 letters, digits, '.', '_' or '-'"
 
 END_DRAIN_S = 2.0
 """When a room is ended, how long its viewers get to receive the last final before they are closed."""
+MOST_HEARD_TERMS = 8
+"""Glossary terms listed with their counts on the dashboard."""
 
 Disconnect = Callable[[LivecapError], Awaitable[None]]
 """Closes a publisher's connection with an error event and the error's close code."""
@@ -225,6 +228,8 @@ class Room:
         """Flags on each line since its last correction: what the editor has yet to look at."""
         self.ratings: dict[str, int] = {}
         """Each viewer's last rating."""
+        self.terms_heard: collections.Counter[str] = collections.Counter()
+        """Glossary terms in the room's finals since it came into memory."""
         self._recording = False
         """Whether the pages of the room were last told that it is recording."""
 
@@ -364,6 +369,12 @@ class Room:
         self.scheduler.metrics.rating_stars.labels(version).observe(stars)
         self._keep(Label("rating", self.name, wall, engine, version, viewer, stars=stars))
 
+    def heard(self, terms: list[str]) -> None:
+        """Count glossary terms found in a final (``Glossary.found``)."""
+        if terms:
+            self.terms_heard.update(terms)
+            self.scheduler.metrics.glossary_terms.labels(self.label).inc(len(terms))
+
     def quality(self) -> dict[str, Any]:
         """The dashboard's quality figures: corrections, flags and ratings, and the lines flagged since
         their last correction, newest first."""
@@ -375,6 +386,9 @@ class Room:
                         for line, count in sorted(flagged, key=lambda item: -item[0].segment)],
             "rating": round(sum(self.ratings.values()) / len(self.ratings), 2) if self.ratings else None,
             "ratings": len(self.ratings),
+            "glossary": {"terms": len(self.glossary.terms), "heard": sum(self.terms_heard.values()),
+                         "most_heard": [{"term": term, "count": count}
+                                        for term, count in self.terms_heard.most_common(MOST_HEARD_TERMS)]},
         }
 
     def _keep(self, label: Label) -> None:
@@ -431,10 +445,17 @@ class Room:
             await asyncio.wait_for(asyncio.gather(*waits), END_DRAIN_S)
 
     def prompt(self) -> str:
-        """Context for the recognizer: the glossary, then the latest finals."""
+        """Context for the recognizer: the latest finals. The glossary is not
+        in it (the decoder favours its terms instead, ``asr.biasing``): a list of
+        terms as a prompt made captions into lists of terms and every decoding
+        step slower (measured, README.md "Glossaries"); the latest finals hold
+        the terms said recently, spelled right."""
         words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
-        recent = " ".join(words[-self.defaults.streaming.prompt_words :])
-        return " ".join(part for part in (self.glossary.prompt, recent) if part)
+        return " ".join(words[-self.defaults.streaming.prompt_words :])
+
+    def terms(self) -> tuple[str, ...]:
+        """The glossary's terms, for the recognizer to favour."""
+        return self.glossary.terms
 
 
 class PublisherSession:
@@ -448,7 +469,7 @@ class PublisherSession:
         """Room time of the session's first sample."""
         self.disconnect = disconnect
         self.vad = VadSegmenter(room.defaults.vad)
-        self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt,
+        self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt, room.terms,
                                        room.defaults.streaming)
         self._segments: dict[int, int] = {}
         self.samples = 0
@@ -501,7 +522,9 @@ class PublisherSession:
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 offset = self._time(start)
-                masked_words, masked = mask.apply(glossary.apply(words))
+                spelled = glossary.respell(words)
+                self.room.heard(glossary.found(" ".join(w.text for w in spelled)))
+                masked_words, masked = mask.apply(spelled)
                 if masked:
                     self.room.scheduler.metrics.masked_words.labels(self.room.label).inc(masked)
                 timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in masked_words)

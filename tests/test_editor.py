@@ -143,7 +143,7 @@ async def test_low_confidence_words_are_marked_and_a_click_edits(sphinx_server: 
     await expect(editor.locator("#lines .line mark")).to_have_count(0)
     await editor.locator("#lines .line .teach").click()  # one click teaches the room the corrected term
     await expect(editor.locator("#lines .line .note")).to_contain_text("“Dr. Smith” is in the room's glossary")
-    assert room.glossary.terms[-1] == "Dr. Smith" and "Dr. Smith" in room.prompt()
+    assert room.glossary.terms[-1] == "Dr. Smith" and "Dr. Smith" in room.terms()
     await editor.close()
 
 

@@ -162,6 +162,29 @@ async def test_a_room_that_needs_viewer_keys_refuses_viewers_without_one(server:
         assert response.status == 403
 
 
+async def test_terms_are_proposed_from_pasted_text(server: LiveServer) -> None:
+    """The operator pastes a programme; livecap proposes what the room's glossary lacks, changing nothing."""
+    url = f"{server.base}/operator/rooms/proposed/glossary/candidates"
+    operator = {"Authorization": f"Bearer {server.keys.key('operator')}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(f"{server.base}/operator/rooms/proposed/settings", headers=operator,
+                              data=json.dumps({"glossary": ["Kubernetes"]})) as response:
+            assert response.status == 200
+        text = "Day two: Kubernetes operators with Siobhan Ferreira, then CRISPR screens and apixaban in practice."
+        async with http.post(url, headers=operator, data=json.dumps({"text": text})) as response:
+            assert response.status == 200
+            proposed = {c["term"]: c["why"] for c in (await response.json())["candidates"]}
+        assert proposed == {"CRISPR": "acronym", "Siobhan Ferreira": "name", "Ferreira": "name",
+                            "Siobhan": "name", "apixaban": "rare"}, proposed
+        async with http.get(f"{server.base}/operator/rooms/proposed/settings", headers=operator) as response:
+            assert (await response.json())["settings"]["glossary"] == ["Kubernetes"]  # nothing changed
+        for body in ({"text": 5}, {}, {"text": "x" * 100_001}):
+            async with http.post(url, headers=operator, data=json.dumps(body)) as response:
+                assert response.status == 400 and (await response.json())["code"] == "invalid_request"
+        async with http.post(url, data=json.dumps({"text": text})) as response:
+            assert response.status == 401
+
+
 async def test_teaching_the_room_a_term_puts_it_in_its_glossary(server: LiveServer) -> None:
     async with aiohttp.ClientSession() as http, http.post(
             f"{server.base}/operator/rooms/taught/glossary", data=json.dumps({"terms": ["Dr. Smith", "Sintra"]}),
@@ -169,7 +192,7 @@ async def test_teaching_the_room_a_term_puts_it_in_its_glossary(server: LiveServ
         answer = await response.json()
     assert answer["settings"]["glossary"] == ["Dr. Smith", "Sintra"]
     room = server.app[ROOMS].get("taught")
-    assert room.prompt().startswith("Dr. Smith, Sintra.")
+    assert room.terms() == ("Dr. Smith", "Sintra")
     spelled = room.glossary.apply([Word(w, 0, 1) for w in ["we", "met", "dr", "smith", "in", "sintra"]])
     assert " ".join(w.text for w in spelled) == "we met Dr. Smith in Sintra"
     async with aiohttp.ClientSession() as http, http.post(

@@ -13,7 +13,7 @@ pick them with a string (``"whisper-onnx"``, ``"pocketsphinx"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,9 +80,11 @@ class Engine(Protocol):
     device: str
     """Where inference runs, "cpu" or "cuda": the default latency budget depends on it."""
 
-    def open_stream(self, prompt: str = "") -> RecognizerStream:
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> RecognizerStream:
         """Start an utterance. ``prompt`` is preceding text (earlier finals,
-        room glossary) that an engine may use to bias spelling and style."""
+        room glossary) that an engine may use to bias spelling and style;
+        ``terms`` are the room's glossary terms, which an engine may favour
+        while decoding (``biasing``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,8 @@ class FaultInjector:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
-    def open_stream(self, prompt: str = "") -> RecognizerStream:
-        return _FaultyStream(self, self.engine.open_stream(prompt))
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> RecognizerStream:
+        return _FaultyStream(self, self.engine.open_stream(prompt, terms))
 
     def close(self) -> None:
         getattr(self.engine, "close", lambda: None)()

@@ -16,6 +16,7 @@ import itertools
 import multiprocessing
 import signal
 import threading
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -48,7 +49,7 @@ def _serve(target: str, options: EngineOptions, connection: Connection) -> None:
             return
         try:
             if op == "open":
-                streams[stream_id] = engine.open_stream(argument)
+                streams[stream_id] = engine.open_stream(*argument)
                 result: Any = None
             elif op == "feed":
                 streams[stream_id].feed(argument)
@@ -135,7 +136,7 @@ class ProcessEngine:
         (PocketSphinx: about a second more CPU), and a live utterance must not pay for it."""
         return (WARM_UP_S,) * len(self._workers)
 
-    def open_stream(self, prompt: str = "") -> ProcessStream:
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> ProcessStream:
         with self._lock:
             for i, worker in enumerate(self._workers):
                 if not worker.alive:
@@ -145,7 +146,7 @@ class ProcessEngine:
             worker.open_streams += 1
             stream_id = next(self._ids)
         try:
-            worker.call("open", stream_id, prompt)
+            worker.call("open", stream_id, (prompt, tuple(terms)))
         except ModelError:
             worker.open_streams -= 1
             raise

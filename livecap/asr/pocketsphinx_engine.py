@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from importlib.metadata import version
 
 import numpy as np
@@ -64,7 +65,8 @@ class PocketsphinxEngine:
         self._lock = threading.Lock()
         self.release(self._new_decoder())
 
-    def open_stream(self, prompt: str = "") -> PocketsphinxStream:
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> PocketsphinxStream:
+        """``prompt`` and ``terms`` are ignored: PocketSphinx's language model takes no context."""
         with self._lock:
             decoder = self._pool.pop() if self._pool else None
         return PocketsphinxStream(self, decoder or self._new_decoder())

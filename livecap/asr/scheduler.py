@@ -51,7 +51,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -420,8 +420,8 @@ class Scheduler:
             self._routes[room] = RoomRouting(self.options)
         return self._routes[room]
 
-    def open(self, room: str, prompt: str) -> ScheduledUtterance:
-        return ScheduledUtterance(self, room, prompt)
+    def open(self, room: str, prompt: str, terms: Sequence[str] = ()) -> ScheduledUtterance:
+        return ScheduledUtterance(self, room, prompt, terms)
 
     def primary_failed(self, room: str, error: BaseException) -> None:
         now = time.monotonic()
@@ -474,11 +474,12 @@ def warm_up(engine: Engine, speech: np.ndarray, step_s: float) -> float:
 class ScheduledUtterance:
     """One utterance, served by the primary or, after a miss, the fallback."""
 
-    def __init__(self, scheduler: Scheduler, room: str, prompt: str) -> None:
+    def __init__(self, scheduler: Scheduler, room: str, prompt: str, terms: Sequence[str] = ()) -> None:
         self._scheduler = scheduler
         scheduler.speaking += 1
         self._room = room
         self._prompt = prompt
+        self._terms = tuple(terms)
         self._routing = scheduler.routing(room)
         route = self._routing.next_route(time.monotonic(), scheduler.health.healthy(time.monotonic()))
         self.role: EngineRole = route.role if scheduler.primary is not None else "fallback"
@@ -582,7 +583,7 @@ class ScheduledUtterance:
         started = time.monotonic()
         try:
             if self._primary is None:
-                self._primary = scheduler.primary.open_stream(self._prompt)
+                self._primary = scheduler.primary.open_stream(self._prompt, self._terms)
             for chunk in self._audio[self._primary_fed : upto]:
                 if len(chunk):
                     self._primary.feed(chunk)
@@ -627,7 +628,7 @@ class ScheduledUtterance:
         if scheduler.fallback is None:
             raise RuntimeError("no fallback engine loaded")
         if self._fallback is None:
-            self._fallback = scheduler.fallback.open_stream(self._prompt)
+            self._fallback = scheduler.fallback.open_stream(self._prompt, self._terms)
         if chunks:
             self._fallback.feed(np.concatenate(chunks))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 
 _SPACE = "Ġ"
@@ -51,6 +52,15 @@ class WhisperTokenizer:
             no_timestamps=self._id("<|notimestamps|>"),
         )
         self.multilingual = multilingual
+        vocabulary = self._tokenizer.get_vocab(with_added_tokens=False)
+        self._spaced = np.zeros(self.special.eot, dtype=bool)
+        self._opens_word = np.zeros(self.special.eot, dtype=bool)
+        self._closes_word = np.zeros(self.special.eot, dtype=bool)
+        for piece, token in vocabulary.items():
+            if token < self.special.eot and piece:
+                self._spaced[token] = piece.startswith(_SPACE)
+                self._opens_word[token] = piece[0].isalnum()
+                self._closes_word[token] = piece[-1].isalnum()
 
     def _optional_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
@@ -78,4 +88,13 @@ class WhisperTokenizer:
 
     def starts_word(self, token: int) -> bool:
         """Whether the token begins with a space, i.e. starts a new word."""
-        return str(self._tokenizer.id_to_token(token) or "").startswith(_SPACE)
+        return token < self.special.eot and bool(self._spaced[token])
+
+    def ends_word(self, token: int) -> bool:
+        """Whether ``token`` does not continue the word before it: it starts
+        with a space or not with a letter or digit, or it is a control token."""
+        return token >= self.special.eot or bool(self._spaced[token] or not self._opens_word[token])
+
+    def after_word(self, token: int) -> bool:
+        """Whether text ending in ``token`` ends in a letter or digit."""
+        return token < self.special.eot and bool(self._closes_word[token])

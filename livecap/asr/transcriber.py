@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -107,12 +107,14 @@ class _Utterance:
 
 class Transcriber:
     def __init__(self, scheduler: Scheduler, room: str, on_update: Callable[[TranscriptUpdate], None],
-                 prompt: Callable[[], str], options: StreamingOptions = StreamingOptions(),
+                 prompt: Callable[[], str], terms: Callable[[], Sequence[str]] = tuple,
+                 options: StreamingOptions = StreamingOptions(),
                  speech_check: SpeechCheckOptions = SpeechCheckOptions()) -> None:
         self._scheduler = scheduler
         self._room = room
         self._on_update = on_update
         self._prompt = prompt
+        self._terms = terms
         self.options = options
         self._speech = SpeechCheck(speech_check)
         self._queue: asyncio.Queue[VadEvent | _Flush] = asyncio.Queue()
@@ -163,8 +165,8 @@ class Transcriber:
                 self._speech.begin()
                 continued = self._last_end is not None and start <= self._last_end
                 context = self._context if continued else np.zeros(0, dtype=np.float32)
-                self._current = _Utterance(index, start, self._scheduler.open(self._room, self._prompt()),
-                                           agreement, pending, list(pending), context,
+                recognizer = self._scheduler.open(self._room, self._prompt(), self._terms())
+                self._current = _Utterance(index, start, recognizer, agreement, pending, list(pending), context,
                                            received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
                 self._current.pending.append(samples)
@@ -258,7 +260,7 @@ class Transcriber:
             return hypothesis
         context_s = len(utterance.context) / SAMPLE_RATE
         try:
-            head = await self._scheduler.open(self._room, self._prompt()).finish(
+            head = await self._scheduler.open(self._room, self._prompt(), self._terms()).finish(
                 np.concatenate([utterance.context, audio[: round((head_s + CUT_EDGE_S) * SAMPLE_RATE)]]))
         except Exception:
             log.exception("decoding the skipped head failed; the final goes without it")

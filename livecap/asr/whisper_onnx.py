@@ -27,6 +27,7 @@ a time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -45,6 +46,7 @@ from livecap_models.build import CONFIG_FILE, TOKENIZER_FILE
 
 from livecap.asr import alignment
 from livecap.asr.batching import MicroBatcher
+from livecap.asr.biasing import BiasOptions, TermMatcher, TermTrie, compile_terms
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
 from livecap.asr.guardrails import echoes_prompt
@@ -230,6 +232,7 @@ class WhisperOnnx:
             raise ModelError(str(error)) from error
         self.model_version = self.manifest.version
         self.window = window or WindowPolicy()
+        self.bias = BiasOptions()
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.threads
         session_options.inter_op_num_threads = 1
@@ -281,11 +284,16 @@ class WhisperOnnx:
     def timings(self) -> TimingSnapshot:
         return self._timings.snapshot()
 
-    def open_stream(self, prompt: str = "") -> WhisperStream:
-        return WhisperStream(self, prompt)
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> WhisperStream:
+        return WhisperStream(self, prompt, self.compile(tuple(terms)) if terms else None)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as the process
+    def compile(self, terms: tuple[str, ...]) -> TermTrie:
+        """The token trie of ``terms`` (``biasing``), compiled once per glossary."""
+        return compile_terms(terms, self.tokenizer.encode)
 
     def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False,
-                   settled: str = "") -> Hypothesis:
+                   settled: str = "", terms: TermTrie | None = None) -> Hypothesis:
         """Recognise a whole utterance (16 kHz mono float32).
 
         ``prompt`` is earlier text that biases spelling and style; a window
@@ -295,6 +303,7 @@ class WhisperOnnx:
         leading text taken as given (forced in one decoder call instead of one
         call per token: on a long partial this halves the decoder's time); it
         needs one window and no word timestamps, and is ignored otherwise.
+        ``terms`` are glossary terms favoured in decoding (``biasing``).
         """
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         if not len(samples):
@@ -309,9 +318,10 @@ class WhisperOnnx:
             and not word_timestamps else []
         for start, end in itertools.pairwise(bounds):
             window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
-                                                                     forced)
+                                                                     forced, terms)
             if context and echoes_prompt(" ".join(w.text for w in window_words), context, window_no_speech):
-                window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps)
+                window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps,
+                                                                         terms=terms)
             offset = start / SAMPLE_RATE
             words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
             # an utterance is speech if any of its windows is
@@ -320,13 +330,13 @@ class WhisperOnnx:
         return Hypothesis(tuple(words), self.name, self.model_version, no_speech)
 
     def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool,
-                           forced: Sequence[int] = ()) -> tuple[list[Word], float]:
+                           forced: Sequence[int] = (), terms: TermTrie | None = None) -> tuple[list[Word], float]:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
         cross = self._encode(mel)
         prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
-        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced)
+        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced, terms)
         spans = alignment.word_spans([self.tokenizer.starts_word(t) for t in decoded.tokens])
         texts = [self.tokenizer.decode(decoded.tokens[a:b]).strip() for a, b in spans]
         if word_timestamps and spans:
@@ -406,10 +416,12 @@ class WhisperOnnx:
                 for _ in range(self._layers) for empty in (self._empty_k, self._empty_v)]
 
     def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int,
-                forced: Sequence[int] = ()) -> _Decoded:
+                forced: Sequence[int] = (), terms: TermTrie | None = None) -> _Decoded:
         """Greedy decoding after the ``forced`` text tokens; alignment rows
-        exist only for what is decoded, so word times need ``forced`` empty."""
-        special = self.tokenizer.special
+        exist only for what is decoded, so word times need ``forced`` empty.
+        ``terms`` are favoured as ``biasing`` describes; the probabilities
+        kept are the model's own, without bonus."""
+        special, tokenizer = self.tokenizer.special, self.tokenizer
         max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
         prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
         # First call ends at <|startoftranscript|>: its logits give the no-speech probability.
@@ -420,16 +432,37 @@ class WhisperOnnx:
         tokens = list(forced)
         probabilities = [1.0] * len(forced)
         rows = [scores]
+        matcher = TermMatcher(terms, self.bias) if terms is not None and len(terms) > 1 else None
+        mark: tuple[np.ndarray, list[ort.OrtValue]] | None = None
+        """Logits and cache where the term being followed began: where an undo returns to."""
         while len(tokens) < budget:
+            raw = logits
             probability = _softmax(logits[: special.eot])
+            logits = logits.copy() if matcher is not None else logits
             logits[self._suppress] = -np.inf
             if not tokens:
                 logits[self._suppress_begin] = -np.inf
             token = int(np.argmax(logits))
+            if matcher is not None:
+                after_word = bool(tokens) and tokenizer.after_word(tokens[-1])
+                if bonuses := matcher.bonuses(len(tokens), after_word):
+                    ids = np.fromiter(bonuses, dtype=np.int64, count=len(bonuses))
+                    logits[ids] += np.fromiter(bonuses.values(), dtype=np.float32, count=len(bonuses))
+                chosen, token = token, int(np.argmax(logits))
+                cost = float(raw[chosen] - raw[token]) if token != chosen else 0.0
+                if matcher.advance(len(tokens), token, cost, after_word, tokenizer.ends_word(token)):
+                    assert mark is not None
+                    logits, cache = mark
+                    del tokens[matcher.undo_to :], probabilities[matcher.undo_to :]
+                    del rows[matcher.undo_to - len(forced) + 1 :]
+                    mark = None
+                    continue
+                if matcher.begun_at == len(tokens):
+                    mark = (raw, cache)
             if token == special.eot:
                 break
             tokens.append(token)
-            probabilities.append(float(probability[token]))
+            probabilities.append(float(probability[token]) if token < special.eot else 0.0)
             logits, scores, cache = self._step([token], cache, cross)
             rows.append(scores)
             if (cut := repeated_tail(tokens)) is not None:
@@ -452,9 +485,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class WhisperStream:
     """One utterance: audio accumulates; each result re-decodes all of it."""
 
-    def __init__(self, engine: WhisperOnnx, prompt: str) -> None:
+    def __init__(self, engine: WhisperOnnx, prompt: str, terms: TermTrie | None) -> None:
         self._engine = engine
         self._prompt = prompt
+        self._terms = terms
         self._pieces: list[np.ndarray] = []
 
     def feed(self, audio: np.ndarray) -> None:
@@ -466,7 +500,7 @@ class WhisperStream:
         return self._pieces[0]
 
     def hypothesis(self, settled: str = "") -> Hypothesis:
-        return self._engine.transcribe(self._audio(), self._prompt, settled=settled)
+        return self._engine.transcribe(self._audio(), self._prompt, settled=settled, terms=self._terms)
 
     def finish(self) -> Hypothesis:
-        return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True)
+        return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True, terms=self._terms)
