@@ -85,7 +85,7 @@ class ServerOptions:
               "-1 = by device: 10 on CUDA, off on CPU, where a batch gains nothing; int8 models never batch)")
     step_s: float = _setting(_STREAMING.step_s, "re-decode an utterance after this much new audio (seconds)")
     glossary: str = _setting("", "names and jargon spelled as written, comma-separated (\"Sintra, OBS, Kubernetes\"): "
-                                 "given to the recognizer as context, and matching caption words take their form")
+                                 "the server-wide default of every room's glossary (README.md, Glossaries)")
     # voice activity detection
     vad_aggressiveness: int = _setting(_VAD.aggressiveness, "webrtcvad mode 0-3 (3 rejects the most noise)")
     onset_ms: int = _setting(_VAD.onset_ms, "voiced audio needed to start an utterance (ms)")

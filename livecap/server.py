@@ -86,6 +86,9 @@ PUBLISHER_READ_AHEAD = 4096
 bounds in bytes); past it reading pauses, so a flood of control messages cannot grow memory."""
 LOADING_RETRY_S = 5.0
 """Retry hint while the models load (seconds to a minute; longer on the first start, which builds them)."""
+LINGER_S = 2.0
+"""How long a connection closed for a broken frame waits for its peer to close (``ExplainingWebSocket``)."""
+LINGER_POLL_S = 0.05
 
 
 
@@ -298,6 +301,15 @@ class ExplainingWebSocket(web.WebSocketResponse):
     ``close()`` sees that exception and hands it to ``_close_with`` first,
     so the client gets an ``error`` event with a documented code, as for
     livecap's own errors.
+
+    Such a peer may still be sending the rest of an oversized frame. Closing
+    the socket with its bytes unread makes the kernel answer with a reset,
+    which can destroy the error and the close frame before the peer reads
+    them (seen in the soak's fuzzer). So the close lingers, as HTTP servers'
+    "lingering close" does (RFC 9112 section 9.6): the write side is shut
+    after the close frame, what still arrives is read and dropped (aiohttp
+    drops it once closing), and the socket closes when the peer has closed
+    its side, or after ``LINGER_S``.
     """
 
     def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
@@ -310,7 +322,23 @@ class ExplainingWebSocket(web.WebSocketResponse):
             return await super().close(code=code, message=message, drain=drain)
         self._explaining = True  # _close_with calls close() again
         await _close_with(self, error, self._metrics)
+        await self._linger()
         return True
+
+    def _close_transport(self) -> None:
+        if not self._explaining:  # else _linger closes it
+            super()._close_transport()
+
+    async def _linger(self) -> None:
+        transport = self._req.transport if self._req is not None else None
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        deadline = time.monotonic() + LINGER_S
+        while not transport.is_closing() and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER_POLL_S)
+        transport.close()
 
     def _library_error(self) -> LivecapError | None:
         """The error aiohttp is closing this connection for, if it is one."""

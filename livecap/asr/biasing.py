@@ -22,24 +22,32 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+DISTINCTIVE_LETTERS = 2
+"""Letters or digits a term's first token needs before a bonus may help it begin the term."""
+
 
 class TermTrie:
     """Token sequences of terms, as a trie; node 0 is the root.
 
-    ``sequences`` are ``(tokens, spaced)``: token ids, and whether the first
-    token begins with a space (such a term may follow a word; one without
-    may not: "Kafka" is no term inside "XKafka").
+    ``sequences`` are ``(tokens, spaced, distinctive)``: token ids; whether
+    the first token begins with a space (such a term may follow a word; one
+    without may not: "Kafka" is no term inside "XKafka"); and whether the
+    first token says enough of the term to be helped to begin it (" N" of
+    "Nginx" does not: a bonus on it wrote "Nginx" for "the").
     """
 
-    def __init__(self, sequences: Iterable[tuple[Sequence[int], bool]]) -> None:
+    def __init__(self, sequences: Iterable[tuple[Sequence[int], bool, bool]]) -> None:
         self._children: list[dict[int, int]] = [{}]
         self._ends: list[bool] = [False]
         self._unspaced: set[int] = set()
-        for tokens, spaced in sequences:
+        self._distinctive: set[int] = set()
+        for tokens, spaced, distinctive in sequences:
             if not tokens:
                 continue
             if not spaced:
                 self._unspaced.add(tokens[0])
+            if distinctive:
+                self._distinctive.add(tokens[0])
             node = 0
             for token in tokens:
                 child = self._children[node].get(token)
@@ -66,6 +74,23 @@ class TermTrie:
         """Whether a term ends at ``node``."""
         return self._ends[node]
 
+    def first_tokens_in(self, tokens: Sequence[int]) -> set[int]:
+        """First tokens of the terms that occur whole in ``tokens``."""
+        found = set()
+        for start, first in enumerate(tokens):
+            node: int | None = 0
+            for token in tokens[start:]:
+                node = self.step(node, token) if node is not None else None
+                if node is None:
+                    break
+                if self.ends(node):
+                    found.add(first)
+        return found
+
+    def distinctive(self, token: int) -> bool:
+        """Whether a bonus may help ``token`` begin a term (see the class docstring)."""
+        return token in self._distinctive
+
     def may_begin(self, token: int, after_word: bool) -> bool:
         """Whether ``token`` begins a term of several tokens here: a whole
         term in one token gets no help (it could only replace another word),
@@ -83,10 +108,17 @@ def term_variants(term: str) -> tuple[str, ...]:
     return tuple(prefix + form for form in forms for prefix in (" ", ""))
 
 
-def compile_terms(terms: Iterable[str], encode: Callable[[str], list[int]]) -> TermTrie:
-    """A trie of every variant of every term, tokenized by ``encode``."""
-    return TermTrie((encode(variant), variant.startswith(" "))
-                    for term in terms for variant in term_variants(term))
+def compile_terms(terms: Iterable[str], encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]
+                  ) -> TermTrie:
+    """A trie of every variant of every term, tokenized by ``encode``; a first
+    token is distinctive if it holds at least ``DISTINCTIVE_LETTERS`` letters
+    or digits (``decode`` gives its text)."""
+    sequences = []
+    for variant in (variant for term in terms for variant in term_variants(term)):
+        tokens = encode(variant)
+        first = decode(tokens[:1]) if tokens else ""
+        sequences.append((tokens, variant.startswith(" "), sum(c.isalnum() for c in first) >= DISTINCTIVE_LETTERS))
+    return TermTrie(sequences)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,10 @@ class TermMatcher:
 
     trie: TermTrie
     options: BiasOptions = BiasOptions()
+    primed: set[int] = field(default_factory=set)
+    """First tokens of terms the prompt holds: the model has them in mind already, and a bonus
+    to begin them again wrote them over other words (live on jargon-dev: "DataLoader kit" for
+    "The ECMO circuit", three sentences after "DataLoader")."""
     undos: int = 0
     found: int = 0
     undo_to: int = 0
@@ -159,7 +195,8 @@ class TermMatcher:
         if not self.options.begin_bonus or self.undos >= self.options.max_undos:
             return {}
         return {token: self.options.begin_bonus for token in self.trie.continuations(0)
-                if self.trie.may_begin(token, after_word) and (length, token) not in self._undone}
+                if self.trie.distinctive(token) and token not in self.primed and self.trie.may_begin(token, after_word)
+                and (length, token) not in self._undone}
 
     def advance(self, length: int, token: int, cost: float, after_word: bool, ends_word: bool) -> bool:
         """Report the token chosen at position ``length`` and what choosing it

@@ -49,6 +49,10 @@ class Hypothesis:
     engine: str
     model_version: str
     no_speech_probability: float | None = None
+    confidence: float | None = None
+    """How sure the engine is of the words, as the guardrails judge it, where it is not the
+    geometric mean of the words' confidences (Whisper leaves out the words a glossary bonus
+    chose); ``None``: that mean."""
 
     @property
     def text(self) -> str:

@@ -158,6 +158,8 @@ def suppression_reason(hypothesis: Hypothesis, options: GuardrailOptions | None 
         return None
     confidences = [max(word.confidence, 1e-6) for word in hypothesis.words]
     log_confidence = sum(math.log(c) for c in confidences) / len(confidences) if confidences else 0.0
+    if hypothesis.confidence is not None:
+        log_confidence = math.log(max(hypothesis.confidence, 1e-6))
     no_speech = hypothesis.no_speech_probability or 0.0
     if no_speech > options.no_speech_threshold and log_confidence < options.log_confidence_threshold:
         return "no_speech"

@@ -151,8 +151,11 @@ class _Decoded:
 
     tokens: list[int]
     probabilities: list[float]
+    """The model's own, without any glossary bonus."""
     alignment: np.ndarray
     no_speech_probability: float
+    helped: list[bool]
+    """Tokens a glossary bonus chose over the model's own choice (``biasing``)."""
 
 
 def repeated_tail(tokens: Sequence[int], min_tokens: int = 12, sentence: int = 12, max_ngram: int = 48) -> int | None:
@@ -290,7 +293,7 @@ class WhisperOnnx:
     @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as the process
     def compile(self, terms: tuple[str, ...]) -> TermTrie:
         """The token trie of ``terms`` (``biasing``), compiled once per glossary."""
-        return compile_terms(terms, self.tokenizer.encode)
+        return compile_terms(terms, self.tokenizer.encode, self.tokenizer.decode)
 
     def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False,
                    settled: str = "", terms: TermTrie | None = None) -> Hypothesis:
@@ -312,6 +315,7 @@ class WhisperOnnx:
         pieces = max(1, math.ceil(len(samples) / max_samples))
         bounds = [round(len(samples) * k / pieces) for k in range(pieces + 1)]
         words: list[Word] = []
+        helped: list[bool] = []
         no_speech = 1.0
         context = prompt
         forced = self.tokenizer.encode(" " + settled.strip()) if settled.strip() and pieces == 1 \
@@ -319,18 +323,26 @@ class WhisperOnnx:
         for start, end in itertools.pairwise(bounds):
             window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
                                                                      forced, terms)
-            if context and echoes_prompt(" ".join(w.text for w in window_words), context, window_no_speech):
+            if context and echoes_prompt(" ".join(w.text for w, _ in window_words), context, window_no_speech):
                 window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps,
                                                                          terms=terms)
             offset = start / SAMPLE_RATE
-            words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w in window_words]
+            words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w, _ in window_words]
+            helped += [h for _, h in window_words]
             # an utterance is speech if any of its windows is
             no_speech = min(no_speech, window_no_speech)
-            context = " ".join([context] + [w.text for w in window_words]).strip()
-        return Hypothesis(tuple(words), self.name, self.model_version, no_speech)
+            context = " ".join([context] + [w.text for w, _ in window_words]).strip()
+        # The guardrails judge how sure the model was of the words it chose itself: a term's
+        # tokens are rare to the model alone, and would drag a real sentence under their bound.
+        unhelped = [w.confidence for w, h in zip(words, helped, strict=True) if not h]
+        confidence = _geometric_mean(unhelped) if any(helped) and unhelped else None
+        return Hypothesis(tuple(words), self.name, self.model_version, no_speech, confidence)
 
     def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool,
-                           forced: Sequence[int] = (), terms: TermTrie | None = None) -> tuple[list[Word], float]:
+                           forced: Sequence[int] = (), terms: TermTrie | None = None
+                           ) -> tuple[list[tuple[Word, bool]], float]:
+        """The window's words, each with whether a glossary bonus chose any of its tokens, and its
+        no-speech probability."""
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
         cross = self._encode(mel)
@@ -347,8 +359,8 @@ class WhisperOnnx:
         else:
             starts, ends = np.zeros(len(spans)), np.full(len(spans), duration)
         words = [
-            Word(text, float(min(start, duration)), float(min(end, duration)),
-                 float(np.mean(decoded.probabilities[a:b])))
+            (Word(text, float(min(start, duration)), float(min(end, duration)),
+                  float(np.mean(decoded.probabilities[a:b]))), any(decoded.helped[a:b]))
             for (a, b), text, start, end in zip(spans, texts, starts, ends, strict=True)
             if text
         ]
@@ -419,8 +431,7 @@ class WhisperOnnx:
                 forced: Sequence[int] = (), terms: TermTrie | None = None) -> _Decoded:
         """Greedy decoding after the ``forced`` text tokens; alignment rows
         exist only for what is decoded, so word times need ``forced`` empty.
-        ``terms`` are favoured as ``biasing`` describes; the probabilities
-        kept are the model's own, without bonus."""
+        ``terms`` are favoured as ``biasing`` describes."""
         special, tokenizer = self.tokenizer.special, self.tokenizer
         max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
         prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
@@ -431,18 +442,20 @@ class WhisperOnnx:
                                            cache, cross)
         tokens = list(forced)
         probabilities = [1.0] * len(forced)
+        helped = [False] * len(forced)
         rows = [scores]
-        matcher = TermMatcher(terms, self.bias) if terms is not None and len(terms) > 1 else None
+        matcher = TermMatcher(terms, self.bias, terms.first_tokens_in(prompt_tokens)) \
+            if terms is not None and len(terms) > 1 else None
         mark: tuple[np.ndarray, list[ort.OrtValue]] | None = None
         """Logits and cache where the term being followed began: where an undo returns to."""
         while len(tokens) < budget:
             raw = logits
-            probability = _softmax(logits[: special.eot])
             logits = logits.copy() if matcher is not None else logits
             logits[self._suppress] = -np.inf
             if not tokens:
                 logits[self._suppress_begin] = -np.inf
             token = int(np.argmax(logits))
+            cost = 0.0
             if matcher is not None:
                 after_word = bool(tokens) and tokenizer.after_word(tokens[-1])
                 if bonuses := matcher.bonuses(len(tokens), after_word):
@@ -453,7 +466,7 @@ class WhisperOnnx:
                 if matcher.advance(len(tokens), token, cost, after_word, tokenizer.ends_word(token)):
                     assert mark is not None
                     logits, cache = mark
-                    del tokens[matcher.undo_to :], probabilities[matcher.undo_to :]
+                    del tokens[matcher.undo_to :], probabilities[matcher.undo_to :], helped[matcher.undo_to :]
                     del rows[matcher.undo_to - len(forced) + 1 :]
                     mark = None
                     continue
@@ -462,19 +475,24 @@ class WhisperOnnx:
             if token == special.eot:
                 break
             tokens.append(token)
-            probabilities.append(float(probability[token]) if token < special.eot else 0.0)
+            probabilities.append(float(_softmax(raw[: special.eot])[token]))
+            helped.append(cost > 0)
             logits, scores, cache = self._step([token], cache, cross)
             rows.append(scores)
             if (cut := repeated_tail(tokens)) is not None:
-                tokens, probabilities, rows = tokens[:cut], probabilities[:cut], rows[: cut + 1]
+                tokens, probabilities, helped, rows = tokens[:cut], probabilities[:cut], helped[:cut], rows[: cut + 1]
                 break
-        return _Decoded(tokens, probabilities, np.stack(rows), no_speech)
+        return _Decoded(tokens, probabilities, np.stack(rows), no_speech, helped)
 
 
 @register_engine(ENGINE_NAME)
 def create_engine(options: EngineOptions) -> WhisperOnnx:
     """The registry's factory: ``ENGINES["whisper-onnx"](options)``."""
     return WhisperOnnx(options)
+
+
+def _geometric_mean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(max(v, 1e-6)) for v in values) / len(values))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
