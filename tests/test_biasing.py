@@ -49,6 +49,15 @@ def test_variants_cover_case_and_the_leading_space() -> None:
     assert not trie.distinctive(1) and trie.distinctive(2)
 
 
+def test_terms_the_prompt_holds_get_no_help_to_begin() -> None:
+    trie = _trie()
+    assert trie.first_tokens_in([8, 1, 2, 9, 3]) == {1}  # " the Kafka a Cons": Kafka whole, Consul not
+    matcher = TermMatcher(trie, BiasOptions(begin_bonus=2.0), primed=trie.first_tokens_in([1, 2]))
+    assert matcher.bonuses(0, after_word=False) == {3: 2.0, 7: 2.0}
+    matcher.advance(0, 1, 0.0, after_word=False, ends_word=True)  # the model's own " Kaf" ...
+    assert matcher.bonuses(1, after_word=True) == {2: 10.0}  # ... is helped to go on
+
+
 def test_a_term_begun_gets_the_continuation_bonus_and_counts_when_finished() -> None:
     matcher = TermMatcher(_trie(), BiasOptions(continue_bonus=4.0, begin_bonus=2.0))
     assert matcher.bonuses(0, after_word=False) == {1: 2.0, 3: 2.0, 7: 2.0}  # not " N", " Vault"
@@ -58,7 +67,7 @@ def test_a_term_begun_gets_the_continuation_bonus_and_counts_when_finished() -> 
     assert matcher.begun_at == 1 and matcher.bonuses(2, after_word=True) == {2: 4.0}
     assert not matcher.advance(2, 2, 1.5, after_word=True, ends_word=False)  # "ka", helped
     assert not matcher.advance(3, 8, 0.0, after_word=True, ends_word=True)  # " the": Kafka is whole
-    assert matcher.found == 1 and matcher.undos == 0 and matcher.begun_at is None
+    assert matcher.undos == 0 and matcher.begun_at is None  # found, kept
 
 
 def test_an_abandoned_term_that_was_helped_is_undone_once() -> None:
@@ -70,7 +79,7 @@ def test_an_abandoned_term_that_was_helped_is_undone_once() -> None:
     assert not matcher.advance(0, 3, 0.0, after_word=False, ends_word=True)  # the model's own " Cons"
     assert matcher.bonuses(1, after_word=True) == {}  # ...is followed without help
     assert not matcher.advance(1, 9, 0.0, after_word=True, ends_word=True)
-    assert matcher.undos == 1 and matcher.found == 0
+    assert matcher.undos == 1
 
 
 def test_a_term_inside_a_longer_word_is_not_found() -> None:
@@ -78,7 +87,7 @@ def test_a_term_inside_a_longer_word_is_not_found() -> None:
     matcher.advance(0, 3, 0.5, after_word=False, ends_word=True)  # " Cons"
     matcher.advance(1, 4, 0.5, after_word=True, ends_word=False)  # "ul"
     assert matcher.advance(2, 5, 0.0, after_word=True, ends_word=False)  # "tant": "Consultant" is no Consul
-    assert matcher.found == 0 and matcher.undo_to == 0
+    assert matcher.undo_to == 0
 
 
 def test_the_models_own_words_are_never_undone() -> None:
@@ -94,7 +103,7 @@ def test_a_term_the_bonuses_had_to_force_is_undone() -> None:
     matcher.advance(0, 1, 2.0, after_word=False, ends_word=True)
     matcher.advance(1, 2, 2.0, after_word=True, ends_word=False)
     assert matcher.advance(2, 8, 0.0, after_word=True, ends_word=True)  # whole, but 4 nats overridden
-    assert matcher.found == 0 and matcher.undo_to == 0
+    assert matcher.undo_to == 0
 
 
 def test_undos_are_bounded_and_then_nothing_is_helped() -> None:

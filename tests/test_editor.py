@@ -276,8 +276,20 @@ async def test_the_dashboard_changes_a_rooms_settings(sphinx_server: LiveServer,
     await expect(dialog.locator("#settings-audit li")).to_have_count(1)
     await expect(dialog.locator("#settings-audit li")).to_contain_text("recording: false → true")
     await dialog.locator("#settings-recording").uncheck()
+    # terms proposed from a pasted programme: the ones the glossary lacks, ticked, then saved
+    await dialog.locator("#settings-propose summary").click()
+    await dialog.locator("#settings-source").fill("Dr. Smith opens; then Kowalczyk on ECMO in Sintra.")
+    await dialog.locator("#settings-propose-button").click()
+    candidates = dialog.locator("#settings-candidates input")
+    await expect(candidates).to_have_count(2)
+    assert {await box.get_attribute("value") for box in await candidates.all()} == {"ECMO", "Kowalczyk"}
+    await dialog.locator("#settings-accept").click()
+    await expect(dialog.locator("#settings-glossary")).to_have_value("Sintra\nDr. Smith\nECMO\nKowalczyk")
     await dialog.locator("#settings-save").click()
     await expect(dialog).to_be_hidden()
-    assert not server.app[ROOMS].settings_of(name).recording
+    settings = server.app[ROOMS].settings_of(name)
+    assert not settings.recording and settings.glossary == ("Sintra", "Dr. Smith", "ECMO", "Kowalczyk")
+    await card.locator(".glossary").wait_for()
+    await expect(card.locator(".glossary")).to_contain_text("4 terms · 0 recognised")
     await dashboard.close()
     assert not errors

@@ -107,3 +107,12 @@ def test_rules_are_calibrated_per_engine() -> None:
     assert suppression_reason(_hypothesis("the commission recommends", confidence=0.01, engine="unknown")) is None, \
         "an engine nobody calibrated is not judged by confidences"
     assert suppression_reason(_hypothesis("the commission recommends", confidence=0.01)) == "low_confidence"
+
+
+def test_an_engines_own_confidence_replaces_the_words_mean() -> None:
+    """Whisper leaves out the words a glossary bonus chose: rare to the model alone, their low
+    probabilities must not make the sentence they are in look like a guess."""
+    words = tuple(Word(w, 0, 1, c) for w, c in [("patients", 0.8), ("on", 0.9), ("apixaban", 0.01), ("did", 0.8)])
+    assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1)) == "low_confidence"
+    assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1, confidence=0.83)) is None
+    assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1, confidence=0.2)) == "low_confidence"

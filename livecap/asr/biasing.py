@@ -175,7 +175,6 @@ class TermMatcher:
     to begin them again wrote them over other words (live on jargon-dev: "DataLoader kit" for
     "The ECMO circuit", three sentences after "DataLoader")."""
     undos: int = 0
-    found: int = 0
     undo_to: int = 0
     _attempt: _Attempt | None = None
     _undone: set[tuple[int, int]] = field(default_factory=set)
@@ -209,9 +208,8 @@ class TermMatcher:
                 attempt.node, attempt.cost = child, attempt.cost + cost
                 return False
             self._attempt = None
-            if self.trie.ends(attempt.node) and ends_word and attempt.cost <= self.options.max_cost:
-                self.found += 1
-            elif attempt.cost > 0 and self.undos < self.options.max_undos:
+            found = self.trie.ends(attempt.node) and ends_word and attempt.cost <= self.options.max_cost
+            if not found and attempt.cost > 0 and self.undos < self.options.max_undos:
                 self.undos += 1
                 self.undo_to = attempt.start
                 self._undone.add((attempt.start, attempt.first))
