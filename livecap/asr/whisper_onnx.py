@@ -450,6 +450,7 @@ class WhisperOnnx:
         """Logits and cache where the term being followed began: where an undo returns to."""
         while len(tokens) < budget:
             raw = logits
+            probability = _softmax(raw[: special.eot])  # the model's own, before suppression and bonuses
             logits = logits.copy() if matcher is not None else logits
             logits[self._suppress] = -np.inf
             if not tokens:
@@ -475,7 +476,7 @@ class WhisperOnnx:
             if token == special.eot:
                 break
             tokens.append(token)
-            probabilities.append(float(_softmax(raw[: special.eot])[token]))
+            probabilities.append(float(probability[token]))
             helped.append(cost > 0)
             logits, scores, cache = self._step([token], cache, cross)
             rows.append(scores)
