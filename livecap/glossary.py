@@ -88,8 +88,10 @@ class Glossary:
                 return keys[key], 1.0
             if not all(w.confidence < UNSURE or _rare(_key((w,))) for w in run):
                 return None
-            term_key = max(keys, key=lambda k: similarity(key, k))
-            score = similarity(key, term_key)
+            sound = _Sound.of(key)
+            scores = {term_key: sound.similarity(term_sound) for term_key, term_sound in self._sounds.items()}
+            term_key = max(scores, key=scores.__getitem__)
+            score = scores[term_key]
             if len(run) > len(keys[term_key].split()) + MAX_EXTRA_WORDS or score < SOUNDS_LIKE:
                 return None
             shorter = (run[1:], run[:-1]) if len(run) > 1 else ()
@@ -109,6 +111,11 @@ class Glossary:
         return re.compile(r"(?<!\w)(" + "|".join(map(re.escape, longest_first)) + r")(?!\w)")
 
     @functools.cached_property
+    def _sounds(self) -> dict[str, _Sound]:
+        """Each term's key (``_keys``) with its sound, worked out once per glossary."""
+        return {key: _Sound.of(key) for key in self._keys}
+
+    @functools.cached_property
     def _longest(self) -> int:
         """Longest run of words compared with the terms."""
         return max((len(term.split()) for term in self.terms), default=0) + MAX_EXTRA_WORDS
@@ -124,12 +131,26 @@ def similarity(said: str, term: str) -> float:
     mean of the Jaro-Winkler similarity of their letters and the edit
     similarity of their Metaphone codes (jellyfish). 0 if their lengths
     differ by more than half."""
-    if not said or not term or not 2 / 3 <= len(said) / len(term) <= 3 / 2:
-        return 0.0
-    spelled = jellyfish.jaro_winkler_similarity(said, term)
-    a, b = jellyfish.metaphone(said), jellyfish.metaphone(term)
-    sounded = 1 - jellyfish.levenshtein_distance(a, b) / max(len(a), len(b), 1)
-    return (spelled + sounded) / 2
+    return _Sound.of(said).similarity(_Sound.of(term))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sound:
+    """A key with its Metaphone code, so that a term's is worked out once (``similarity``)."""
+
+    key: str
+    code: str
+
+    @classmethod
+    def of(cls, key: str) -> _Sound:
+        return cls(key, jellyfish.metaphone(key) if key else "")
+
+    def similarity(self, other: _Sound) -> float:
+        if not self.key or not other.key or not 2 / 3 <= len(self.key) / len(other.key) <= 3 / 2:
+            return 0.0
+        spelled = jellyfish.jaro_winkler_similarity(self.key, other.key)
+        sounded = 1 - jellyfish.levenshtein_distance(self.code, other.code) / max(len(self.code), len(other.code), 1)
+        return (spelled + sounded) / 2
 
 
 @functools.lru_cache(maxsize=65536)

@@ -24,6 +24,7 @@ from livecap.appkeys import METRICS, OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.cli import main
 from livecap.client import stream_audio
+from livecap.rooms import Room
 from tests.conftest import LiveServer, fail_on_page_errors, timeout
 from tests.speech import audio
 from tests.test_pages import ARTIFACTS, SENTENCES, Cutter, expect, silence
@@ -48,6 +49,16 @@ async def speak(server: LiveServer, room: str) -> list[str]:
     finals = [m["text"] for m in result.finals if m["text"]]
     assert len(finals) >= 2, finals
     return finals
+
+
+def _room_with_line(server: LiveServer, name: str, *words: str | Word) -> Room:
+    """Room ``name`` with one final of ``words`` (plain strings: one second each) published."""
+    room = server.app[ROOMS].get(name)
+    timed = tuple(w if isinstance(w, Word) else Word(w, i, i + 1) for i, w in enumerate(words))
+    final = room.captions.final(room.captions.new_segment(), timed, 0.0, timed[-1].end, "test-engine", "v1", 0.0)
+    assert final is not None
+    room.publish(final)
+    return room
 
 
 async def open_editor(browser: Browser, server: LiveServer, room: str) -> Page:
@@ -129,11 +140,8 @@ async def test_the_editor_corrects_real_finals_on_every_screen(sphinx_server: Li
 
 @pytest.mark.slow
 async def test_low_confidence_words_are_marked_and_a_click_edits(sphinx_server: LiveServer, browser: Browser) -> None:
-    room = sphinx_server.app[ROOMS].get("editor-marks")
-    words = (Word("meet", 0.0, 0.3, 0.95), Word("doctor", 0.3, 0.6, 0.9), Word("smyth", 0.6, 1.0, 0.21))
-    final = room.captions.final(room.captions.new_segment(), words, 0.0, 1.0, "test-engine", "v1", 0.0)
-    assert final is not None
-    room.publish(final)
+    room = _room_with_line(sphinx_server, "editor-marks", Word("meet", 0.0, 0.3, 0.95), Word("doctor", 0.3, 0.6, 0.9),
+                           Word("smyth", 0.6, 1.0, 0.21))
     editor = await open_editor(browser, sphinx_server, "editor-marks")
     await expect(editor.locator("#lines .line mark")).to_have_text("smyth")
     await editor.locator("#lines .line").first.click()
@@ -149,10 +157,7 @@ async def test_low_confidence_words_are_marked_and_a_click_edits(sphinx_server: 
 
 @pytest.mark.slow
 async def test_two_editors_do_not_overwrite_each_other(sphinx_server: LiveServer, browser: Browser) -> None:
-    room = sphinx_server.app[ROOMS].get("two-editor-pages")
-    final = room.captions.final(room.captions.new_segment(), (Word("hello", 0, 1),), 0.0, 1.0, "test-engine", "v1", 0)
-    assert final is not None
-    room.publish(final)
+    room = _room_with_line(sphinx_server, "two-editor-pages", "hello")
     first, second = [await open_editor(browser, sphinx_server, "two-editor-pages") for _ in range(2)]
     for editor in (first, second):
         await editor.locator("#lines .line").first.click()
@@ -175,10 +180,7 @@ async def test_two_editors_do_not_overwrite_each_other(sphinx_server: LiveServer
 @pytest.mark.slow
 async def test_a_phone_that_reconnects_gets_the_correction(sphinx_server: LiveServer, browser: Browser) -> None:
     server, name = sphinx_server, "editor-reconnect"
-    room = server.app[ROOMS].get(name)
-    final = room.captions.final(room.captions.new_segment(), (Word("jason", 0, 1),), 0.0, 1.0, "test-engine", "v1", 0)
-    assert final is not None
-    room.publish(final)
+    room = _room_with_line(server, name, "jason")
     page = await browser.new_page()
     cutter = Cutter()
     await page.route_web_socket(lambda url: "/ws/captions/" in url, cutter.handle)
@@ -186,7 +188,7 @@ async def test_a_phone_that_reconnects_gets_the_correction(sphinx_server: LiveSe
     await expect(page.locator("#log .item .text")).to_have_text("jason")
     await cutter.cut()
     await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
-    room.publish(room.captions.correction(final.seq, "JSON"))
+    room.publish(room.captions.correction(room.captions.finals[-1].seq, "JSON"))
     cutter.down = False
     await expect(page.locator("#status")).to_have_attribute("data-state", "open")
     await expect(page.locator("#log .item .text")).to_have_text("JSON")
@@ -253,10 +255,7 @@ async def test_a_phone_flags_a_line_and_the_dashboard_shows_it(sphinx_server: Li
 @pytest.mark.slow
 async def test_the_dashboard_changes_a_rooms_settings(sphinx_server: LiveServer, browser: Browser) -> None:
     server, name = sphinx_server, "settings-dialog"
-    room = server.app[ROOMS].get(name)
-    final = room.captions.final(room.captions.new_segment(), (Word("hello", 0, 1),), 0.0, 1.0, "test-engine", "v1", 0)
-    assert final is not None
-    room.publish(final)
+    _room_with_line(server, name, "hello")
     dashboard = await browser.new_page()
     errors = fail_on_page_errors(dashboard)
     await dashboard.goto(f"{server.base}/dashboard?token={server.keys.key('operator')}")

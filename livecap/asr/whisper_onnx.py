@@ -46,7 +46,7 @@ from livecap_models.build import CONFIG_FILE, TOKENIZER_FILE
 
 from livecap.asr import alignment
 from livecap.asr.batching import MicroBatcher
-from livecap.asr.biasing import BiasOptions, TermMatcher, TermTrie, compile_terms
+from livecap.asr.biasing import TermMatcher, TermTrie, compile_terms
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
 from livecap.asr.guardrails import echoes_prompt
@@ -235,7 +235,6 @@ class WhisperOnnx:
             raise ModelError(str(error)) from error
         self.model_version = self.manifest.version
         self.window = window or WindowPolicy()
-        self.bias = BiasOptions()
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.threads
         session_options.inter_op_num_threads = 1
@@ -444,7 +443,7 @@ class WhisperOnnx:
         probabilities = [1.0] * len(forced)
         helped = [False] * len(forced)
         rows = [scores]
-        matcher = TermMatcher(terms, self.bias, terms.first_tokens_in(prompt_tokens)) \
+        matcher = TermMatcher(terms, primed=terms.first_tokens_in(prompt_tokens)) \
             if terms is not None and len(terms) > 1 else None
         mark: tuple[np.ndarray, list[ort.OrtValue]] | None = None
         """Logits and cache where the term being followed began: where an undo returns to."""
