@@ -15,6 +15,7 @@ and broadcasts what it returns.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -25,6 +26,9 @@ from livecap.errors import EditConflict, UnknownSeq
 CaptionKind = Literal["partial", "final", "correction"]
 SEQ_BLOCK = 1000
 """Seqs reserved at a time: at most this many are skipped at a restart."""
+KEPT_LINES = 200
+"""Lines of a room kept in memory (with an archive): about a quarter of an hour of speech,
+far more than a new viewer (20), the prompt (10) or an editor's screen needs."""
 RECOVERED = "recovered"
 """The ``engine`` of a final made at start-up from a crashed segment's settled words."""
 
@@ -114,20 +118,47 @@ class Settled:
 
 
 class CaptionState:
-    """Sequence numbers, segment ids and the finals of one room."""
+    """Sequence numbers, segment ids and the lines (finals and corrections) of one room.
+
+    A room may caption for days, and a line costs kilobytes in memory (its
+    words), so with an ``archive`` (the transcript store) only the last
+    ``kept_lines`` lines stay in memory; what asks for an older one (a viewer
+    resuming from before them, an edit or flag of an old line, an export)
+    reads it back from the archive. Corrections of such lines stay in memory.
+    """
 
     def __init__(self, room: str, history: Sequence[CaptionEvent] = (), reserved: int = 0,
-                 reserve: Callable[[int], None] = lambda ceiling: None) -> None:
+                 reserve: Callable[[int], None] = lambda ceiling: None,
+                 archive: Callable[[], Sequence[CaptionEvent]] | None = None, kept_lines: int = KEPT_LINES) -> None:
         """``history``: the stored finals and corrections; ``reserved``: the
-        highest seq ceiling recorded; ``reserve`` records a new one (see ``SeqCounter``)."""
+        highest seq ceiling recorded; ``reserve`` records a new one (see ``SeqCounter``);
+        ``archive`` reads every stored final and correction (None: every line stays in memory)."""
         self.room = room
-        self.finals: list[CaptionEvent] = [e for e in history if e.kind == "final"]
-        self.corrections: list[CaptionEvent] = [e for e in history if e.kind == "correction"]
-        self._lines: dict[int, CaptionEvent] = {e.seq: e for e in history if e.kind in ("final", "correction")}
-        """Every version of every line (finals and corrections) by seq."""
-        self._current: dict[int, CaptionEvent] = {e.segment: e for e in sorted(self._lines.values(),
-                                                                               key=lambda e: e.seq)}
-        """The version of each line shown now, by segment."""
+        self.finals: list[CaptionEvent] = []
+        """The finals in memory, in order."""
+        self.corrections: list[CaptionEvent] = []
+        """The corrections in memory, in order."""
+        self._lines: dict[int, CaptionEvent] = {}
+        """Every version in memory of a line (its final and corrections), by seq."""
+        self._current: dict[int, CaptionEvent] = {}
+        """The version of each line in memory shown now, by segment."""
+        self._final: dict[int, CaptionEvent] = {}
+        """The finals in memory, by segment."""
+        self._archive = archive
+        self._kept_lines = kept_lines
+        self._archived_seq = 0
+        """The highest seq of a version no longer in memory: history after it is all in memory."""
+        self.lines_by_version: collections.Counter[str] = collections.Counter()
+        """Lines with text shown, by model version (every line, not only those in memory)."""
+        self.corrected_by_version: collections.Counter[str] = collections.Counter()
+        """Lines corrected at least once, by model version."""
+        self.corrections_made = 0
+        for event in history:
+            if event.kind == "final":
+                self._add_final(event, trim=False)
+            elif event.kind == "correction":
+                self._add_correction(event)
+        self._trim()
         self.seqs = SeqCounter(max(reserved, *(e.seq for e in history), 0), reserve)
         self._segments = max((e.segment for e in history), default=-1)
         self.current_partial: CaptionEvent | None = None
@@ -177,19 +208,21 @@ class CaptionState:
         self._add_final(event)
         return event
 
-    def line(self, seq: int) -> tuple[CaptionEvent, CaptionEvent]:
+    def line(self, seq: int, archived: bool = True) -> tuple[CaptionEvent, CaptionEvent]:
         """The final and the current version of the line that event ``seq``
-        (a final or a correction) showed; ``UnknownSeq`` if it showed none."""
+        (a final or a correction) showed; ``UnknownSeq`` if it showed none,
+        or if it is no longer in memory and ``archived`` is False."""
         version = self._lines.get(seq)
-        if version is None:
+        if version is None and archived and seq <= self._archived_seq:
+            version = next((e for e in self._read_archive() if e.seq == seq), None)
+        if version is None or version.kind not in ("final", "correction"):
             raise UnknownSeq(f"no line of room {self.room!r} has seq {seq}")
-        current = self._current[version.segment]
-        final = current if current.kind == "final" else self._lines[self._final_seq(version.segment)]
-        return final, current
-
-    def current(self, segment: int) -> CaptionEvent:
-        """The version of a line (segment) shown now: its final or latest correction."""
-        return self._current[segment]
+        final = self._final.get(version.segment)
+        if final is not None:
+            return final, self._current[version.segment]
+        older = [e for e in self._read_archive() if e.segment == version.segment]  # sorted by seq
+        final = next(e for e in older if e.kind == "final")
+        return final, self._current.get(version.segment, older[-1])
 
     def correction(self, seq: int, text: str) -> CaptionEvent:
         """An editor's text for the line whose version ``seq`` they saw; ``EditConflict``
@@ -200,22 +233,15 @@ class CaptionState:
                                {"seq": current.seq, "segment": current.segment, "text": current.text})
         event = replace(current, seq=self.seqs.next(), kind="correction", text=text, stable=text, unstable="",
                         latency_ms=0.0, words=())
-        self.corrections.append(event)
-        self._lines[event.seq] = self._current[event.segment] = event
+        self._add_correction(event, current)
         return event
-
-    def _add_final(self, event: CaptionEvent) -> None:
-        self.finals.append(event)
-        self._lines[event.seq] = self._current[event.segment] = event
-
-    def _final_seq(self, segment: int) -> int:
-        return next(e.seq for e in reversed(self.finals) if e.segment == segment)
 
     def history_after(self, seq: int) -> list[CaptionEvent]:
         """Finals and corrections with a seq above ``seq``, in order: what a
         reconnecting viewer missed (partials are transient and not kept)."""
-        kept = [e for e in self.finals if e.seq > seq] + [e for e in self.corrections if e.seq > seq]
-        return sorted(kept, key=lambda e: e.seq)
+        if seq < self._archived_seq:
+            return [e for e in self._every_line() if e.seq > seq]
+        return sorted((e for e in self._lines.values() if e.seq > seq), key=lambda e: e.seq)
 
     def recent(self, lines: int) -> list[CaptionEvent]:
         """The last ``lines`` finals and their corrections, in seq order: what a
@@ -227,10 +253,54 @@ class CaptionState:
     def transcript(self) -> list[CaptionEvent]:
         """Finals with corrections applied (their words, timed for the model's text, left out);
         empty lines (nothing heard, or emptied by an editor) left out."""
-        corrected = {e.segment: e.text for e in self.corrections}  # the last correction of each line
-        lines = [replace(f, text=corrected[f.segment], stable=corrected[f.segment], words=())
-                 if f.segment in corrected else f for f in self.finals]
+        events = self._every_line() if self._archived_seq else sorted(self._lines.values(), key=lambda e: e.seq)
+        corrected = {e.segment: e.text for e in events if e.kind == "correction"}  # the last one of each line
+        lines = [replace(e, text=corrected[e.segment], stable=corrected[e.segment], words=())
+                 if e.segment in corrected else e for e in events if e.kind == "final"]
         return [line for line in lines if line.text]
+
+    def _add_final(self, event: CaptionEvent, trim: bool = True) -> None:
+        self.finals.append(event)
+        self._lines[event.seq] = self._current[event.segment] = self._final[event.segment] = event
+        if event.text:
+            self.lines_by_version[event.model_version] += 1
+        if trim:
+            self._trim()
+
+    def _add_correction(self, event: CaptionEvent, current: CaptionEvent | None = None) -> None:
+        """``current``: the version it replaces (default: the one in memory)."""
+        current = current or self._current.get(event.segment)
+        if current is None or current.kind == "final":
+            self.corrected_by_version[event.model_version] += 1
+        self.corrections_made += 1
+        self.corrections.append(event)
+        self._lines[event.seq] = self._current[event.segment] = event
+
+    def _trim(self) -> None:
+        """The oldest lines beyond ``kept_lines`` leave memory (they are in the archive)."""
+        if self._archive is None:
+            return
+        while len(self.finals) > self._kept_lines:
+            self._forget(self.finals.pop(0))
+
+    def _forget(self, final: CaptionEvent) -> None:
+        segment = final.segment
+        versions = [final, *(e for e in self.corrections if e.segment == segment)]
+        if len(versions) > 1:
+            self.corrections = [e for e in self.corrections if e.segment != segment]
+        for version in versions:
+            del self._lines[version.seq]
+        del self._current[segment], self._final[segment]
+        self._archived_seq = max(self._archived_seq, *(v.seq for v in versions))
+
+    def _read_archive(self) -> Sequence[CaptionEvent]:
+        return self._archive() if self._archive is not None else ()
+
+    def _every_line(self) -> list[CaptionEvent]:
+        """Every final and correction, from the archive and memory, in seq order."""
+        events = {e.seq: e for e in self._read_archive() if e.kind in ("final", "correction")}
+        events.update(self._lines)
+        return sorted(events.values(), key=lambda e: e.seq)
 
     def _event(self, segment: int, kind: CaptionKind, text: str, stable: str, unstable: str, start: float,
                end: float, engine: str, model_version: str, latency_ms: float,

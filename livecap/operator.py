@@ -257,13 +257,12 @@ def model_quality(rooms: list[Room]) -> list[dict[str, Any]]:
 
     for room in rooms:
         captions = room.captions
-        for final in captions.finals:
-            if final.text:
-                of(final.model_version)["lines"] += 1
-        for segment in {c.segment for c in captions.corrections}:
-            of(captions.current(segment).model_version)["corrected"] += 1
-        for segment, viewers in room.flaggers.items():
-            of(captions.current(segment).model_version)["flags"] += len(viewers)
+        for version, lines in captions.lines_by_version.items():
+            of(version)["lines"] += lines
+        for version, corrected in captions.corrected_by_version.items():
+            of(version)["corrected"] += corrected
+        for version, flags in room.flags_by_version.items():
+            of(version)["flags"] += flags
         if room.ratings and captions.finals:
             of(captions.finals[-1].model_version)["ratings"] += room.ratings.values()
     return [{"model_version": version, "lines": f["lines"], "corrected": f["corrected"],

@@ -173,7 +173,8 @@ def restore(name: str, store: TranscriptStore | None, write: bool = True) -> Cap
     stored = store.load(name) if store else StoredRoom()
     keep = store if write else None
     state = CaptionState(name, stored.events, stored.reserved,
-                         (lambda ceiling: keep.reserve(name, ceiling)) if keep else lambda ceiling: None)
+                         (lambda ceiling: keep.reserve(name, ceiling)) if keep else lambda ceiling: None,
+                         (lambda: keep.load(name).events) if keep else None)
     for settled in stored.unfinished:
         final = state.recovered(settled)
         if keep is not None:
@@ -224,8 +225,11 @@ class Room:
         self._label: str | None = None
         self.flaggers: dict[int, set[str]] = {}
         """The viewers who flagged each line (segment), since the room came into memory."""
-        self.open_flags: dict[int, int] = {}
-        """Flags on each line since its last correction: what the editor has yet to look at."""
+        self.flags_by_version: collections.Counter[str] = collections.Counter()
+        """Flags since the room came into memory, by the model version of the line flagged."""
+        self.open_flags: dict[int, tuple[CaptionEvent, int]] = {}
+        """Each line flagged since its last correction, as shown, and its flags there:
+        what the editor has yet to look at."""
         self.ratings: dict[str, int] = {}
         """Each viewer's last rating."""
         self.terms_heard: collections.Counter[str] = collections.Counter()
@@ -338,8 +342,8 @@ class Room:
         """An editor's ``text`` for the line whose version ``seq`` they saw
         (``CaptionState.correction``: ``UnknownSeq``, ``EditConflict``):
         published to every viewer, stored with the finals, kept as a label."""
+        final, _ = self.captions.line(seq)
         event = self.captions.correction(seq, text)
-        final, _ = self.captions.line(event.seq)
         self.publish(event)
         self.open_flags.pop(event.segment, None)
         self.scheduler.metrics.corrections.labels(final.engine, final.model_version).inc()
@@ -348,14 +352,18 @@ class Room:
 
     def flag(self, seq: int, viewer: str, wall: float) -> bool:
         """A viewer says the line it saw as event ``seq`` is wrong
-        (``UnknownSeq`` if no line has that seq); False if it had flagged
-        that line already (one flag per viewer per line)."""
-        final, _ = self.captions.line(seq)
+        (``UnknownSeq`` if no line in memory has that seq: viewers flag what
+        they just read, and a flood of flags must not read the transcript
+        file); False if it had flagged that line already (one flag per viewer
+        per line)."""
+        final, current = self.captions.line(seq, archived=False)
         flaggers = self.flaggers.setdefault(final.segment, set())
         if viewer in flaggers:
             return False
         flaggers.add(viewer)
-        self.open_flags[final.segment] = self.open_flags.get(final.segment, 0) + 1
+        _, count = self.open_flags.get(final.segment, (current, 0))
+        self.open_flags[final.segment] = (current, count + 1)
+        self.flags_by_version[final.model_version] += 1
         self.scheduler.metrics.flags.labels(final.engine, final.model_version).inc()
         self._keep(Label.about("flag", final, wall, viewer, seq))
         return True
@@ -378,10 +386,10 @@ class Room:
     def quality(self) -> dict[str, Any]:
         """The dashboard's quality figures: corrections, flags and ratings, and the lines flagged since
         their last correction, newest first."""
-        flagged = [(self.captions.current(segment), count) for segment, count in self.open_flags.items()]
+        flagged = self.open_flags.values()
         return {
-            "corrections": len(self.captions.corrections),
-            "flags": sum(len(viewers) for viewers in self.flaggers.values()),
+            "corrections": self.captions.corrections_made,
+            "flags": self.flags_by_version.total(),
             "flagged": [{"seq": line.seq, "segment": line.segment, "text": line.text, "flags": count}
                         for line, count in sorted(flagged, key=lambda item: -item[0].segment)],
             "rating": round(sum(self.ratings.values()) / len(self.ratings), 2) if self.ratings else None,

@@ -124,3 +124,74 @@ def test_a_new_viewer_gets_the_recent_lines_as_corrected() -> None:
     old = state.correction(finals[0].seq, "line zero")  # out of the window
     new = state.correction(finals[3].seq, "line three")
     assert state.recent(2) == [finals[2], finals[3], new] and old not in state.recent(2)
+
+
+class Archived:
+    """A room's caption state keeping ``kept`` lines in memory, every final and
+    correction stored as it is made (as ``Room.publish`` does)."""
+
+    def __init__(self, kept: int, history: list[CaptionEvent] | None = None) -> None:
+        self.stored = list(history or [])
+        self.reads = 0
+        self.state = CaptionState("r", self.stored, archive=self.read, kept_lines=kept)
+
+    def read(self) -> list[CaptionEvent]:
+        self.reads += 1
+        return list(self.stored)
+
+    def final(self, text: str) -> CaptionEvent:
+        event = self.state.final(self.state.new_segment(), w(text), 0, 1, "e", "v1", 0)
+        assert event is not None
+        self.stored.append(event)
+        return event
+
+    def correction(self, seq: int, text: str) -> CaptionEvent:
+        event = self.state.correction(seq, text)
+        self.stored.append(event)
+        return event
+
+
+def test_only_the_recent_lines_stay_in_memory_and_older_ones_are_read_back() -> None:
+    room = Archived(kept=3)
+    finals = [room.final(f"line {i}") for i in range(10)]
+    state = room.state
+    assert state.finals == finals[-3:], "memory holds the last three lines"
+    assert room.reads == 0, "making captions never reads the archive"
+    assert state.history_after(finals[7].seq) == finals[8:] and room.reads == 0
+    assert state.history_after(0) == finals, "a viewer resuming from long ago misses nothing"
+    assert state.recent(2) == finals[-2:]
+    old = room.correction(finals[1].seq, "line one")
+    assert state.line(old.seq) == (finals[1], old)
+    with pytest.raises(EditConflict):
+        state.correction(finals[1].seq, "an editor who saw the old version")
+    assert state.history_after(finals[9].seq) == [old], "a correction of an old line reaches viewers who resume"
+    assert [e.text for e in state.transcript()] == ["line 0", "line one", *(f"line {i}" for i in range(2, 10))]
+    assert state.lines_by_version == {"v1": 10} and state.corrected_by_version == {"v1": 1}
+    assert state.corrections_made == 1
+
+
+def test_viewers_cannot_make_the_server_read_old_lines() -> None:
+    room = Archived(kept=2)
+    finals = [room.final(f"line {i}") for i in range(5)]
+    with pytest.raises(UnknownSeq):
+        room.state.line(finals[0].seq, archived=False)
+    with pytest.raises(UnknownSeq):
+        room.state.line(finals[-1].seq + 50)
+    assert room.reads == 0, "a seq above every line archived is unknown without a read"
+    assert room.state.line(finals[-1].seq, archived=False) == (finals[-1], finals[-1])
+
+
+def test_a_restored_room_keeps_the_recent_lines_and_counts_every_line() -> None:
+    room = Archived(kept=100)
+    finals = [room.final(f"line {i}") for i in range(6)]
+    first = room.correction(finals[0].seq, "line zero")
+    room.correction(first.seq, "line 0")
+    room.correction(finals[4].seq, "line four")
+    restored = Archived(kept=3, history=room.stored)
+    state = restored.state
+    assert state.finals == finals[-3:] and len(state.corrections) == 1, "the corrections of old lines left too"
+    assert state.corrected_by_version == {"v1": 2} and state.corrections_made == 3
+    assert state.lines_by_version == {"v1": 6}
+    assert [e.text for e in state.transcript()] == ["line 0", "line 1", "line 2", "line 3", "line four", "line 5"]
+    assert state.line(first.seq)[1].text == "line 0", "the current version of an old line is its last correction"
+    assert state.history_after(0) == room.stored
