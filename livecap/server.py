@@ -329,6 +329,14 @@ class ExplainingWebSocket(web.WebSocketResponse):
         if not self._explaining:  # else _linger closes it
             super()._close_transport()
 
+    def _reset_heartbeat(self) -> None:
+        """aiohttp 3.14 re-arms the heartbeat when data arrives, even after the
+        close (a peer's close frame, what a lingering close reads): the timer then
+        held the whole connection for 1.5 heartbeats, ~10 KB per refused
+        connection, which a flood of them made into memory growth."""
+        if not self.closed:
+            super()._reset_heartbeat()
+
     async def _linger(self) -> None:
         transport = self._req.transport if self._req is not None else None
         if transport is None or transport.is_closing():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ from livecap.errors import InvalidJson, ProtocolError
 from livecap.fanout import ViewerInbox
 from livecap.ingest import IngestProtocol
 from livecap.rooms import is_room_name
+from livecap.server import ExplainingWebSocket
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio
 from tests.test_docs import documented_closes
@@ -151,6 +153,23 @@ async def test_deeply_nested_json_is_invalid_json_on_both_sockets(sphinx_server:
         messages, closed_with = await refusal(url, send=["[" * 1000])
         assert_explained(messages, closed_with, "invalid_json")
         assert closed_with == 1007
+
+
+async def test_refused_connections_leave_nothing_behind(sphinx_server: LiveServer) -> None:
+    """aiohttp 3.14 re-armed the heartbeat when the peer's close frame came in after the server's
+    close, and the timer held each refused connection (~10 KB) for 1.5 heartbeats: a flood of
+    refusals (a bad room name, a bad first message, a frame the library refuses) grew memory."""
+    urls = [sphinx_server.captions_url("abc%0B"), sphinx_server.ingest_url("refused", key="wrong")]
+    for url in urls * 5:
+        messages, closed_with = await refusal(url)
+        assert_explained(messages, closed_with)
+    for url in (sphinx_server.ingest_url("nested"), sphinx_server.captions_url("nested")):
+        await refusal(url, send=["[" * 1000])
+        await refusal(url, raw=frame(TEXT, b"{}", rsv=2))
+    await asyncio.sleep(0.5)  # the handlers return
+    gc.collect()
+    held = [ws for ws in gc.get_objects() if isinstance(ws, ExplainingWebSocket) and ws.closed]
+    assert held == []
 
 
 # --- query strings and paths ----------------------------------------------------------------------------------------
