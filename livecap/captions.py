@@ -26,9 +26,6 @@ from livecap.errors import EditConflict, UnknownSeq
 CaptionKind = Literal["partial", "final", "correction"]
 SEQ_BLOCK = 1000
 """Seqs reserved at a time: at most this many are skipped at a restart."""
-KEPT_LINES = 200
-"""Lines of a room kept in memory (with an archive): about a quarter of an hour of speech,
-far more than a new viewer (20), the prompt (10) or an editor's screen needs."""
 RECOVERED = "recovered"
 """The ``engine`` of a final made at start-up from a crashed segment's settled words."""
 
@@ -121,18 +118,19 @@ class CaptionState:
     """Sequence numbers, segment ids and the lines (finals and corrections) of one room.
 
     A room may caption for days, and a line costs kilobytes in memory (its
-    words), so with an ``archive`` (the transcript store) only the last
-    ``kept_lines`` lines stay in memory; what asks for an older one (a viewer
-    resuming from before them, an edit or flag of an old line, an export)
-    reads it back from the archive. Corrections of such lines stay in memory.
+    words), so a room with a transcript store keeps only its last
+    ``kept_lines`` lines in memory. What asks about an older one (a viewer
+    resuming from before them, an edit of an old line, an export) is given
+    the *archived* lines, every final and correction the store holds, read by
+    the caller (off the event loop); ``needs_archive`` says when. Corrections
+    of lines no longer in memory stay in memory.
     """
 
     def __init__(self, room: str, history: Sequence[CaptionEvent] = (), reserved: int = 0,
-                 reserve: Callable[[int], None] = lambda ceiling: None,
-                 archive: Callable[[], Sequence[CaptionEvent]] | None = None, kept_lines: int = KEPT_LINES) -> None:
+                 reserve: Callable[[int], None] = lambda ceiling: None, kept_lines: int | None = None) -> None:
         """``history``: the stored finals and corrections; ``reserved``: the
         highest seq ceiling recorded; ``reserve`` records a new one (see ``SeqCounter``);
-        ``archive`` reads every stored final and correction (None: every line stays in memory)."""
+        ``kept_lines``: lines kept in memory (None: all, for a room without a store)."""
         self.room = room
         self.finals: list[CaptionEvent] = []
         """The finals in memory, in order."""
@@ -144,7 +142,6 @@ class CaptionState:
         """The version of each line in memory shown now, by segment."""
         self._final: dict[int, CaptionEvent] = {}
         """The finals in memory, by segment."""
-        self._archive = archive
         self._kept_lines = kept_lines
         self._archived_seq = 0
         """The highest seq of a version no longer in memory: history after it is all in memory."""
@@ -208,26 +205,36 @@ class CaptionState:
         self._add_final(event)
         return event
 
-    def line(self, seq: int, archived: bool = True) -> tuple[CaptionEvent, CaptionEvent]:
+    def needs_archive(self, seq: int) -> bool:
+        """Whether a question about event ``seq`` or those after it (``line``,
+        ``history_after``, ``transcript`` with 0) needs lines no longer in memory."""
+        version = self._lines.get(seq)
+        if version is None:
+            return 0 < self._archived_seq >= seq
+        return seq < self._archived_seq or version.segment not in self._final
+
+    def line(self, seq: int, archived: Sequence[CaptionEvent] = ()) -> tuple[CaptionEvent, CaptionEvent]:
         """The final and the current version of the line that event ``seq``
         (a final or a correction) showed; ``UnknownSeq`` if it showed none,
-        or if it is no longer in memory and ``archived`` is False."""
+        or if it is no longer in memory and not among the ``archived`` lines."""
         version = self._lines.get(seq)
-        if version is None and archived and seq <= self._archived_seq:
-            version = next((e for e in self._read_archive() if e.seq == seq), None)
+        if version is None:
+            version = next((e for e in archived if e.seq == seq), None)
         if version is None or version.kind not in ("final", "correction"):
             raise UnknownSeq(f"no line of room {self.room!r} has seq {seq}")
         final = self._final.get(version.segment)
         if final is not None:
             return final, self._current[version.segment]
-        older = [e for e in self._read_archive() if e.segment == version.segment]  # sorted by seq
-        final = next(e for e in older if e.kind == "final")
+        older = [e for e in archived if e.segment == version.segment]  # in seq order
+        final = next((e for e in older if e.kind == "final"), None)
+        if final is None:
+            raise UnknownSeq(f"line {version.segment} of room {self.room!r} is no longer in memory")
         return final, self._current.get(version.segment, older[-1])
 
-    def correction(self, seq: int, text: str) -> CaptionEvent:
+    def correction(self, seq: int, text: str, archived: Sequence[CaptionEvent] = ()) -> CaptionEvent:
         """An editor's text for the line whose version ``seq`` they saw; ``EditConflict``
-        if it has been corrected since (``UnknownSeq`` if there is no such line)."""
-        _, current = self.line(seq)
+        if it has been corrected since (``UnknownSeq`` if there is no such line; see ``line``)."""
+        _, current = self.line(seq, archived)
         if current.seq != seq:
             raise EditConflict(f"line {current.segment} was corrected since version {seq}",
                                {"seq": current.seq, "segment": current.segment, "text": current.text})
@@ -236,12 +243,11 @@ class CaptionState:
         self._add_correction(event, current)
         return event
 
-    def history_after(self, seq: int) -> list[CaptionEvent]:
+    def history_after(self, seq: int, archived: Sequence[CaptionEvent] = ()) -> list[CaptionEvent]:
         """Finals and corrections with a seq above ``seq``, in order: what a
-        reconnecting viewer missed (partials are transient and not kept)."""
-        if seq < self._archived_seq:
-            return [e for e in self._every_line() if e.seq > seq]
-        return sorted((e for e in self._lines.values() if e.seq > seq), key=lambda e: e.seq)
+        reconnecting viewer missed (partials are transient and not kept);
+        ``archived`` when ``needs_archive(seq)``."""
+        return [e for e in self._every_line(archived) if e.seq > seq]
 
     def recent(self, lines: int) -> list[CaptionEvent]:
         """The last ``lines`` finals and their corrections, in seq order: what a
@@ -250,10 +256,11 @@ class CaptionState:
         segments = {e.segment for e in finals}
         return sorted([*finals, *(e for e in self.corrections if e.segment in segments)], key=lambda e: e.seq)
 
-    def transcript(self) -> list[CaptionEvent]:
+    def transcript(self, archived: Sequence[CaptionEvent] = ()) -> list[CaptionEvent]:
         """Finals with corrections applied (their words, timed for the model's text, left out);
-        empty lines (nothing heard, or emptied by an editor) left out."""
-        events = self._every_line() if self._archived_seq else sorted(self._lines.values(), key=lambda e: e.seq)
+        empty lines (nothing heard, or emptied by an editor) left out; ``archived``
+        when ``needs_archive(0)``."""
+        events = self._every_line(archived)
         corrected = {e.segment: e.text for e in events if e.kind == "correction"}  # the last one of each line
         lines = [replace(e, text=corrected[e.segment], stable=corrected[e.segment], words=())
                  if e.segment in corrected else e for e in events if e.kind == "final"]
@@ -278,7 +285,7 @@ class CaptionState:
 
     def _trim(self) -> None:
         """The oldest lines beyond ``kept_lines`` leave memory (they are in the archive)."""
-        if self._archive is None:
+        if self._kept_lines is None:
             return
         while len(self.finals) > self._kept_lines:
             self._forget(self.finals.pop(0))
@@ -293,12 +300,9 @@ class CaptionState:
         del self._current[segment], self._final[segment]
         self._archived_seq = max(self._archived_seq, *(v.seq for v in versions))
 
-    def _read_archive(self) -> Sequence[CaptionEvent]:
-        return self._archive() if self._archive is not None else ()
-
-    def _every_line(self) -> list[CaptionEvent]:
-        """Every final and correction, from the archive and memory, in seq order."""
-        events = {e.seq: e for e in self._read_archive() if e.kind in ("final", "correction")}
+    def _every_line(self, archived: Sequence[CaptionEvent]) -> list[CaptionEvent]:
+        """Every final and correction, from ``archived`` and memory, in seq order."""
+        events = {e.seq: e for e in archived if e.kind in ("final", "correction")}
         events.update(self._lines)
         return sorted(events.values(), key=lambda e: e.seq)
 

@@ -89,7 +89,7 @@ async def correct_line(request: web.Request) -> web.Response:
     try:
         seq, text = _correction(await json_request(request))
         room = request.app[ROOMS].get(name)
-        event = room.correct(seq, text, key_id(presented_key(request)), time.time())
+        event = room.correct(seq, text, key_id(presented_key(request)), time.time(), await room.archived(seq))
     except Refused as refusal:
         return _refusal(request, refusal)
     except LivecapError as error:  # the registry is full (ServerBusy)

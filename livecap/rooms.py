@@ -50,6 +50,10 @@ ROOM_NAME_RULE = "room names are 1-64 letters, digits, '.', '_' or '-'"
 
 END_DRAIN_S = 2.0
 """When a room is ended, how long its viewers get to receive the last final before they are closed."""
+KEPT_LINES = 200
+"""Lines a room keeps in memory (``CaptionState``): about a quarter of an hour of speech, far
+more than a new viewer (20), the prompt (10) or the dashboard needs. Older ones are read back
+from its transcript file when asked for."""
 MOST_HEARD_TERMS = 8
 """Glossary terms listed with their counts on the dashboard."""
 
@@ -125,18 +129,24 @@ class TranscriptStore:
         """The finals with text stored for ``room`` (every room if None), made
         ``since`` then (Unix seconds) if set: the lines viewers were shown."""
         paths = [self.directory / f"{room}.jsonl"] if room is not None else sorted(self.directory.glob("*.jsonl"))
-        finals = []
-        for path in paths:
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines(keepends=True):
-                if not line.endswith("\n"):
-                    break
-                record = json.loads(line)
-                if record.get("kind") == "final" and record.get("text") and \
-                        (since is None or record.get("time", 0.0) >= since):
-                    finals.append(CaptionEvent.from_message(record))
-        return finals
+        return [CaptionEvent.from_message(record) for path in paths for record in self._records(path)
+                if record.get("kind") == "final" and record.get("text")
+                and (since is None or record.get("time", 0.0) >= since)]
+
+    def lines(self, room: str) -> list[CaptionEvent]:
+        """Every final and correction stored for ``room``, in seq order. Only
+        reads (unlike ``load``), so it may run in another thread while the
+        room appends: a line still being written is left out."""
+        return [CaptionEvent.from_message(record) for record in self._records(self.directory / f"{room}.jsonl")
+                if record.get("kind") in ("final", "correction")]
+
+    @staticmethod
+    def _records(path: Path) -> list[dict[str, Any]]:
+        """The file's complete lines, parsed."""
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].decode().splitlines()]
 
     def reserve(self, room: str, ceiling: int) -> None:
         """Seqs up to ``ceiling`` may be handed out: on disk before this returns."""
@@ -174,7 +184,7 @@ def restore(name: str, store: TranscriptStore | None, write: bool = True) -> Cap
     keep = store if write else None
     state = CaptionState(name, stored.events, stored.reserved,
                          (lambda ceiling: keep.reserve(name, ceiling)) if keep else lambda ceiling: None,
-                         (lambda: keep.load(name).events) if keep else None)
+                         KEPT_LINES if keep else None)
     for settled in stored.unfinished:
         final = state.recovered(settled)
         if keep is not None:
@@ -338,12 +348,21 @@ class Room:
         if coalesced := self.broadcaster.publish(event, now):
             metrics.partials_coalesced.labels(label).inc(coalesced)
 
-    def correct(self, seq: int, text: str, by: str, wall: float) -> CaptionEvent:
+    async def archived(self, seq: int) -> Sequence[CaptionEvent]:
+        """The lines stored for the room, read off the event loop, when a question
+        about event ``seq`` and later needs them (``CaptionState.needs_archive``); else none."""
+        if self.store is None or not self.captions.needs_archive(seq):
+            return ()
+        return await asyncio.to_thread(self.store.lines, self.name)
+
+    def correct(self, seq: int, text: str, by: str, wall: float,
+                archived: Sequence[CaptionEvent] = ()) -> CaptionEvent:
         """An editor's ``text`` for the line whose version ``seq`` they saw
         (``CaptionState.correction``: ``UnknownSeq``, ``EditConflict``):
-        published to every viewer, stored with the finals, kept as a label."""
-        final, _ = self.captions.line(seq)
-        event = self.captions.correction(seq, text)
+        published to every viewer, stored with the finals, kept as a label.
+        ``archived``: see ``archived``."""
+        final, _ = self.captions.line(seq, archived)
+        event = self.captions.correction(seq, text, archived)
         self.publish(event)
         self.open_flags.pop(event.segment, None)
         self.scheduler.metrics.corrections.labels(final.engine, final.model_version).inc()
@@ -356,7 +375,7 @@ class Room:
         they just read, and a flood of flags must not read the transcript
         file); False if it had flagged that line already (one flag per viewer
         per line)."""
-        final, current = self.captions.line(seq, archived=False)
+        final, current = self.captions.line(seq)
         flaggers = self.flaggers.setdefault(final.segment, set())
         if viewer in flaggers:
             return False
@@ -625,12 +644,12 @@ class RoomRegistry:
             raise ProtocolError(ROOM_NAME_RULE)
         return self.settings.get(name) if self.settings is not None else RoomSettings()
 
-    def transcript(self, name: str) -> list[CaptionEvent]:
+    async def transcript(self, name: str) -> list[CaptionEvent]:
         """The room's transcript, read from disk when the room is not held:
         a download does not take a room's place."""
         room = self.rooms.get(name)
         if room is not None:
-            return room.captions.transcript()
+            return room.captions.transcript(await room.archived(0))
         return restore(name, self.store, write=False).transcript()
 
     def _publisher_places(self) -> int:

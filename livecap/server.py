@@ -277,7 +277,7 @@ async def transcript(request: web.Request) -> web.Response:
         request.app[KEYS].check("viewer", name, presented_key(request), viewer_keys)
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
-    return web.Response(text=export(request.app[ROOMS].transcript(name), fmt),
+    return web.Response(text=export(await request.app[ROOMS].transcript(name), fmt),
                         content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
@@ -572,9 +572,11 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     except LivecapError as error:
         await _close_with(ws, error, metrics)
         return
-    # Snapshot the history and subscribe in one step (no await between):
-    # every final is then either replayed or queued live, never both.
-    history = room.captions.history_after(after_seq) if after_seq is not None else \
+    # Lines no longer in memory are read first; then the history is snapshot and the viewer
+    # subscribed in one step (no await between): every final is either replayed or queued
+    # live, never both.
+    archived = await room.archived(after_seq) if after_seq is not None else ()
+    history = room.captions.history_after(after_seq, archived) if after_seq is not None else \
         room.captions.recent(DEFAULT_HISTORY)
     if room.captions.current_partial is not None:
         history = [*history, room.captions.current_partial]

@@ -132,12 +132,7 @@ class Archived:
 
     def __init__(self, kept: int, history: list[CaptionEvent] | None = None) -> None:
         self.stored = list(history or [])
-        self.reads = 0
-        self.state = CaptionState("r", self.stored, archive=self.read, kept_lines=kept)
-
-    def read(self) -> list[CaptionEvent]:
-        self.reads += 1
-        return list(self.stored)
+        self.state = CaptionState("r", self.stored, kept_lines=kept)
 
     def final(self, text: str) -> CaptionEvent:
         event = self.state.final(self.state.new_segment(), w(text), 0, 1, "e", "v1", 0)
@@ -146,39 +141,34 @@ class Archived:
         return event
 
     def correction(self, seq: int, text: str) -> CaptionEvent:
-        event = self.state.correction(seq, text)
+        event = self.state.correction(seq, text, self.stored)
         self.stored.append(event)
         return event
 
 
-def test_only_the_recent_lines_stay_in_memory_and_older_ones_are_read_back() -> None:
+def test_only_the_recent_lines_stay_in_memory_and_older_ones_come_from_the_archive() -> None:
     room = Archived(kept=3)
     finals = [room.final(f"line {i}") for i in range(10)]
-    state = room.state
+    state, archived = room.state, room.stored
     assert state.finals == finals[-3:], "memory holds the last three lines"
-    assert room.reads == 0, "making captions never reads the archive"
-    assert state.history_after(finals[7].seq) == finals[8:] and room.reads == 0
-    assert state.history_after(0) == finals, "a viewer resuming from long ago misses nothing"
+    assert not state.needs_archive(finals[7].seq) and state.history_after(finals[7].seq) == finals[8:]
+    assert state.needs_archive(0) and state.history_after(0, archived) == finals, \
+        "a viewer resuming from long ago misses nothing"
     assert state.recent(2) == finals[-2:]
+    with pytest.raises(UnknownSeq):
+        state.line(finals[1].seq)  # without the archive: viewers' flags never read the file
     old = room.correction(finals[1].seq, "line one")
-    assert state.line(old.seq) == (finals[1], old)
+    assert state.needs_archive(old.seq) and state.line(old.seq, room.stored) == (finals[1], old), \
+        "the correction is in memory, its final in the archive"
+    with pytest.raises(UnknownSeq):
+        state.line(old.seq)
     with pytest.raises(EditConflict):
-        state.correction(finals[1].seq, "an editor who saw the old version")
+        state.correction(finals[1].seq, "an editor who saw the old version", room.stored)
     assert state.history_after(finals[9].seq) == [old], "a correction of an old line reaches viewers who resume"
-    assert [e.text for e in state.transcript()] == ["line 0", "line one", *(f"line {i}" for i in range(2, 10))]
+    assert [e.text for e in state.transcript(room.stored)] == \
+        ["line 0", "line one", *(f"line {i}" for i in range(2, 10))]
     assert state.lines_by_version == {"v1": 10} and state.corrected_by_version == {"v1": 1}
     assert state.corrections_made == 1
-
-
-def test_viewers_cannot_make_the_server_read_old_lines() -> None:
-    room = Archived(kept=2)
-    finals = [room.final(f"line {i}") for i in range(5)]
-    with pytest.raises(UnknownSeq):
-        room.state.line(finals[0].seq, archived=False)
-    with pytest.raises(UnknownSeq):
-        room.state.line(finals[-1].seq + 50)
-    assert room.reads == 0, "a seq above every line archived is unknown without a read"
-    assert room.state.line(finals[-1].seq, archived=False) == (finals[-1], finals[-1])
 
 
 def test_a_restored_room_keeps_the_recent_lines_and_counts_every_line() -> None:
@@ -192,6 +182,15 @@ def test_a_restored_room_keeps_the_recent_lines_and_counts_every_line() -> None:
     assert state.finals == finals[-3:] and len(state.corrections) == 1, "the corrections of old lines left too"
     assert state.corrected_by_version == {"v1": 2} and state.corrections_made == 3
     assert state.lines_by_version == {"v1": 6}
-    assert [e.text for e in state.transcript()] == ["line 0", "line 1", "line 2", "line 3", "line four", "line 5"]
-    assert state.line(first.seq)[1].text == "line 0", "the current version of an old line is its last correction"
-    assert state.history_after(0) == room.stored
+    assert [e.text for e in state.transcript(room.stored)] == \
+        ["line 0", "line 1", "line 2", "line 3", "line four", "line 5"]
+    assert state.line(first.seq, room.stored)[1].text == "line 0", \
+        "the current version of an old line is its last correction"
+    assert state.history_after(0, room.stored) == room.stored
+
+
+def test_without_a_store_every_line_stays_in_memory() -> None:
+    state = CaptionState("r")
+    for i in range(300):
+        state.final(state.new_segment(), w(f"line {i}"), i, i + 1, "e", "v", 0)
+    assert len(state.finals) == 300 and not state.needs_archive(0)

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import websockets
 
+from livecap import rooms
 from livecap.appkeys import METRICS, OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent
@@ -194,3 +195,28 @@ async def test_a_flood_of_feedback_closes_like_any_flood(server: LiveServer) -> 
                 codes.append(message.get("code"))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
     assert "too_many_requests" in codes and codes[-1] == "rate_limited"
+
+
+async def test_lines_no_longer_in_memory_still_reach_viewers_editors_and_exports(
+        server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A room keeps its last lines in memory (``rooms.KEPT_LINES``, 3 here); a viewer
+    resuming from before them, an editor correcting an old line and a download get
+    the older ones from the transcript file; a viewer's flag of an old line is refused."""
+    monkeypatch.setattr(rooms, "KEPT_LINES", 3)
+    room = server.app[ROOMS].get("long-day")
+    finals = [say(room, f"line number {i}") for i in range(8)]
+    assert room.captions.finals == finals[-3:]
+    async with websockets.connect(server.captions_url("long-day", after_seq=0)) as viewer:
+        assert [(await next_of(viewer, "final"))["seq"] for _ in finals] == [f.seq for f in finals]
+        await viewer.send(json.dumps({"type": "flag", "seq": finals[0].seq}))
+        assert (await next_of(viewer, "refused"))["code"] == "unknown_seq"
+        status, event = await correct(server, "long-day", {"seq": finals[1].seq, "text": "line number one"})
+        assert status == 200 and (await next_of(viewer, "correction"))["seq"] == event["seq"]
+    status, conflict = await correct(server, "long-day", {"seq": finals[1].seq, "text": "stale"})
+    assert status == 409 and conflict["current"]["seq"] == event["seq"]
+    async with websockets.connect(server.captions_url("long-day", after_seq=finals[4].seq)) as resumed:
+        assert (await next_of(resumed, "final"))["seq"] == finals[5].seq, "from memory, in seq order"
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/long-day/transcript.txt") as response:
+        text = await response.text()
+    assert "line number one" in text and "line number 0" in text and "line number 7" in text
+    assert "line number 1\n" not in text

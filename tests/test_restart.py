@@ -22,7 +22,7 @@ import websockets
 from livecap.appkeys import ROOMS, SCHEDULER
 from livecap.asr.engine import Word
 from livecap.auth import Keys
-from livecap.captions import RECOVERED, SEQ_BLOCK, SeqCounter
+from livecap.captions import RECOVERED, SEQ_BLOCK, CaptionState, SeqCounter
 from livecap.client import ingest_url, stream_audio, wait_until_ready
 from livecap.rooms import Room, RoomRegistry, TranscriptStore
 from tests.conftest import LiveServer, timeout
@@ -75,6 +75,24 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_later_lines_stay_readable(tm
     assert store.load("r").reserved == 2000
 
 
+def test_lines_are_read_without_touching_a_line_being_written(tmp_path: Path) -> None:
+    """``lines`` runs in a thread while the room appends: a line half written (even in
+    the middle of a character) is left out, and the file is not changed."""
+    store = TranscriptStore(tmp_path)
+    state = CaptionState("r")
+    final = state.final(state.new_segment(), (Word("café", 0.0, 0.5),), 0.0, 0.5, "e", "v", 0.0)
+    assert final is not None
+    store.append(final)
+    store.append(state.correction(final.seq, "cafés"))
+    store.reserve("r", 1000)
+    half = json.dumps(final.to_message(), ensure_ascii=False).encode()
+    with open(tmp_path / "r.jsonl", "ab") as file:
+        file.write(half[: half.index("é".encode()) + 1])  # another thread is writing this line
+    size = (tmp_path / "r.jsonl").stat().st_size
+    assert [(e.kind, e.text) for e in store.lines("r")] == [("final", "café"), ("correction", "cafés")]
+    assert (tmp_path / "r.jsonl").stat().st_size == size and store.lines("none") == []
+
+
 async def test_a_segment_cut_off_becomes_a_final_of_its_settled_words(sphinx_server: LiveServer,
                                                                         tmp_path: Path) -> None:
     """The server's rooms, stopped without a final (as by kill -9) and opened
@@ -97,7 +115,7 @@ async def test_a_segment_cut_off_becomes_a_final_of_its_settled_words(sphinx_ser
     last_seq = room.captions.seq
 
     stored = (tmp_path / "cut.jsonl").read_bytes()
-    download = RoomRegistry(scheduler, settings, TranscriptStore(tmp_path), 1, 1).transcript("cut")
+    download = await RoomRegistry(scheduler, settings, TranscriptStore(tmp_path), 1, 1).transcript("cut")
     assert [e.text for e in download] == ["we will", "we will go to"], "a download shows it already"
     assert (tmp_path / "cut.jsonl").read_bytes() == stored, "and writes nothing"
     restarted = Room("cut", scheduler, settings, TranscriptStore(tmp_path))
