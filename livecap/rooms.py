@@ -234,7 +234,8 @@ class Room:
         """Holds one of the ``max_rooms`` places of publishers (see ``RoomRegistry``)."""
         self._label: str | None = None
         self.flaggers: dict[int, set[str]] = {}
-        """The viewers who flagged each line (segment), since the room came into memory."""
+        """The viewers who flagged each line (segment) still in memory: a line may be flagged once
+        per viewer, and only while it is in memory."""
         self.flags_by_version: collections.Counter[str] = collections.Counter()
         """Flags since the room came into memory, by the model version of the line flagged."""
         self.open_flags: dict[int, tuple[CaptionEvent, int]] = {}
@@ -376,6 +377,8 @@ class Room:
         file); False if it had flagged that line already (one flag per viewer
         per line)."""
         final, current = self.captions.line(seq)
+        oldest = self.captions.finals[0].segment
+        self.flaggers = {segment: viewers for segment, viewers in self.flaggers.items() if segment >= oldest}
         flaggers = self.flaggers.setdefault(final.segment, set())
         if viewer in flaggers:
             return False

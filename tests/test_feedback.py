@@ -210,10 +210,17 @@ async def test_lines_no_longer_in_memory_still_reach_viewers_editors_and_exports
         assert [(await next_of(viewer, "final"))["seq"] for _ in finals] == [f.seq for f in finals]
         await viewer.send(json.dumps({"type": "flag", "seq": finals[0].seq}))
         assert (await next_of(viewer, "refused"))["code"] == "unknown_seq"
+        await viewer.send(json.dumps({"type": "flag", "seq": finals[5].seq}))
+        assert (await next_of(viewer, "flagged"))["seq"] == finals[5].seq
         status, event = await correct(server, "long-day", {"seq": finals[1].seq, "text": "line number one"})
         assert status == 200 and (await next_of(viewer, "correction"))["seq"] == event["seq"]
     status, conflict = await correct(server, "long-day", {"seq": finals[1].seq, "text": "stale"})
     assert status == 409 and conflict["current"]["seq"] == event["seq"]
+    later = [say(room, f"line number {i}") for i in range(8, 11)]
+    async with websockets.connect(server.captions_url("long-day", after_seq=later[-1].seq)) as newcomer:
+        await newcomer.send(json.dumps({"type": "flag", "seq": later[0].seq}))
+        assert (await next_of(newcomer, "flagged"))["seq"] == later[0].seq
+    assert set(room.flaggers) == {later[0].segment}, "who flagged lines no longer in memory is forgotten"
     async with websockets.connect(server.captions_url("long-day", after_seq=finals[4].seq)) as resumed:
         assert (await next_of(resumed, "final"))["seq"] == finals[5].seq, "from memory, in seq order"
     async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/long-day/transcript.txt") as response:
