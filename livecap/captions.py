@@ -123,7 +123,7 @@ class CaptionState:
     resuming from before them, an edit of an old line, an export) is given
     the *archived* lines, every final and correction the store holds, read by
     the caller (off the event loop); ``needs_archive`` says when. Corrections
-    of lines no longer in memory stay in memory.
+    of lines no longer in memory go straight to the archive.
     """
 
     def __init__(self, room: str, history: Sequence[CaptionEvent] = (), reserved: int = 0,
@@ -143,8 +143,11 @@ class CaptionState:
         self._final: dict[int, CaptionEvent] = {}
         """The finals in memory, by segment."""
         self._kept_lines = kept_lines
-        self._archived_seq = 0
+        self.archived_seq = 0
         """The highest seq of a version no longer in memory: history after it is all in memory."""
+        self.watchers: list[list[CaptionEvent]] = []
+        """Lists that receive every version leaving memory: a read of the archive in flight
+        keeps, this way, what leaves memory before the read is merged (``Room.archived``)."""
         self.lines_by_version: collections.Counter[str] = collections.Counter()
         """Lines with text shown, by model version (every line, not only those in memory)."""
         self.corrected_by_version: collections.Counter[str] = collections.Counter()
@@ -210,8 +213,8 @@ class CaptionState:
         ``history_after``, ``transcript`` with 0) needs lines no longer in memory."""
         version = self._lines.get(seq)
         if version is None:
-            return 0 < self._archived_seq >= seq
-        return seq < self._archived_seq or version.segment not in self._final
+            return 0 < self.archived_seq >= seq
+        return seq < self.archived_seq or version.segment not in self._final
 
     def line(self, seq: int, archived: Sequence[CaptionEvent] = ()) -> tuple[CaptionEvent, CaptionEvent]:
         """The final and the current version of the line that event ``seq``
@@ -275,11 +278,15 @@ class CaptionState:
             self._trim()
 
     def _add_correction(self, event: CaptionEvent, current: CaptionEvent | None = None) -> None:
-        """``current``: the version it replaces (default: the one in memory)."""
+        """``current``: the version it replaces (default: the one in memory). The correction
+        of a line no longer in memory does not come into memory either (it is in the archive)."""
         current = current or self._current.get(event.segment)
         if current is None or current.kind == "final":
             self.corrected_by_version[event.model_version] += 1
         self.corrections_made += 1
+        if self._kept_lines is not None and event.segment not in self._final:
+            self._departed([event])
+            return
         self.corrections.append(event)
         self._lines[event.seq] = self._current[event.segment] = event
 
@@ -298,7 +305,12 @@ class CaptionState:
         for version in versions:
             del self._lines[version.seq]
         del self._current[segment], self._final[segment]
-        self._archived_seq = max(self._archived_seq, *(v.seq for v in versions))
+        self._departed(versions)
+
+    def _departed(self, versions: Sequence[CaptionEvent]) -> None:
+        self.archived_seq = max(self.archived_seq, *(v.seq for v in versions))
+        for watcher in self.watchers:
+            watcher.extend(versions)
 
     def _every_line(self, archived: Sequence[CaptionEvent]) -> list[CaptionEvent]:
         """Every final and correction, from ``archived`` and memory, in seq order."""

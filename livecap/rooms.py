@@ -54,6 +54,8 @@ KEPT_LINES = 200
 """Lines a room keeps in memory (``CaptionState``): about a quarter of an hour of speech, far
 more than a new viewer (20), the prompt (10) or the dashboard needs. Older ones are read back
 from its transcript file when asked for."""
+MAX_OPEN_FLAGS = 100
+"""Flagged lines the dashboard lists for the editor (the most recently flagged)."""
 MOST_HEARD_TERMS = 8
 """Glossary terms listed with their counts on the dashboard."""
 
@@ -238,9 +240,11 @@ class Room:
         per viewer, and only while it is in memory."""
         self.flags_by_version: collections.Counter[str] = collections.Counter()
         """Flags since the room came into memory, by the model version of the line flagged."""
+        self._reading = 0
+        """Reads of the room's file in flight (``archived``)."""
         self.open_flags: dict[int, tuple[CaptionEvent, int]] = {}
-        """Each line flagged since its last correction, as shown, and its flags there:
-        what the editor has yet to look at."""
+        """Each line flagged since its last correction, as shown (without its word timings), and
+        its flags there: what the editor has yet to look at; the ``MAX_OPEN_FLAGS`` last flagged."""
         self.ratings: dict[str, int] = {}
         """Each viewer's last rating."""
         self.terms_heard: collections.Counter[str] = collections.Counter()
@@ -265,7 +269,10 @@ class Room:
 
     @property
     def idle(self) -> bool:
-        return self.session is None and not self.broadcaster.subscribers
+        """No publisher, no subscriber, and no read of its file in flight (``archived``): a room
+        that left the registry in the middle of a read would be served on alone, apart from the
+        room that replaces it."""
+        return self.session is None and not self.broadcaster.subscribers and not self._reading
 
     @property
     def label(self) -> str:
@@ -354,7 +361,17 @@ class Room:
         about event ``seq`` and later needs them (``CaptionState.needs_archive``); else none."""
         if self.store is None or not self.captions.needs_archive(seq):
             return ()
-        return await asyncio.to_thread(self.store.lines, self.name)
+        departed: list[CaptionEvent] = []  # what leaves memory while the file is read
+        self._reading += 1
+        self.captions.watchers.append(departed)
+        try:
+            lines = await asyncio.to_thread(self.store.lines, self.name)
+        finally:
+            self._reading -= 1
+            self.captions.watchers.remove(departed)
+        if not departed:
+            return lines
+        return sorted({e.seq: e for e in (*lines, *departed)}.values(), key=lambda e: e.seq)
 
     def correct(self, seq: int, text: str, by: str, wall: float,
                 archived: Sequence[CaptionEvent] = ()) -> CaptionEvent:
@@ -383,8 +400,10 @@ class Room:
         if viewer in flaggers:
             return False
         flaggers.add(viewer)
-        _, count = self.open_flags.get(final.segment, (current, 0))
-        self.open_flags[final.segment] = (current, count + 1)
+        _, count = self.open_flags.pop(final.segment, (current, 0))
+        self.open_flags[final.segment] = (replace(current, words=()), count + 1)
+        if len(self.open_flags) > MAX_OPEN_FLAGS:  # the line flagged least recently leaves the list
+            del self.open_flags[next(iter(self.open_flags))]
         self.flags_by_version[final.model_version] += 1
         self.scheduler.metrics.flags.labels(final.engine, final.model_version).inc()
         self._keep(Label.about("flag", final, wall, viewer, seq))

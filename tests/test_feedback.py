@@ -227,3 +227,36 @@ async def test_lines_no_longer_in_memory_still_reach_viewers_editors_and_exports
         text = await response.text()
     assert "line number one" in text and "line number 0" in text and "line number 7" in text
     assert "line number 1\n" not in text
+
+
+async def test_a_resume_misses_nothing_that_leaves_memory_while_the_file_is_read(
+        server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a fresh tester: lines published and pushed out of memory while a resuming viewer's
+    read of the file was in flight were in neither; and the room, idle meanwhile, could leave the
+    registry, so the viewer was served by a room no publisher would reach again. A slow disk (fault
+    injected into ``TranscriptStore.lines``) makes the race certain."""
+    monkeypatch.setattr(rooms, "KEPT_LINES", 3)
+    registry = server.app[ROOMS]
+    room = registry.get("slow-disk")
+    first = [say(room, f"line number {i}") for i in range(5)]
+    reading, release = asyncio.Event(), asyncio.Event()
+    read = room.store.lines  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+
+    def slow_read(name: str) -> list[CaptionEvent]:  # fault: the disk stalls after reading
+        lines = read(name)
+        loop.call_soon_threadsafe(reading.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return lines
+
+    monkeypatch.setattr(room.store, "lines", slow_read)
+    async with websockets.connect(server.captions_url("slow-disk", after_seq=0)) as viewer:
+        await asyncio.wait_for(reading.wait(), timeout(10))
+        during = [say(room, f"said during the read {i}") for i in range(5)]  # the first of them leave memory
+        registry.get("another-room")  # would evict idle rooms
+        assert registry.rooms.get("slow-disk") is room, "a room being read stays in the registry"
+        release.set()
+        seqs = [(await next_of(viewer, "final"))["seq"] for _ in range(10)]
+        assert seqs == [e.seq for e in first + during]
+        after = say(room, "said after the resume")
+        assert (await next_of(viewer, "final"))["seq"] == after.seq, "the viewer is on the room that speaks"
