@@ -23,9 +23,15 @@ from typing import Any, Literal
 from livecap.asr.engine import Word
 from livecap.errors import EditConflict, UnknownSeq
 
-CaptionKind = Literal["partial", "final", "correction"]
+CaptionKind = Literal["partial", "final", "correction", "translation"]
+Track = Literal["original", "en"]
+TRACKS: tuple[Track, ...] = ("original", "en")
+"""What a viewer reads: the words as spoken (every kind but ``translation``), or English: the
+events in English (the lines of English speech) and the translations of the others."""
 SEQ_BLOCK = 1000
 """Seqs reserved at a time: at most this many are skipped at a restart."""
+LINE_KINDS = ("final", "correction", "translation")
+"""The kinds kept in the transcript store and replayed to a viewer that resumes."""
 RECOVERED = "recovered"
 """The ``engine`` of a final made at start-up from a crashed segment's settled words."""
 
@@ -52,14 +58,24 @@ class CaptionEvent:
     words: tuple[Word, ...] = ()
     """Word timings (room seconds) and confidences: all words of a final; of a
     partial its stable words, kept for the crash checkpoint and not sent."""
+    language: str = "en"
+    """Whisper code of the language ``text`` is in (of a translation: "en")."""
+    source_language: str | None = None
+    """Of a translation: the language spoken."""
+
+    def on_track(self, track: Track) -> bool:
+        """Whether the event belongs to ``track`` (``TRACKS``)."""
+        return self.kind != "translation" if track == "original" else self.language == "en"
 
     def to_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {
             "type": "caption", "room": self.room, "seq": self.seq, "segment": self.segment, "kind": self.kind,
             "text": self.text, "stable": self.stable, "unstable": self.unstable,
             "start": round(self.start, 3), "end": round(self.end, 3), "engine": self.engine,
-            "model_version": self.model_version, "latency_ms": round(self.latency_ms, 1),
+            "model_version": self.model_version, "latency_ms": round(self.latency_ms, 1), "language": self.language,
         }
+        if self.source_language is not None:
+            message["source_language"] = self.source_language
         if self.kind == "final":
             message["words"] = [{"w": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
                                  "conf": round(w.confidence, 3)} for w in self.words]
@@ -136,6 +152,8 @@ class CaptionState:
         """The finals in memory, in order."""
         self.corrections: list[CaptionEvent] = []
         """The corrections in memory, in order."""
+        self.translations: list[CaptionEvent] = []
+        """The translations in memory, in order (one per line at most)."""
         self._lines: dict[int, CaptionEvent] = {}
         """Every version in memory of a line (its final and corrections), by seq."""
         self._current: dict[int, CaptionEvent] = {}
@@ -158,6 +176,8 @@ class CaptionState:
                 self._add_final(event, trim=False)
             elif event.kind == "correction":
                 self._add_correction(event)
+            elif event.kind == "translation":
+                self._add_translation(event)
         self._trim()
         self.seqs = SeqCounter(max(reserved, *(e.seq for e in history), 0), reserve)
         self._segments = max((e.segment for e in history), default=-1)
@@ -173,7 +193,7 @@ class CaptionState:
         return self._segments
 
     def partial(self, segment: int, stable: Sequence[Word], unstable: Sequence[Word], start: float, end: float,
-                engine: str, model_version: str, latency_ms: float) -> CaptionEvent | None:
+                engine: str, model_version: str, latency_ms: float, language: str = "en") -> CaptionEvent | None:
         """A partial, or None when it would show the same words as the last one."""
         stable_text, unstable_text = join_words(stable), join_words(unstable)
         last = self.current_partial
@@ -181,11 +201,11 @@ class CaptionState:
             return None
         text = " ".join(t for t in (stable_text, unstable_text) if t)
         self.current_partial = self._event(segment, "partial", text, stable_text, unstable_text, start, end,
-                                           engine, model_version, latency_ms, tuple(stable))
+                                           engine, model_version, latency_ms, tuple(stable), language)
         return self.current_partial
 
     def final(self, segment: int, words: Sequence[Word], start: float, end: float, engine: str,
-              model_version: str, latency_ms: float) -> CaptionEvent | None:
+              model_version: str, latency_ms: float, language: str = "en") -> CaptionEvent | None:
         """The segment's final; None for a segment that showed nothing and says nothing."""
         had_partial = self.current_partial is not None and self.current_partial.segment == segment
         if had_partial:
@@ -194,8 +214,16 @@ class CaptionState:
         if not text and not had_partial:
             return None
         event = self._event(segment, "final", text, text, "", start, end, engine, model_version, latency_ms,
-                            tuple(words))
+                            tuple(words), language)
         self._add_final(event)
+        return event
+
+    def translation(self, final: CaptionEvent, text: str, engine: str, model_version: str,
+                    latency_ms: float) -> CaptionEvent:
+        """The English translation of ``final`` (a line in another language), on the ``en`` track."""
+        event = replace(self._event(final.segment, "translation", text, text, "", final.start, final.end, engine,
+                                    model_version, latency_ms, language="en"), source_language=final.language)
+        self._add_translation(event)
         return event
 
     def recovered(self, settled: Settled) -> CaptionEvent:
@@ -253,20 +281,26 @@ class CaptionState:
         return [e for e in self._every_line(archived) if e.seq > seq]
 
     def recent(self, lines: int) -> list[CaptionEvent]:
-        """The last ``lines`` finals and their corrections, in seq order: what a
+        """The last ``lines`` finals with their corrections and translations, in seq order: what a
         viewer that did not say where it was (no ``after_seq``) is sent first."""
         finals = self.finals[-lines:]
         segments = {e.segment for e in finals}
-        return sorted([*finals, *(e for e in self.corrections if e.segment in segments)], key=lambda e: e.seq)
+        return sorted([*finals, *(e for e in (*self.corrections, *self.translations) if e.segment in segments)],
+                      key=lambda e: e.seq)
 
-    def transcript(self, archived: Sequence[CaptionEvent] = ()) -> list[CaptionEvent]:
-        """Finals with corrections applied (their words, timed for the model's text, left out);
-        empty lines (nothing heard, or emptied by an editor) left out; ``archived``
-        when ``needs_archive(0)``."""
+    def transcript(self, archived: Sequence[CaptionEvent] = (), track: Track = "original") -> list[CaptionEvent]:
+        """The ``track``'s lines: finals with corrections applied (their words, timed for the model's
+        text, left out); on the ``en`` track a line in another language is its translation (left out
+        until it has one). Empty lines (nothing heard, or emptied by an editor) left out;
+        ``archived`` when ``needs_archive(0)``."""
         events = self._every_line(archived)
         corrected = {e.segment: e.text for e in events if e.kind == "correction"}  # the last one of each line
         lines = [replace(e, text=corrected[e.segment], stable=corrected[e.segment], words=())
                  if e.segment in corrected else e for e in events if e.kind == "final"]
+        if track == "en":
+            translated = {e.segment: e for e in events if e.kind == "translation"}
+            lines = [line if line.language == "en" else translated.get(line.segment, replace(line, text=""))
+                     for line in lines]
         return [line for line in lines if line.text]
 
     def _add_final(self, event: CaptionEvent, trim: bool = True) -> None:
@@ -290,6 +324,14 @@ class CaptionState:
         self.corrections.append(event)
         self._lines[event.seq] = self._current[event.segment] = event
 
+    def _add_translation(self, event: CaptionEvent) -> None:
+        """Like a correction, the translation of a line no longer in memory goes to the archive alone."""
+        if self._kept_lines is not None and event.segment not in self._final:
+            self._departed([event])
+            return
+        self.translations.append(event)
+        self._lines[event.seq] = event
+
     def _trim(self) -> None:
         """The oldest lines beyond ``kept_lines`` leave memory (they are in the archive)."""
         if self._kept_lines is None:
@@ -299,9 +341,10 @@ class CaptionState:
 
     def _forget(self, final: CaptionEvent) -> None:
         segment = final.segment
-        versions = [final, *(e for e in self.corrections if e.segment == segment)]
+        versions = [final, *(e for e in (*self.corrections, *self.translations) if e.segment == segment)]
         if len(versions) > 1:
             self.corrections = [e for e in self.corrections if e.segment != segment]
+            self.translations = [e for e in self.translations if e.segment != segment]
         for version in versions:
             del self._lines[version.seq]
         del self._current[segment], self._final[segment]
@@ -313,13 +356,13 @@ class CaptionState:
             watcher.extend(versions)
 
     def _every_line(self, archived: Sequence[CaptionEvent]) -> list[CaptionEvent]:
-        """Every final and correction, from ``archived`` and memory, in seq order."""
-        events = {e.seq: e for e in archived if e.kind in ("final", "correction")}
+        """Every final, correction and translation, from ``archived`` and memory, in seq order."""
+        events = {e.seq: e for e in archived if e.kind in LINE_KINDS}
         events.update(self._lines)
         return sorted(events.values(), key=lambda e: e.seq)
 
     def _event(self, segment: int, kind: CaptionKind, text: str, stable: str, unstable: str, start: float,
                end: float, engine: str, model_version: str, latency_ms: float,
-               words: tuple[Word, ...] = ()) -> CaptionEvent:
+               words: tuple[Word, ...] = (), language: str = "en") -> CaptionEvent:
         return CaptionEvent(self.room, self.seqs.next(), segment, kind, text, stable, unstable, start, end, engine,
-                            model_version, latency_ms, words)
+                            model_version, latency_ms, words, language)

@@ -111,10 +111,12 @@ async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable
 
 
 async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
-                       on_message: Callable[[dict[str, Any]], None] | None = None) -> StreamResult:
+                       on_message: Callable[[dict[str, Any]], None] | None = None,
+                       language: str | None = None, translate: str | None = None) -> StreamResult:
     """Send 16 kHz mono ``samples`` as s16le frames to an ingest ``url``, then
     ``stop``; returns after ``stopped``, an error or the end of the connection
-    with everything received."""
+    with everything received. ``language`` (a Whisper code or "auto") and
+    ``translate`` ("en") go into ``start``; None: the room's settings."""
     result = StreamResult()
     frame = TARGET_RATE * frame_ms // 1000
     async with websockets.connect(url, max_size=2**22) as ws:
@@ -135,8 +137,9 @@ async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, fra
         receiver = asyncio.create_task(receive())
         try:
             with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(json.dumps({"type": "start", "format": "s16le", "sample_rate": TARGET_RATE,
-                                          "channels": 1}))
+                start_message = {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
+                                 "language": language, "translate": translate}
+                await ws.send(json.dumps({k: v for k, v in start_message.items() if v is not None}))
                 result.audio_started = start = time.monotonic()
                 for i in range(0, len(samples), frame):
                     await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))

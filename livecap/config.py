@@ -71,6 +71,10 @@ class ServerOptions:
                                       "after a miss, a room tries the primary again this much later (seconds); "
                                       "doubles per failed try up to 12 times this")
     model: str = _setting("tiny.en", "Whisper model for whisper-onnx: tiny.en or base")
+    multilingual_model: str = _setting("base", "Whisper model for speech in other languages than English, language "
+                                               "detection (auto) and translation; tiny.en speaks English only")
+    languages: str = _setting("", "load the multilingual model at start-up, before the server is ready, for rooms in "
+                                  "these languages (comma-separated Whisper codes, or auto); empty: on first need")
     device: Literal["auto", "cpu", "cuda"] = _setting("auto", "inference device; auto uses CUDA when a session gets it")
     model_cache: Path | None = _setting(None, "directory of built ONNX models",
                                         shown="$LIVECAP_MODEL_CACHE or ~/.cache/livecap/models")

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from livecap.captions import CaptionEvent
+from livecap.captions import CaptionEvent, Track
 from livecap.errors import (
     InvalidRequest,
     LivecapError,
@@ -174,7 +174,11 @@ class Subscriber:
 
     def __init__(self, max_backlog: int = 200, sent_seq: int = 0, replay: Iterable[Outgoing] = (),
                  ping: Callable[[bytes], None] | None = None,
-                 notify: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 notify: Callable[[dict[str, Any]], None] | None = None, track: Track | None = None) -> None:
+        """``track``: the events it is given (``CaptionEvent.on_track``; ``replay`` must hold only
+        those); None: every event (the publisher's, which sees translations too)."""
+        replay = list(replay)
+        self.track = track
         self.queue = ViewerQueue(max_backlog, replay)
         self.notify = notify or (lambda message: None)
         """Sends a message about the room that is no caption (``{"type": "room", ...}``; a task, never blocks)."""
@@ -189,13 +193,16 @@ class Subscriber:
         """Why the server is closing this viewer; nothing more is queued or written."""
         self.sent_seq = sent_seq
         """Highest seq written to the viewer (start: the room's seq when it subscribed)."""
+        self._queued_seq = max((item.event.seq for item in replay), default=sent_seq)
+        """Highest seq queued for the viewer: events of another track are not."""
         self.closed = False
         self._progress = asyncio.Condition()
 
     def deliver(self, item: Outgoing) -> int:
-        """Queue ``item``; returns how many queued partials it replaced."""
-        if self.closing is not None:
+        """Queue ``item`` if it is on the viewer's track; returns how many queued partials it replaced."""
+        if self.closing is not None or (self.track is not None and not item.event.on_track(self.track)):
             return 0
+        self._queued_seq = item.event.seq
         coalesced = 0
         try:
             coalesced = self.queue.push(item)
@@ -259,10 +266,11 @@ class Subscriber:
             self._progress.notify_all()
 
     async def wait_sent(self, seq: int) -> None:
-        """Wait until the event ``seq`` and all before it went out (the newest
+        """Wait until the event ``seq`` and all before it on the viewer's track went out (the newest
         event is never coalesced, so it does go out), or the writer stopped."""
         async with self._progress:
-            await self._progress.wait_for(lambda: self.sent_seq >= seq or self.closed or self.closing is not None)
+            await self._progress.wait_for(lambda: self.sent_seq >= min(seq, self._queued_seq) or self.closed
+                                          or self.closing is not None)
 
 
 class Broadcaster:

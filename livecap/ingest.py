@@ -27,8 +27,8 @@ from livecap.errors import (
     json_object,
     shown,
 )
+from livecap.language import TRANSLATION_TARGETS, WHISPER_LANGUAGES, supported
 
-SUPPORTED_LANGUAGES = ("en",)
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
 
 
@@ -49,7 +49,10 @@ class StreamFormat:
     sample_format: SampleFormat
     sample_rate: int
     channels: int
-    language: str
+    language: str | None
+    """A Whisper language code or ``auto``; None: the room's setting."""
+    translate: str | None = None
+    """``en``: an English translation track; None: the room's setting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +140,20 @@ class IngestProtocol:
         sample_format = message.get("format", "s16le")
         sample_rate = message.get("sample_rate", 16_000)
         channels = message.get("channels", 1)
-        language = message.get("language", "en")
+        language = message.get("language")
+        translate = message.get("translate")
         if not isinstance(sample_format, str) or sample_format not in get_args(SampleFormat):
             raise UnsupportedFormat(f"format must be one of {', '.join(get_args(SampleFormat))}")
         if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
             raise UnsupportedFormat(f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}")
         if channels not in (1, 2) or type(channels) is not int:
             raise UnsupportedFormat("channels must be 1 or 2")
-        if language not in SUPPORTED_LANGUAGES:
-            raise UnsupportedFormat(f"language must be one of {', '.join(SUPPORTED_LANGUAGES)}")
-        self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language)
+        if language is not None and not (isinstance(language, str) and supported(language)):
+            raise UnsupportedFormat("language must be 'auto' or a Whisper language code: "
+                                    + ", ".join(WHISPER_LANGUAGES))
+        if translate is not None and translate not in TRANSLATION_TARGETS:
+            raise UnsupportedFormat(f"translate must be null or one of {', '.join(TRANSLATION_TARGETS)}")
+        self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language, translate)
         self._downmix = Downmix(channels, sample_rate)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]

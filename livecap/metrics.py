@@ -97,6 +97,15 @@ class Metrics:
                                       "Viewers' 1-5 star ratings of a room's captions, by the model version "
                                       "of its latest final", ["model_version"], buckets=(1, 2, 3, 4, 5),
                                       registry=registry)
+        self.languages_locked = Counter("livecap_languages_locked_total",
+                                        "Auto rooms whose language was detected and locked, by language",
+                                        ["language"], registry=registry)
+        self.language_lock_speech_seconds = Histogram(
+            "livecap_language_lock_speech_seconds", "Speech an auto room had heard when its language locked",
+            buckets=(1, 2, 3, 5, 8, 13, 20, 30, 60), registry=registry)
+        self.translation_lag_seconds = Histogram(
+            "livecap_translation_lag_seconds", "Last voiced frame of an utterance to its translation's publication",
+            ["room"], buckets=LATENCY_BUCKETS, registry=registry)
         self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],
                                 registry=registry)
         self.build_info.labels(__version__).set(1)

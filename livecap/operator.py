@@ -304,9 +304,29 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
                    for e in room.captions.finals[-RECENT_FINALS:] if e.text],
         "quality": room.quality(),
         "partial": partial.text if partial is not None else None,
+        "language": room.language.state(),
+        "translate": room.translate,
+        "degraded": degraded(room, mono, fallback),
         "series": series,
         "links": _links(request, room.name),
     }
+
+
+DEGRADED_WINDOW_S = 30.0
+"""A room whose partials were skipped this recently is shown as degraded."""
+
+
+def degraded(room: Room, mono: float, fallback: str | None) -> str | None:
+    """Why the room's captions are worse than usual right now, for the operator; None when they are not."""
+    routing = room.scheduler.routing(room.name)
+    if routing.skipped_at is not None and mono - routing.skipped_at < DEGRADED_WINDOW_S:
+        language = room.language.language or "auto"
+        return (f"partial captions skipped ({routing.steps_skipped} so far): the {language} model misses the "
+                f"latency budget and no fallback speaks {language}; finals still come, later")
+    last = room.last_event
+    if last is not None and fallback is not None and last.engine == fallback:
+        return "on the fallback engine: the primary missed its deadline (it is tried again shortly)"
+    return None
 
 
 def _links(request: web.Request, room: str) -> dict[str, str]:

@@ -30,14 +30,16 @@ from typing import Any
 import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Word
+from livecap.asr.guardrails import suppression_reason
 from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
-from livecap.captions import CaptionEvent, CaptionState, Settled
+from livecap.captions import LINE_KINDS, CaptionEvent, CaptionState, Settled, Track
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
 from livecap.labels import Label, LabelStore
+from livecap.language import AUTO, ENGLISH, LanguageLock
 from livecap.latency import RoomLatency
 from livecap.mask import WordMask
 from livecap.recordings import RecordingStore
@@ -140,7 +142,7 @@ class TranscriptStore:
         reads (unlike ``load``), so it may run in another thread while the
         room appends: a line still being written is left out."""
         return [CaptionEvent.from_message(record) for record in self._records(self.directory / f"{room}.jsonl")
-                if record.get("kind") in ("final", "correction")]
+                if record.get("kind") in LINE_KINDS]
 
     @staticmethod
     def _records(path: Path) -> list[dict[str, Any]]:
@@ -249,8 +251,12 @@ class Room:
         """Each viewer's last rating."""
         self.terms_heard: collections.Counter[str] = collections.Counter()
         """Glossary terms in the room's finals since it came into memory."""
-        self._recording = False
-        """Whether the pages of the room were last told that it is recording."""
+        self.language = LanguageLock(self.settings.language if self.settings.language != AUTO else None)
+        """The language of the room's speech (``LanguageLock``); set again by each publisher's ``start``."""
+        self.translate: str | None = self.settings.translate
+        """The translation track of the publisher streaming now ("en"), or None."""
+        self._told: dict[str, Any] = self.state()
+        """What the pages of the room were last told (``state``)."""
 
     @property
     def settings(self) -> RoomSettings:
@@ -291,10 +297,13 @@ class Room:
                 self.scheduler.metrics.viewers.labels("other").dec(len(self.viewers))
                 self.scheduler.metrics.viewers.labels(self._label).inc(len(self.viewers))
 
-    async def start_session(self, now: float, disconnect: Disconnect) -> PublisherSession:
-        """Start a publisher session; one already running is finalised and its
-        publisher told (``PublisherReplaced``) first, so a speaker whose laptop
-        reconnects takes the room over without losing the last sentence."""
+    async def start_session(self, now: float, disconnect: Disconnect, language: str = ENGLISH,
+                            translate: str | None = None) -> PublisherSession:
+        """Start a publisher session in ``language`` (a code or ``auto``), with a ``translate``
+        track or none; one already running is finalised and its publisher told
+        (``PublisherReplaced``) first, so a speaker whose laptop reconnects takes the room
+        over without losing the last sentence. The engines it needs must be loaded
+        (``Scheduler.ensure_engine``)."""
         if self.ended:
             raise RoomEnded("an operator ended this room")
         if (old := self.session) is not None:
@@ -302,7 +311,12 @@ class Room:
             await old.disconnect(PublisherReplaced("another publisher took over this room"))
         if self.epoch is None:
             self.epoch = now - self.audio_end
-        self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), disconnect)
+        pinned = None if language == AUTO else language
+        if pinned is not None or self.language.pinned is not None or not self.language.locked:
+            self.language = LanguageLock(pinned)  # an auto room keeps a language it locked before
+        self.translate = translate
+        self.announce()
+        self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), disconnect, translate)
         return self.session
 
     def add_viewer(self, subscriber: Subscriber) -> None:
@@ -319,22 +333,31 @@ class Room:
         self.broadcaster.subscribers.discard(subscriber)
 
     def state(self) -> dict[str, Any]:
-        """What every page of the room is told on connecting (when recording) and on any change."""
-        return {"type": "room", "recording": self.settings.recording}
+        """What every page of the room is told on connecting (``worth_telling``) and on any change:
+        whether it records, its language (``LanguageLock.state``) and its translation track."""
+        return {"type": "room", "recording": self.settings.recording, "language": self.language.state(),
+                "translate": self.translate}
+
+    @property
+    def worth_telling(self) -> bool:
+        """Whether a page connecting is told ``state`` at once: the room records, or does not
+        simply speak English."""
+        state = self.state()
+        return bool(state["recording"] or state["translate"] or self.language.language != ENGLISH)
 
     def announce(self) -> None:
-        """Tell every page of the room if its recording was switched on or off (through the API, at
-        once; by ``livecap settings``, with the next caption)."""
+        """Tell every page of the room when its state changed: recording switched on or off (through
+        the API, at once; by ``livecap settings``, with the next caption), a language locked."""
         state = self.state()
-        if state["recording"] != self._recording:
-            self._recording = state["recording"]
+        if state != self._told:
+            self._told = state
             for subscriber in list(self.broadcaster.subscribers):
                 subscriber.notify(state)
 
     def publish(self, event: CaptionEvent) -> None:
         self.announce()
         if self.store is not None:
-            if event.kind in ("final", "correction"):
+            if event.kind in LINE_KINDS:
                 self.store.append(event)
             else:  # checkpoint the words that settled since the last partial
                 segment, settled = self._settled
@@ -499,7 +522,14 @@ class Room:
         terms as a prompt made captions into lists of terms and every decoding
         step slower (measured, README.md "Glossaries"); the latest finals hold
         the terms said recently, spelled right."""
-        words = " ".join(e.text for e in self.captions.finals[-10:] if e.text).split()
+        return self._last_words(self.captions.finals)
+
+    def english_prompt(self) -> str:
+        """Context for a translation: the latest translations (in the language it writes)."""
+        return self._last_words(self.captions.translations)
+
+    def _last_words(self, lines: Sequence[CaptionEvent]) -> str:
+        words = " ".join(e.text for e in lines[-10:] if e.text).split()
         return " ".join(words[-self.defaults.streaming.prompt_words :])
 
     def terms(self) -> tuple[str, ...]:
@@ -510,8 +540,11 @@ class Room:
 class PublisherSession:
     """One stream of audio into a room, from ``start`` to ``stop``."""
 
-    def __init__(self, room: Room, offset: float, disconnect: Disconnect) -> None:
+    def __init__(self, room: Room, offset: float, disconnect: Disconnect, translate: str | None = None) -> None:
         self.room = room
+        self.translate = translate
+        """The language lines are translated into ("en"), or None."""
+        self._translations: set[asyncio.Task[None]] = set()
         self.id = secrets.token_hex(8)
         """Names the session in the ``ready`` message and in logs."""
         self.offset = offset
@@ -519,7 +552,7 @@ class PublisherSession:
         self.disconnect = disconnect
         self.vad = VadSegmenter(room.defaults.vad)
         self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt, room.terms,
-                                       room.defaults.streaming)
+                                       room.defaults.streaming, language=room.language)
         self._segments: dict[int, int] = {}
         self.samples = 0
         self.speaking = False
@@ -543,6 +576,8 @@ class PublisherSession:
         self.transcriber.submit(self.vad.flush(arrival))
         try:
             await self.transcriber.close()
+            if self._translations:  # every final's translation goes out before the session ends
+                await asyncio.wait(set(self._translations))
         finally:
             if self.room.session is self:
                 self.room.session = None
@@ -567,7 +602,8 @@ class PublisherSession:
                 shown = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in shown)
                 settled = len(agreement.stable)
                 event = captions.partial(segment, shown[:settled], shown[settled:], offset,
-                                         self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms)
+                                         self._time(end), hypothesis.engine, hypothesis.model_version, latency_ms,
+                                         hypothesis.language)
             case FinalUpdate(words=words, start=start, end=end, last_voiced_arrival=arrival):
                 latency_ms = (time.monotonic() - arrival) * 1000
                 offset = self._time(start)
@@ -578,12 +614,37 @@ class PublisherSession:
                     self.room.scheduler.metrics.masked_words.labels(self.room.label).inc(masked)
                 timed = tuple(Word(w.text, offset + w.start, offset + w.end, w.confidence) for w in masked_words)
                 event = captions.final(segment, timed, offset, self._time(end), hypothesis.engine,
-                                       hypothesis.model_version, latency_ms)
+                                       hypothesis.model_version, latency_ms, hypothesis.language)
                 if event is not None and event.text:
                     self.room.record(segment, update.audio)
                 del self._segments[update.utterance]
         if event is not None:
             self.room.publish(event)
+            if isinstance(update, FinalUpdate) and event.kind == "final" and event.text \
+                    and self.translate not in (None, event.language):
+                task = asyncio.ensure_future(self._translation(event, update.audio, time.monotonic()))
+                self._translations.add(task)
+                task.add_done_callback(self._translations.discard)
+
+    async def _translation(self, final: CaptionEvent, audio: np.ndarray, began: float) -> None:
+        """Publish the translation of ``final`` (whose utterance's audio is ``audio``). Only finals
+        are translated: a translation is a whole decode of the utterance again, and partial
+        translations rewrite themselves as the sentence grows (README, Languages)."""
+        room = self.room
+        try:
+            utterance = room.scheduler.open(room.name, room.english_prompt(), (), final.language, "translate")
+            hypothesis = await utterance.finish(audio)
+        except Exception:
+            log.exception("room %s: translating line %d failed; the line stays untranslated", room.name,
+                          final.segment, extra={"room": room.name})
+            return
+        words, _ = room.mask.apply(hypothesis.words)
+        if suppression_reason(hypothesis) is not None or not words:
+            return
+        latency_ms = final.latency_ms + (time.monotonic() - began) * 1000
+        room.scheduler.metrics.translation_lag_seconds.labels(room.label).observe(latency_ms / 1000)
+        room.publish(room.captions.translation(final, " ".join(w.text for w in words), hypothesis.engine,
+                                               hypothesis.model_version, latency_ms))
 
 
 @functools.lru_cache(maxsize=256)
@@ -666,13 +727,13 @@ class RoomRegistry:
             raise ProtocolError(ROOM_NAME_RULE)
         return self.settings.get(name) if self.settings is not None else RoomSettings()
 
-    async def transcript(self, name: str) -> list[CaptionEvent]:
-        """The room's transcript, read from disk when the room is not held:
+    async def transcript(self, name: str, track: Track = "original") -> list[CaptionEvent]:
+        """The room's transcript on ``track``, read from disk when the room is not held:
         a download does not take a room's place."""
         room = self.rooms.get(name)
         if room is not None:
-            return room.captions.transcript(await room.archived(0))
-        return restore(name, self.store, write=False).transcript()
+            return room.captions.transcript(await room.archived(0), track)
+        return restore(name, self.store, write=False).transcript(track=track)
 
     def _publisher_places(self) -> int:
         return sum(room.publisher_room for room in self.rooms.values())

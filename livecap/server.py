@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import re
 import secrets
@@ -20,16 +22,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
+import numpy as np
 from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livecap import __version__
 from livecap.appkeys import CONNECTIONS, KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER, SOCKETS, STARTED
-from livecap.asr.engine import ENGINES, EngineOptions
+from livecap.asr.engine import ENGINES, Engine, EngineOptions
 from livecap.asr.faults import FaultInjector, Faults
 from livecap.asr.scheduler import Scheduler, warm_up
 from livecap.audio import read_wav
 from livecap.auth import Keys, Role, presented_key
+from livecap.captions import TRACKS
 from livecap.config import ServerOptions
 from livecap.demo import DEMO_AUDIO
 from livecap.errors import (
@@ -51,6 +55,7 @@ from livecap.fanout import Outgoing, Subscriber, ViewerAck, ViewerFlag, ViewerIn
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.labels import LabelStore
+from livecap.language import AUTO, ENGLISH
 from livecap.metrics import Metrics
 from livecap.operator import add_operator_routes
 from livecap.pages import add_page_routes, room_name
@@ -166,6 +171,10 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
         scheduler.options = options.scheduler(primary.device)
         scheduler.calibrate(step_cost_s)
         scheduler.metrics.engine_healthy.labels(primary.name).set(1)
+        scheduler.load_multilingual = functools.partial(_load_multilingual, scheduler, engine_options, options.model,
+                                                        options.multilingual_model, speech, step_s)
+        if options.languages:
+            await scheduler.ensure_engine(None)
         scheduler.ready.set()
         log.info("engines ready in %.1f s: primary %s (%s), fallback %s, latency budget %.2f s",
                  time.perf_counter() - started, primary.name, primary.model_version,
@@ -176,8 +185,20 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     loading.cancel()
     scheduler.close()
-    for engine in (scheduler.primary, scheduler.fallback):
+    for engine in (scheduler.primary, scheduler.multilingual, scheduler.fallback):
         getattr(engine, "close", lambda: None)()  # worker processes, if the engine has any
+
+
+async def _load_multilingual(scheduler: Scheduler, options: EngineOptions, model: str, multilingual_model: str,
+                             speech: np.ndarray, step_s: float) -> Engine:
+    """Load and warm up the multilingual Whisper (off the event loop; the first time also builds it)."""
+    started = time.perf_counter()
+    engine: Engine = await asyncio.to_thread(ENGINES["whisper-onnx"], dataclasses.replace(options,
+                                                                                          model=multilingual_model))
+    scheduler.measured(await asyncio.to_thread(warm_up, engine, speech, step_s), engine)
+    log.info("multilingual engine %s ready in %.1f s (%d languages; English rooms stay on %s)",
+             engine.model_version, time.perf_counter() - started, len(engine.languages), model)
+    return engine
 
 
 async def _viewer_sweep(app: web.Application) -> AsyncIterator[None]:
@@ -270,14 +291,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def transcript(request: web.Request) -> web.Response:
     fmt, name = request.match_info["fmt"], room_name(request)
-    if fmt not in MEDIA_TYPES:
-        raise web.HTTPNotFound(text="formats: txt, vtt, srt, json")
+    track, _, fmt = fmt.rpartition(".")
+    if fmt not in MEDIA_TYPES or track not in ("", "en"):
+        raise web.HTTPNotFound(text="transcript.FORMAT (the words as spoken) or transcript.en.FORMAT (English); "
+                                    "formats: txt, vtt, srt, json")
     try:
         viewer_keys = request.app[ROOMS].settings_of(name).viewer_keys
         request.app[KEYS].check("viewer", name, presented_key(request), viewer_keys)
     except LivecapError as error:
         raise web.HTTPForbidden(text=error.message) from None
-    return web.Response(text=export(await request.app[ROOMS].transcript(name), fmt),
+    lines = await request.app[ROOMS].transcript(name, "en" if track else "original")
+    return web.Response(text=export(lines, fmt),
                         content_type=MEDIA_TYPES[fmt], charset="utf-8")
 
 
@@ -437,9 +461,13 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             now, events = item
             for event in events:
                 match event:
-                    case Started():
+                    case Started(stream):
                         request.app[ROOMS].admit(room)
-                        session = await room.start_session(now, lambda error: _close_with(ws, error, metrics))
+                        language = stream.language or room.settings.language
+                        translate = stream.translate or room.settings.translate
+                        await _ensure_engines(scheduler, language, translate)
+                        session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
+                                                           language, translate)
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
                         await _answer(ws, room, {"type": "ready", "session": session.id,
@@ -475,10 +503,21 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
         writer.cancel()
 
 
+async def _ensure_engines(scheduler: Scheduler, language: str, translate: str | None) -> None:
+    """Load what a stream in ``language`` with a ``translate`` track needs (the multilingual
+    model, on first need: the publisher's ``ready`` waits for it)."""
+    spoken = None if language == AUTO else language
+    if spoken != ENGLISH:
+        await scheduler.ensure_engine(spoken)
+    if translate is not None and spoken != translate:
+        await scheduler.ensure_engine(spoken, "translate")
+
+
 async def _tell_state(ws: web.WebSocketResponse, room: Room) -> None:
-    """A page connecting to a room that records is told so at once (``Room.state``)."""
+    """A page connecting to a room that records, or speaks another language than English, is told so
+    at once (``Room.state``)."""
     room.announce()
-    if room.settings.recording:
+    if room.worth_telling:
         await _answer(ws, room, room.state())
 
 
@@ -567,6 +606,9 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     options, metrics = request.app[OPTIONS], request.app[METRICS]
     try:
         after_seq = _after_seq(request)
+        track = request.query.get("track", "original")
+        if track not in TRACKS:
+            raise ProtocolError(f"track must be one of {', '.join(TRACKS)}")
         if len(room.viewers) >= options.max_viewers_per_room:
             raise RateLimited(f"room {room.name!r} has its maximum of {options.max_viewers_per_room} viewers")
     except LivecapError as error:
@@ -581,9 +623,10 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     if room.captions.current_partial is not None:
         history = [*history, room.captions.current_partial]
     now = time.monotonic()
-    subscriber = Subscriber(options.viewer_backlog, replay=[Outgoing.of(event, now) for event in history],
+    subscriber = Subscriber(options.viewer_backlog,
+                            replay=[Outgoing.of(event, now) for event in history if event.on_track(track)],
                             ping=lambda payload: _spawn(_ping(ws, payload)),
-                            notify=lambda message: _spawn(_answer(ws, room, message)))
+                            notify=lambda message: _spawn(_answer(ws, room, message)), track=track)
     inbox = ViewerInbox(live_from=room.captions.seq)
     try:
         room.add_viewer(subscriber)

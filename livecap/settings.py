@@ -22,8 +22,9 @@ from typing import Any
 
 from livecap.errors import InvalidRequest, shown
 from livecap.glossary import clean_terms
+from livecap.language import ENGLISH, TRANSLATION_TARGETS, WHISPER_LANGUAGES, supported
 
-NULLABLE = ("glossary", "viewer_keys")
+NULLABLE = ("glossary", "viewer_keys", "translate")
 """Settings that may be null: the server-wide setting applies."""
 MAX_TERMS = 500
 MAX_TERM_CHARS = 100
@@ -39,6 +40,12 @@ class RoomSettings:
     """Viewers need the room's viewer key; None: as the server says (``--viewer-keys``)."""
     recording: bool = False
     """Each utterance's audio is kept as a WAV beside the labels; off unless an operator turns it on."""
+    language: str = ENGLISH
+    """What the room speaks: a Whisper language code, or ``auto`` (detected, then locked); a
+    publisher's ``start`` may say otherwise. Changed while a publisher streams, it pins the
+    language from the next utterance on."""
+    translate: str | None = None
+    """``en``: every line in another language also gets an English translation (the ``en`` track)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -51,7 +58,8 @@ class RoomSettings:
 def changes(data: dict[str, Any]) -> dict[str, Any]:
     """Validated setting values from a client's JSON object (``InvalidRequest`` naming what is wrong):
     ``glossary``: a list of terms, a comma-separated string, or null; ``profanity``: a list of
-    words or a comma-separated string; ``viewer_keys``: true, false or null; ``recording``: true or false."""
+    words or a comma-separated string; ``viewer_keys``: true, false or null; ``recording``: true or false;
+    ``language``: a Whisper language code or "auto"; ``translate``: "en" or null."""
     names = {f.name for f in fields(RoomSettings)}
     unknown = [key for key in data if key not in names]
     if unknown:
@@ -62,6 +70,15 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
             valid[name] = None
         elif name in ("glossary", "profanity"):
             valid[name] = _terms(name, value)
+        elif name == "language":
+            if not isinstance(value, str) or not supported(value):
+                raise InvalidRequest("language must be 'auto' or a Whisper language code: "
+                                     + ", ".join(WHISPER_LANGUAGES))
+            valid[name] = value
+        elif name == "translate":
+            if value not in TRANSLATION_TARGETS:
+                raise InvalidRequest(f"translate must be null or one of {', '.join(TRANSLATION_TARGETS)}")
+            valid[name] = value
         elif isinstance(value, bool):
             valid[name] = value
         else:

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from livecap.asr.tokenizer import Task
+
 SAMPLE_RATE = 16_000
 """Every engine consumes 16 kHz mono float32 in [-1, 1]; ingest converts to it."""
 WARM_UP_S = 3.0
@@ -53,6 +55,10 @@ class Hypothesis:
     """How sure the engine is of the words, as the guardrails judge it, where it is not the
     geometric mean of the words' confidences (Whisper leaves out the words a glossary bonus
     chose); ``None``: that mean."""
+    language: str = "en"
+    """What the words are written in: the language spoken, or English for a translation."""
+    language_probability: float | None = None
+    """How sure the engine was of the language it detected; None when it was told it."""
 
     @property
     def text(self) -> str:
@@ -84,11 +90,19 @@ class Engine(Protocol):
     device: str
     """Where inference runs, "cpu" or "cuda": the default latency budget depends on it."""
 
-    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> RecognizerStream:
+    languages: frozenset[str]
+    """Whisper codes of the languages it recognises."""
+    translates: bool
+    """Whether it can write speech of its languages in English (Whisper's translate task)."""
+
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = "en",
+                    task: Task = "transcribe") -> RecognizerStream:
         """Start an utterance. ``prompt`` is preceding text (earlier finals,
         room glossary) that an engine may use to bias spelling and style;
         ``terms`` are the room's glossary terms, which an engine may favour
-        while decoding (``biasing``)."""
+        while decoding (``biasing``). ``language``: what is spoken (None:
+        the engine detects it, if it can); ``task``: ``translate`` writes it in
+        English. ``ValueError`` for a language or task the engine lacks."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from livecap.asr.engine import Engine, Hypothesis, RecognizerStream
+from livecap.asr.tokenizer import Task
 from livecap.errors import ModelError
+from livecap.language import ENGLISH
 
 MAX_DELAY_S = 60.0
 """Longest delay the injector adds: far past any latency budget, short enough
@@ -51,12 +53,15 @@ class FaultInjector:
         self.name = engine.name
         self.model_version = engine.model_version
         self.device = engine.device
+        self.languages = engine.languages
+        self.translates = engine.translates
         self.faults = faults
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
-    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> RecognizerStream:
-        return _FaultyStream(self, self.engine.open_stream(prompt, terms))
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
+                    task: Task = "transcribe") -> RecognizerStream:
+        return _FaultyStream(self, self.engine.open_stream(prompt, terms, language, task))
 
     def close(self) -> None:
         getattr(self.engine, "close", lambda: None)()

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from livecap.asr.engine import WARM_UP_S, Engine, EngineOptions, Hypothesis, RecognizerStream
+from livecap.asr.tokenizer import Task
 from livecap.errors import ModelError
+from livecap.language import ENGLISH
 
 
 def _load(target: str, options: EngineOptions) -> Engine:
@@ -40,7 +42,7 @@ def _serve(target: str, options: EngineOptions, connection: Connection) -> None:
     worker ends (it closes the pipe once the open utterances are final)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     engine = _load(target, options)
-    connection.send((True, engine.model_version))
+    connection.send((True, (engine.model_version, engine.languages, engine.translates)))
     streams: dict[int, RecognizerStream] = {}
     while True:
         try:
@@ -74,7 +76,9 @@ class _Worker:
         child.close()
         self.lock = threading.Lock()
         self.open_streams = 0
-        self.model_version: str = self.call("", 0, None, startup=True)
+        self.model_version: str
+        self.languages: frozenset[str]
+        self.model_version, self.languages, self.translates = self.call("", 0, None, startup=True)
 
     def call(self, op: str, stream_id: int, argument: Any, startup: bool = False) -> Any:
         with self.lock:
@@ -127,6 +131,7 @@ class ProcessEngine:
         self._target, self._options = target, options
         self._workers = [_Worker(target, options) for _ in range(max(1, workers))]
         self.model_version = self._workers[0].model_version
+        self.languages, self.translates = self._workers[0].languages, self._workers[0].translates
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -136,7 +141,8 @@ class ProcessEngine:
         (PocketSphinx: about a second more CPU), and a live utterance must not pay for it."""
         return (WARM_UP_S,) * len(self._workers)
 
-    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> ProcessStream:
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
+                    task: Task = "transcribe") -> ProcessStream:
         with self._lock:
             for i, worker in enumerate(self._workers):
                 if not worker.alive:
@@ -146,7 +152,7 @@ class ProcessEngine:
             worker.open_streams += 1
             stream_id = next(self._ids)
         try:
-            worker.call("open", stream_id, (prompt, tuple(terms)))
+            worker.call("open", stream_id, (prompt, tuple(terms), language, task))
         except ModelError:
             worker.open_streams -= 1
             raise

@@ -24,7 +24,9 @@ from pocketsphinx import Decoder
 
 from livecap.asr.engine import EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.isolation import ProcessEngine
+from livecap.asr.tokenizer import Task
 from livecap.audio import float_to_s16le
+from livecap.language import ENGLISH
 
 FRAMES_PER_SECOND = 100
 """PocketSphinx's feature frame rate (``-frate``), for converting segment times."""
@@ -58,6 +60,9 @@ class PocketsphinxStream:
 class PocketsphinxEngine:
     name = "pocketsphinx"
     device = "cpu"
+    languages = frozenset({ENGLISH})
+    """The wheel ships the en-us model only."""
+    translates = False
 
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self.model_version = f"en-us-{version('pocketsphinx')}"
@@ -65,8 +70,12 @@ class PocketsphinxEngine:
         self._lock = threading.Lock()
         self.release(self._new_decoder())
 
-    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> PocketsphinxStream:
-        """``prompt`` and ``terms`` are ignored: PocketSphinx's language model takes no context."""
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
+                    task: Task = "transcribe") -> PocketsphinxStream:
+        """``prompt`` and ``terms`` are ignored: PocketSphinx's language model takes no context.
+        ``ValueError`` for anything but English transcription."""
+        if language != ENGLISH or task != "transcribe":
+            raise ValueError(f"pocketsphinx cannot {task} {language!r}: it has the en-us model only")
         with self._lock:
             decoder = self._pool.pop() if self._pool else None
         return PocketsphinxStream(self, decoder or self._new_decoder())

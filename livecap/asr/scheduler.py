@@ -51,7 +51,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -59,6 +59,9 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, WARM_UP_S, Engine, Hypothesis, RecognizerStream
+from livecap.asr.tokenizer import Task
+from livecap.errors import ModelError, UnsupportedFormat
+from livecap.language import ENGLISH, WHISPER_LANGUAGES
 from livecap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -321,6 +324,9 @@ class RoomRouting:
         self._backoff = options.retry_after_s
         self._trial = False
         self.switches = 0
+        self.steps_skipped = 0
+        """Partial steps skipped for want of time where nothing could take over (``skipped``)."""
+        self.skipped_at: float | None = None
 
     def next_route(self, now: float, primary_healthy: bool) -> Route:
         if self.role == "fallback" and primary_healthy and now >= self.retry_at:
@@ -348,19 +354,42 @@ class RoomRouting:
             self._backoff = self._options.retry_after_s
         return passed
 
+    def skipped(self, now: float) -> None:
+        """A partial step was skipped for want of time, with nothing to fall back to."""
+        self.steps_skipped += 1
+        self.skipped_at = now
+
     def _switch(self, role: EngineRole) -> None:
         if role != self.role:
             self.switches += 1
             self.role = role
 
 
+def serves(engine: Engine, language: str | None, task: Task) -> bool:
+    """Whether ``engine`` can ``task`` speech in ``language`` (None: detect it, which needs more
+    than one language)."""
+    known = language in engine.languages if language is not None else len(engine.languages) > 1
+    return known and (task == "transcribe" or engine.translates)
+
+
 class Scheduler:
-    """Owns the engines, the executors and the routing of every room."""
+    """Owns the engines, the executors and the routing of every room.
+
+    ``primary`` serves English (tiny.en by default); speech in other languages, detection
+    and translation go to ``multilingual`` (Whisper base), loaded at start-up or on first
+    need by ``load_multilingual``, unless the primary serves them itself (``--model base``).
+    Both run on the one executor, under the one latency budget. The fallback speaks English
+    only: a call in another language that misses its deadline is not handed over; a partial
+    is skipped (the next step covers its audio), a final is waited for (``_call``)."""
 
     def __init__(self, options: SchedulerOptions, metrics: Metrics) -> None:
         self.options = options
         self.metrics = metrics
         self.primary: Engine | None = None
+        self.multilingual: Engine | None = None
+        self.load_multilingual: Callable[[], Awaitable[Engine]] | None = None
+        """Loads and warms up the multilingual engine (set by the server); None: none can be loaded."""
+        self._loading: asyncio.Future[Engine] | None = None
         self.fallback: Engine | None = None
         self.ready = asyncio.Event()
         """Set once the engines are loaded and warmed up; the server answers /readyz then."""
@@ -368,8 +397,9 @@ class Scheduler:
         self.executor = DeadlineExecutor(options.workers, "primary", metrics)
         self.fallback_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fallback")
         self._routes: dict[str, RoomRouting] = {}
-        self.expected_step_s = 0.0
-        """Moving average of a primary call's engine time, for spacing steps and dropping calls that would be late."""
+        self._expected: dict[str, float] = {}
+        """Moving average of a call's engine time per engine (model version), for spacing steps and
+        dropping calls that would be late."""
         self.step_cost_s = 0.0
         """Slow average of the same, behind the capacity: measured at warm-up, then on every primary call."""
         self.speaking = 0
@@ -379,6 +409,43 @@ class Scheduler:
     def primary_name(self) -> str:
         return self.primary.name if self.primary else "none"
 
+    @property
+    def expected_step_s(self) -> float:
+        """The primary's expected step time (``expected``)."""
+        return self.expected(self.primary)
+
+    def expected(self, engine: Engine | None) -> float:
+        """Moving average of ``engine``'s engine time per call (0 before one is measured)."""
+        return self._expected.get(engine.model_version, 0.0) if engine is not None else 0.0
+
+    def engine_for(self, language: str | None, task: Task = "transcribe") -> Engine | None:
+        """The Whisper engine loaded that serves ``language`` (None: detection) and ``task``."""
+        for engine in (self.primary, self.multilingual):
+            if engine is not None and serves(engine, language, task):
+                return engine
+        return None
+
+    async def ensure_engine(self, language: str | None, task: Task = "transcribe") -> Engine:
+        """``engine_for``, loading the multilingual engine first if it is needed and not loaded
+        (once: concurrent callers wait for the same load). ``UnsupportedFormat`` when no engine can
+        serve, ``ModelError`` when the load fails (a later call tries again)."""
+        if (engine := self.engine_for(language, task)) is not None:
+            return engine
+        if self.load_multilingual is None or self.multilingual is not None:
+            raise UnsupportedFormat(f"no loaded model can {task} {language or 'auto-detected speech'}; "
+                                    f"start the server with --model base or --languages")
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self.load_multilingual())
+        loading = self._loading
+        try:
+            self.multilingual = await asyncio.shield(loading)
+        except Exception as error:
+            if self._loading is loading:
+                self._loading = None
+            raise ModelError(f"the multilingual model could not be loaded: {error}") from error
+        if (engine := self.engine_for(language, task)) is None:
+            raise UnsupportedFormat(f"the multilingual model cannot {task} {language}")
+        return engine
     @property
     def capacity(self) -> int:
         """Publishers admitted at once (see ``capacity``)."""
@@ -399,9 +466,11 @@ class Scheduler:
 
     def calibrate(self, step_cost_s: float) -> None:
         """Take the step cost measured at warm-up as the first estimate."""
-        self.step_cost_s = self.expected_step_s = step_cost_s
+        self.step_cost_s = step_cost_s
+        if self.primary is not None:
+            self._expected[self.primary.model_version] = step_cost_s
 
-    def step_interval_s(self, base_s: float) -> float:
+    def step_interval_s(self, base_s: float, engine: Engine | None = None) -> float:
         """Audio to collect before an utterance is decoded again.
 
         Each partial step re-decodes the whole utterance, so the demand on the
@@ -409,10 +478,12 @@ class Scheduler:
         steps out so that the threads stay below ``target_utilization`` keeps
         queue waits short and deadlines met: under load words appear a little
         later instead of the rooms piling onto the fallback (which cannot serve
-        many rooms on a small CPU either)."""
-        if self.primary is None or self.speaking <= 1:
+        many rooms on a small CPU either). ``engine``: the one the utterance is on (default
+        the primary); every room speaking is counted at its cost."""
+        engine = engine or self.primary
+        if engine is None or self.speaking <= 1:
             return base_s
-        share = self.expected_step_s * self.speaking / (self.options.workers * self.options.target_utilization)
+        share = self.expected(engine) * self.speaking / (self.options.workers * self.options.target_utilization)
         return max(base_s, share)
 
     def routing(self, room: str) -> RoomRouting:
@@ -420,8 +491,11 @@ class Scheduler:
             self._routes[room] = RoomRouting(self.options)
         return self._routes[room]
 
-    def open(self, room: str, prompt: str, terms: Sequence[str] = ()) -> ScheduledUtterance:
-        return ScheduledUtterance(self, room, prompt, terms)
+    def open(self, room: str, prompt: str, terms: Sequence[str] = (), language: str | None = ENGLISH,
+             task: Task = "transcribe") -> ScheduledUtterance:
+        """An utterance in ``language`` (None: detected) for ``task``; the engine that serves it
+        must be loaded (``ensure_engine``), else ``UnsupportedFormat``."""
+        return ScheduledUtterance(self, room, prompt, terms, language, task)
 
     def primary_failed(self, room: str, error: BaseException) -> None:
         now = time.monotonic()
@@ -434,10 +508,13 @@ class Scheduler:
             log.error("primary engine failed in room %s: %s; serving from the fallback, retry in %.0f s",
                       room, error, self.health.retry_at - now, extra={"room": room})
 
-    def measured(self, engine_s: float) -> None:
-        """A primary call took ``engine_s`` of the engine's time (``engine_time``)."""
-        self.expected_step_s = engine_s if not self.expected_step_s else \
-            0.8 * self.expected_step_s + 0.2 * engine_s
+    def measured(self, engine_s: float, engine: Engine | None = None) -> None:
+        """A call of ``engine`` (default: the primary) took ``engine_s`` of the engine's time
+        (``engine_time``)."""
+        engine = engine or self.primary
+        version = engine.model_version if engine is not None else "none"
+        expected = self._expected.get(version, 0.0)
+        self._expected[version] = engine_s if not expected else 0.8 * expected + 0.2 * engine_s
         self.step_cost_s = engine_s if not self.step_cost_s else \
             (1 - LIVE_COST_WEIGHT) * self.step_cost_s + LIVE_COST_WEIGHT * engine_s
 
@@ -472,17 +549,29 @@ def warm_up(engine: Engine, speech: np.ndarray, step_s: float) -> float:
 
 
 class ScheduledUtterance:
-    """One utterance, served by the primary or, after a miss, the fallback."""
+    """One utterance, served by its Whisper engine (the primary role) or, after a miss, the
+    fallback, where the fallback speaks the utterance's language."""
 
-    def __init__(self, scheduler: Scheduler, room: str, prompt: str, terms: Sequence[str] = ()) -> None:
+    def __init__(self, scheduler: Scheduler, room: str, prompt: str, terms: Sequence[str] = (),
+                 language: str | None = ENGLISH, task: Task = "transcribe") -> None:
         self._scheduler = scheduler
-        scheduler.speaking += 1
         self._room = room
         self._prompt = prompt
         self._terms = tuple(terms)
+        self.language = language
+        """What the utterance is in; None until detected (``detected``)."""
+        self.task: Task = task
+        self.engine = scheduler.engine_for(language, task)
+        fallback = scheduler.fallback
+        self._fallback_engine = fallback if fallback is not None and serves(fallback, language, task) else None
+        if self.engine is None and self._fallback_engine is None:
+            raise UnsupportedFormat(f"no loaded model can {task} {WHISPER_LANGUAGES.get(language or '', 'auto')}")
+        scheduler.speaking += 1
         self._routing = scheduler.routing(room)
         route = self._routing.next_route(time.monotonic(), scheduler.health.healthy(time.monotonic()))
-        self.role: EngineRole = route.role if scheduler.primary is not None else "fallback"
+        if self._fallback_engine is None:
+            route = Route("primary", False)
+        self.role: EngineRole = route.role if self.engine is not None else "fallback"
         self._trial = route.trial
         self._audio: list[np.ndarray] = []
         """Every chunk of the utterance, so an engine that joins late catches up."""
@@ -500,6 +589,13 @@ class ScheduledUtterance:
     def abandon(self) -> None:
         """End the utterance without a final decode (it held no speech)."""
         self._scheduler.speaking -= 1
+
+    def detected(self, language: str) -> None:
+        """The room's language locked while this utterance, opened to detect it, was spoken: its
+        next call decodes all its audio again in ``language`` (never while a call runs: the
+        transcriber awaits each)."""
+        if self.language is None and self.engine is not None and serves(self.engine, language, self.task):
+            self.language, self._primary, self._primary_fed = language, None, 0
 
     async def step(self, audio: np.ndarray, newest_arrival: float, settled: str = "") -> Hypothesis:
         """Feed new audio; the hypothesis for all audio so far (``settled``: see ``RecognizerStream``)."""
@@ -522,12 +618,12 @@ class ScheduledUtterance:
         scheduler = self._scheduler
         timer = CallTimer()
         run = functools.partial(self._run_primary, kind, len(self._audio), timer, settled)
-        if scheduler.fallback is None:  # nothing to fall back to: the primary serves, late or not
-            return await scheduler.executor.submit(deadline, run, urgent=kind == "finish", timer=timer)
         if self.role == "fallback":
             return await self._run_fallback(kind)
+        if self._fallback_engine is None:
+            return await self._without_fallback(kind, deadline, run, timer)
         droppable = kind == "step" and not self._trial
-        primary = scheduler.executor.submit(deadline, run, scheduler.expected_step_s if droppable else 0.0,
+        primary = scheduler.executor.submit(deadline, run, scheduler.expected(self.engine) if droppable else 0.0,
                                             urgent=kind == "finish", timer=timer)
         standby = asyncio.ensure_future(self._feed_fallback()) if self._trial else None
         await asyncio.wait({primary}, timeout=max(0.0, deadline - time.monotonic()))
@@ -547,6 +643,21 @@ class ScheduledUtterance:
             fallback.add_done_callback(_ignore_result)
             return primary.result()
         return await fallback
+
+    async def _without_fallback(self, kind: Literal["step", "finish"], deadline: float,
+                                run: Callable[[], Hypothesis], timer: CallTimer) -> Hypothesis:
+        """Nothing to fall back to (no fallback engine, or none for this language): a final is
+        waited for, however late; a partial that cannot meet its deadline is skipped
+        (``StepSkipped``: the next step covers its audio) and the room counts as degraded."""
+        scheduler = self._scheduler
+        expected = scheduler.expected(self.engine) if kind == "step" else 0.0
+        try:
+            return await scheduler.executor.submit(deadline, run, expected, urgent=kind == "finish", timer=timer)
+        except Late:
+            assert self.engine is not None
+            scheduler.metrics.deadline_misses.labels(self.engine.name, "skipped").inc()
+            self._routing.skipped(time.monotonic())
+            raise StepSkipped() from None
 
     async def _bear_with_the_machine(self, primary: asyncio.Future[Hypothesis], timer: CallTimer,
                                      kind: Literal["step", "finish"]) -> None:
@@ -572,18 +683,18 @@ class ScheduledUtterance:
         budget, margin = scheduler.options.latency_budget_s, scheduler.options.trial_margin
         if primary.done():  # a partial dropped as late: the queue's fault if the engine's time fits
             error = None if primary.cancelled() else primary.exception()
-            return kind == "step" and isinstance(error, Late) and machine_late(scheduler.expected_step_s, budget,
+            return kind == "step" and isinstance(error, Late) and machine_late(scheduler.expected(self.engine), budget,
                                                                                margin)
         return machine_late(timer.engine_s(), budget, margin)
 
     def _run_primary(self, kind: Literal["step", "finish"], upto: int, timer: CallTimer, settled: str) -> Hypothesis:
-        """On an executor thread: feed the audio up to chunk ``upto`` and decode with the primary."""
-        scheduler = self._scheduler
-        assert scheduler.primary is not None
+        """On an executor thread: feed the audio up to chunk ``upto`` and decode with the utterance's engine."""
+        scheduler, engine = self._scheduler, self.engine
+        assert engine is not None
         started = time.monotonic()
         try:
             if self._primary is None:
-                self._primary = scheduler.primary.open_stream(self._prompt, self._terms)
+                self._primary = engine.open_stream(self._prompt, self._terms, self.language, self.task)
             for chunk in self._audio[self._primary_fed : upto]:
                 if len(chunk):
                     self._primary.feed(chunk)
@@ -591,9 +702,9 @@ class ScheduledUtterance:
             hypothesis = self._primary.hypothesis(settled) if kind == "step" else self._primary.finish()
         except Exception as error:
             raise _Failed(error) from error
-        scheduler.metrics.step_seconds.labels(scheduler.primary.name, kind).observe(time.monotonic() - started)
+        scheduler.metrics.step_seconds.labels(engine.name, kind).observe(time.monotonic() - started)
         engine_s = timer.engine_s()
-        scheduler.measured(engine_s)
+        scheduler.measured(engine_s, engine)
         self._worst_share = max(self._worst_share, engine_s / scheduler.options.latency_budget_s)
         return hypothesis
 
@@ -624,23 +735,22 @@ class ScheduledUtterance:
                                                              self._fallback_feed, pending)
 
     def _fallback_feed(self, chunks: list[np.ndarray]) -> None:
-        scheduler = self._scheduler
-        if scheduler.fallback is None:
-            raise RuntimeError("no fallback engine loaded")
+        if self._fallback_engine is None:
+            raise RuntimeError("no fallback engine for this utterance")
         if self._fallback is None:
-            self._fallback = scheduler.fallback.open_stream(self._prompt, self._terms)
+            self._fallback = self._fallback_engine.open_stream(self._prompt, self._terms)
         if chunks:
             self._fallback.feed(np.concatenate(chunks))
 
     async def _run_fallback(self, kind: Literal["step", "finish"]) -> Hypothesis:
         await self._feed_fallback()
-        scheduler = self._scheduler
+        scheduler, engine = self._scheduler, self._fallback_engine
         started = time.monotonic()
         stream = self._fallback
-        assert stream is not None and scheduler.fallback is not None
+        assert stream is not None and engine is not None
         call = stream.hypothesis if kind == "step" else stream.finish
         hypothesis = await asyncio.get_running_loop().run_in_executor(scheduler.fallback_executor, call)
-        scheduler.metrics.step_seconds.labels(scheduler.fallback.name, kind).observe(time.monotonic() - started)
+        scheduler.metrics.step_seconds.labels(engine.name, kind).observe(time.monotonic() - started)
         scheduler.metrics.fallback_steps.labels(kind).inc()
         return hypothesis
 

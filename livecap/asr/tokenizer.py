@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from livecap.language import ENGLISH, WHISPER_LANGUAGES
+
+Task = Literal["transcribe", "translate"]
+"""Whisper's tasks: write what was said, or its English translation (multilingual models only)."""
 
 _SPACE = "Ġ"
 """GPT-2's byte-level encoding writes a leading space as this character."""
@@ -27,6 +33,8 @@ class SpecialTokens:
     sot: int
     english: int
     transcribe: int
+    translate: int | None
+    """None in an English-only vocabulary."""
     start_of_prev: int
     no_speech: int
     no_timestamps: int
@@ -46,12 +54,16 @@ class WhisperTokenizer:
             sot=self._id("<|startoftranscript|>"),
             english=self._id("<|en|>"),
             transcribe=self._id("<|transcribe|>"),
+            translate=self._optional_id("<|translate|>") if multilingual else None,
             start_of_prev=self._id("<|startofprev|>"),
             # openai-whisper names it <|nospeech|>; the Hugging Face vocabulary <|nocaptions|>.
             no_speech=self._optional_id("<|nospeech|>") or self._id("<|nocaptions|>"),
             no_timestamps=self._id("<|notimestamps|>"),
         )
         self.multilingual = multilingual
+        self.languages: dict[str, int] = {code: self._id(f"<|{code}|>") for code in WHISPER_LANGUAGES} \
+            if multilingual else {ENGLISH: self.special.english}
+        """Each language's token: what the decoder is told to write, or what it detects."""
         vocabulary = self._tokenizer.get_vocab(with_added_tokens=False)
         self._spaced = np.zeros(self.special.eot, dtype=bool)
         self._opens_word = np.zeros(self.special.eot, dtype=bool)
@@ -71,12 +83,17 @@ class WhisperTokenizer:
             raise ValueError(f"tokenizer has no {token}")
         return token_id
 
-    @property
-    def sot_sequence(self) -> tuple[int, ...]:
+    def sot_sequence(self, language: str = ENGLISH, task: Task = "transcribe") -> tuple[int, ...]:
         """Start of transcript, then language and task for a multilingual model
-        (English transcription; the English-only models take neither)."""
+        (the English-only models take neither: ``ValueError`` for another language or task)."""
         s = self.special
-        return (s.sot, s.english, s.transcribe) if self.multilingual else (s.sot,)
+        if not self.multilingual:
+            if language != ENGLISH or task != "transcribe":
+                raise ValueError(f"an English-only model cannot {task} {language!r}")
+            return (s.sot,)
+        task_token = s.translate if task == "translate" else s.transcribe
+        assert task_token is not None
+        return s.sot, self.languages[language], task_token
 
     def encode(self, text: str) -> list[int]:
         """Ids of plain text, without any special token."""

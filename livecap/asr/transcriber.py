@@ -37,6 +37,7 @@ from livecap.asr.streaming import (
     skipped_head,
     split_at_cut,
 )
+from livecap.language import ENGLISH, LanguageLock
 from livecap.vad import SpeechCheck, SpeechCheckOptions, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ class Transcriber:
     def __init__(self, scheduler: Scheduler, room: str, on_update: Callable[[TranscriptUpdate], None],
                  prompt: Callable[[], str], terms: Callable[[], Sequence[str]] = tuple,
                  options: StreamingOptions = StreamingOptions(),
-                 speech_check: SpeechCheckOptions = SpeechCheckOptions()) -> None:
+                 speech_check: SpeechCheckOptions = SpeechCheckOptions(), language: LanguageLock | None = None) -> None:
+        """``language``: the room's language (detected and locked here when it is ``auto``)."""
         self._scheduler = scheduler
+        self.language = language or LanguageLock(ENGLISH)
         self._room = room
         self._on_update = on_update
         self._prompt = prompt
@@ -165,7 +168,7 @@ class Transcriber:
                 self._speech.begin()
                 continued = self._last_end is not None and start <= self._last_end
                 context = self._context if continued else np.zeros(0, dtype=np.float32)
-                recognizer = self._scheduler.open(self._room, self._prompt(), self._terms())
+                recognizer = self._scheduler.open(self._room, self._prompt(), self._terms(), self.language.language)
                 self._current = _Utterance(index, start, recognizer, agreement, pending, list(pending), context,
                                            received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
@@ -211,6 +214,7 @@ class Transcriber:
             utterance.decoded = utterance.received
         if self._suppression(hypothesis, "partial") is not None:
             return
+        self._detect(utterance, hypothesis, utterance.received)
         agreement = utterance.agreement.update(hypothesis.words, utterance.received / SAMPLE_RATE)
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
                                       utterance.start + utterance.received, utterance.newest_arrival))
@@ -229,6 +233,7 @@ class Transcriber:
         suppressed: str | None = None
         try:
             hypothesis = await utterance.recognizer.finish(_take(utterance.pending))
+            self._detect(utterance, hypothesis, utterance.received)
             if len(utterance.context):
                 hypothesis = await self._with_head(utterance, hypothesis)
             suppressed = self._suppression(hypothesis, "final")
@@ -239,6 +244,7 @@ class Transcriber:
             words = stable
             hypothesis = Hypothesis(words, "none", "none")
         audio = utterance.recognizer.audio()
+        self.language.utterance_ended(len(audio) / SAMPLE_RATE)
         kept = len(audio)
         if cut:
             words, carry_from = split_at_cut(words, len(audio) / SAMPLE_RATE, len(stable))
@@ -260,7 +266,8 @@ class Transcriber:
             return hypothesis
         context_s = len(utterance.context) / SAMPLE_RATE
         try:
-            head = await self._scheduler.open(self._room, self._prompt(), self._terms()).finish(
+            head = await self._scheduler.open(self._room, self._prompt(), self._terms(),
+                                              self.language.language or hypothesis.language).finish(
                 np.concatenate([utterance.context, audio[: round((head_s + CUT_EDGE_S) * SAMPLE_RATE)]]))
         except Exception:
             log.exception("decoding the skipped head failed; the final goes without it")
@@ -270,6 +277,21 @@ class Transcriber:
         if not added or suppression_reason(replace(head, words=added)) is not None:
             return hypothesis
         return replace(hypothesis, words=(*added, *words))
+
+    def _detect(self, utterance: _Utterance, hypothesis: Hypothesis, samples: int) -> None:
+        """Feed a detection to the room's language lock; when it locks, the utterance (decoded so
+        far to detect) goes on in the language locked."""
+        if not self.language.observe(hypothesis.language, hypothesis.language_probability, samples / SAMPLE_RATE):
+            return
+        language = self.language.language
+        assert language is not None
+        utterance.recognizer.detected(language)
+        metrics = self._scheduler.metrics
+        metrics.languages_locked.labels(language).inc()
+        metrics.language_lock_speech_seconds.observe(self.language.locked_after_s or 0.0)
+        log.info("room %s: language %s locked (p=%.2f after %.1f s of speech)", self._room, language,
+                 hypothesis.language_probability or 0.0, self.language.locked_after_s or 0.0,
+                 extra={"room": self._room})
 
     def _suppression(self, hypothesis: Hypothesis, kind: Literal["partial", "final"]) -> str | None:
         """Guardrails: hallucinations on silence or noise never become captions."""

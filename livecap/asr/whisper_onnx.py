@@ -7,10 +7,12 @@ it holds only the sessions, and ``InferenceSession.run`` is thread-safe.
 
 Decoding follows openai-whisper's greedy path without timestamps: prompt
 ``<|startofprev|>`` + previous text, then ``<|startoftranscript|>`` (plus
-``<|en|><|transcribe|>`` for multilingual models) and ``<|notimestamps|>``;
-the model's ``suppress_ids`` at every step and ``suppress_ids_begin`` at the
-first; the no-speech probability read at the ``<|startoftranscript|>``
-position. Two bounds keep a confused model from looping: a token budget that
+the language and the task, ``<|fr|><|translate|>``, for multilingual models)
+and ``<|notimestamps|>``; the model's ``suppress_ids`` at every step and
+``suppress_ids_begin`` at the first; the no-speech probability, and for a
+stream without a language the language's, read at the
+``<|startoftranscript|>`` position (openai-whisper's ``detect_language``,
+at no extra cost). Two bounds keep a confused model from looping: a token budget that
 grows with the audio's length and a guard that stops at a tail repeated over
 and over or a sentence written twice (only one copy is kept).
 
@@ -50,8 +52,9 @@ from livecap.asr.biasing import TermMatcher, TermTrie, compile_terms
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions, Hypothesis, Word, register_engine
 from livecap.asr.features import FRAMES_PER_SECOND, log_mel_spectrogram
 from livecap.asr.guardrails import echoes_prompt
-from livecap.asr.tokenizer import WhisperTokenizer
+from livecap.asr.tokenizer import Task, WhisperTokenizer
 from livecap.errors import ModelError
+from livecap.language import ENGLISH
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,9 @@ class _Decoded:
     """The model's own, without any glossary bonus."""
     alignment: np.ndarray
     no_speech_probability: float
+    language: str
+    language_probability: float | None
+    """Of the detected language; None when the caller named it."""
     helped: list[bool]
     """Tokens a glossary bonus chose over the model's own choice (``biasing``)."""
 
@@ -251,6 +257,9 @@ class WhisperOnnx:
         logger.info("whisper-onnx %s runs on %s with %d thread(s)", self.model_version, self.provider, options.threads)
         dims = self.manifest.dims
         self.tokenizer = WhisperTokenizer(self.manifest.path(TOKENIZER_FILE), dims.multilingual)
+        self.languages = frozenset(self.tokenizer.languages)
+        self.translates = dims.multilingual
+        self._language_ids = np.array(list(self.tokenizer.languages.values()))
         config = json.loads(self.manifest.path(CONFIG_FILE).read_text())
         special = self.tokenizer.special
         self._suppress = np.array(sorted(set(config["suppress_ids"]) | set(range(special.eot + 1, dims.n_vocab))))
@@ -286,8 +295,12 @@ class WhisperOnnx:
     def timings(self) -> TimingSnapshot:
         return self._timings.snapshot()
 
-    def open_stream(self, prompt: str = "", terms: Sequence[str] = ()) -> WhisperStream:
-        return WhisperStream(self, prompt, self.compile(tuple(terms)) if terms else None)
+    def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
+                    task: Task = "transcribe") -> WhisperStream:
+        self.tokenizer.sot_sequence(language or ENGLISH, task)  # ValueError for what the model cannot do
+        if language is not None and language not in self.languages:
+            raise ValueError(f"{self.model_version} does not speak {language!r}")
+        return WhisperStream(self, prompt, self.compile(tuple(terms)) if terms else None, language, task)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as the process
     def compile(self, terms: tuple[str, ...]) -> TermTrie:
@@ -295,7 +308,8 @@ class WhisperOnnx:
         return compile_terms(terms, self.tokenizer.encode, self.tokenizer.decode)
 
     def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False,
-                   settled: str = "", terms: TermTrie | None = None) -> Hypothesis:
+                   settled: str = "", terms: TermTrie | None = None, language: str | None = ENGLISH,
+                   task: Task = "transcribe") -> Hypothesis:
         """Recognise a whole utterance (16 kHz mono float32).
 
         ``prompt`` is earlier text that biases spelling and style; a window
@@ -306,25 +320,30 @@ class WhisperOnnx:
         call per token: on a long partial this halves the decoder's time); it
         needs one window and no word timestamps, and is ignored otherwise.
         ``terms`` are glossary terms favoured in decoding (``biasing``).
+        ``language``: what is spoken (None: detected on the first window);
+        ``task``: ``translate`` writes it in English.
         """
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         if not len(samples):
-            return Hypothesis((), self.name, self.model_version, 1.0)
+            return Hypothesis((), self.name, self.model_version, 1.0, language=language or ENGLISH)
         max_samples = int(MAX_WINDOW_S * SAMPLE_RATE)
         pieces = max(1, math.ceil(len(samples) / max_samples))
         bounds = [round(len(samples) * k / pieces) for k in range(pieces + 1)]
         words: list[Word] = []
         helped: list[bool] = []
         no_speech = 1.0
+        detected: float | None = None
         context = prompt
         forced = self.tokenizer.encode(" " + settled.strip()) if settled.strip() and pieces == 1 \
             and not word_timestamps else []
         for start, end in itertools.pairwise(bounds):
-            window_words, window_no_speech = self._transcribe_window(samples[start:end], context, word_timestamps,
-                                                                     forced, terms)
+            window = functools.partial(self._transcribe_window, samples[start:end], word_timestamps=word_timestamps,
+                                       terms=terms, language=language, task=task)
+            window_words, window_no_speech, decoded = window(context, forced=forced)
             if context and echoes_prompt(" ".join(w.text for w, _ in window_words), context, window_no_speech):
-                window_words, window_no_speech = self._transcribe_window(samples[start:end], "", word_timestamps,
-                                                                         terms=terms)
+                window_words, window_no_speech, decoded = window("")
+            if language is None:  # the first window's detection holds for the utterance
+                language, detected = decoded.language, decoded.language_probability
             offset = start / SAMPLE_RATE
             words += [Word(w.text, w.start + offset, w.end + offset, w.confidence) for w, _ in window_words]
             helped += [h for _, h in window_words]
@@ -335,19 +354,22 @@ class WhisperOnnx:
         # tokens are rare to the model alone, and would drag a real sentence under their bound.
         unhelped = [w.confidence for w, h in zip(words, helped, strict=True) if not h]
         confidence = _geometric_mean(unhelped) if any(helped) and unhelped else None
-        return Hypothesis(tuple(words), self.name, self.model_version, no_speech, confidence)
+        return Hypothesis(tuple(words), self.name, self.model_version, no_speech, confidence,
+                          language or ENGLISH, detected)
 
     def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool,
-                           forced: Sequence[int] = (), terms: TermTrie | None = None
-                           ) -> tuple[list[tuple[Word, bool]], float]:
-        """The window's words, each with whether a glossary bonus chose any of its tokens, and its
-        no-speech probability."""
+                           forced: Sequence[int] = (), terms: TermTrie | None = None,
+                           language: str | None = ENGLISH, task: Task = "transcribe"
+                           ) -> tuple[list[tuple[Word, bool]], float, _Decoded]:
+        """The window's words, each with whether a glossary bonus chose any of its tokens, its
+        no-speech probability, and the decoding."""
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel_spectrogram(audio, self.window.frames(duration), self.manifest.dims.n_mels)
         cross = self._encode(mel)
         prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
-        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced, terms)
+        decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced, terms,
+                               language, task)
         spans = alignment.word_spans([self.tokenizer.starts_word(t) for t in decoded.tokens])
         texts = [self.tokenizer.decode(decoded.tokens[a:b]).strip() for a, b in spans]
         if word_timestamps and spans:
@@ -363,7 +385,7 @@ class WhisperOnnx:
             for (a, b), text, start, end in zip(spans, texts, starts, ends, strict=True)
             if text
         ]
-        return words, decoded.no_speech_probability
+        return words, decoded.no_speech_probability, decoded
 
     def _encode_batch(self, mels: list[np.ndarray]) -> list[list[ort.OrtValue]]:
         """Cross-attention keys and values of every decoder layer for each
@@ -427,18 +449,25 @@ class WhisperOnnx:
                 for _ in range(self._layers) for empty in (self._empty_k, self._empty_v)]
 
     def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int,
-                forced: Sequence[int] = (), terms: TermTrie | None = None) -> _Decoded:
+                forced: Sequence[int] = (), terms: TermTrie | None = None, language: str | None = ENGLISH,
+                task: Task = "transcribe") -> _Decoded:
         """Greedy decoding after the ``forced`` text tokens; alignment rows
         exist only for what is decoded, so word times need ``forced`` empty.
-        ``terms`` are favoured as ``biasing`` describes."""
+        ``terms`` are favoured as ``biasing`` describes. ``language`` None:
+        the most probable language token at ``<|startoftranscript|>``."""
         special, tokenizer = self.tokenizer.special, self.tokenizer
         max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
         prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
         # First call ends at <|startoftranscript|>: its logits give the no-speech probability.
         logits, _, cache = self._step([*prefix, special.sot], self._empty_cache(), cross)
         no_speech = float(_softmax(logits)[special.no_speech])
-        logits, scores, cache = self._step([*self.tokenizer.sot_sequence[1:], special.no_timestamps, *forced],
-                                           cache, cross)
+        detected: float | None = None
+        if language is None:
+            odds = _softmax(logits[self._language_ids])
+            best = int(np.argmax(odds))
+            language, detected = list(self.tokenizer.languages)[best], float(odds[best])
+        logits, scores, cache = self._step([*self.tokenizer.sot_sequence(language, task)[1:], special.no_timestamps,
+                                            *forced], cache, cross)
         tokens = list(forced)
         probabilities = [1.0] * len(forced)
         helped = [False] * len(forced)
@@ -482,7 +511,7 @@ class WhisperOnnx:
             if (cut := repeated_tail(tokens)) is not None:
                 tokens, probabilities, helped, rows = tokens[:cut], probabilities[:cut], helped[:cut], rows[: cut + 1]
                 break
-        return _Decoded(tokens, probabilities, np.stack(rows), no_speech, helped)
+        return _Decoded(tokens, probabilities, np.stack(rows), no_speech, language, detected, helped)
 
 
 @register_engine(ENGINE_NAME)
@@ -503,10 +532,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class WhisperStream:
     """One utterance: audio accumulates; each result re-decodes all of it."""
 
-    def __init__(self, engine: WhisperOnnx, prompt: str, terms: TermTrie | None) -> None:
+    def __init__(self, engine: WhisperOnnx, prompt: str, terms: TermTrie | None, language: str | None,
+                 task: Task) -> None:
         self._engine = engine
         self._prompt = prompt
         self._terms = terms
+        self._language = language
+        self._task = task
         self._pieces: list[np.ndarray] = []
 
     def feed(self, audio: np.ndarray) -> None:
@@ -518,7 +550,9 @@ class WhisperStream:
         return self._pieces[0]
 
     def hypothesis(self, settled: str = "") -> Hypothesis:
-        return self._engine.transcribe(self._audio(), self._prompt, settled=settled, terms=self._terms)
+        return self._engine.transcribe(self._audio(), self._prompt, settled=settled, terms=self._terms,
+                                       language=self._language, task=self._task)
 
     def finish(self) -> Hypothesis:
-        return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True, terms=self._terms)
+        return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True, terms=self._terms,
+                                       language=self._language, task=self._task)

@@ -1,0 +1,191 @@
+"""Rooms in every language Whisper speaks: language given or detected and locked, the
+multilingual model loaded on first need, the English translation track, and what is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jiwer
+import numpy as np
+import pytest
+import websockets
+from livecap_models import ensure_model
+from livecap_models.build import TOKENIZER_FILE
+
+from livecap.asr.tokenizer import WhisperTokenizer
+from livecap.audio import read_wav
+from livecap.client import stream_audio
+from livecap.errors import UnsupportedFormat
+from livecap.ingest import IngestProtocol
+from livecap.language import WHISPER_LANGUAGES, LanguageLock, LockOptions
+from tests.conftest import LiveServer, start_server, timeout
+from tests.speech import audio
+from tests.test_server import drain
+
+MULTILINGUAL = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual"
+
+
+@cache
+def multilingual() -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in (MULTILINGUAL / "manifest.jsonl").read_text().splitlines() if line]
+    return {row["id"]: row for row in rows}
+
+
+def speech(recording: str) -> np.ndarray:
+    return read_wav(MULTILINGUAL / multilingual()[recording]["audio"]).mono_16k()
+
+
+def words(text: str) -> str:
+    """Lower case, no punctuation, no accents (the Spanish references have none)."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+# --- the language lock (pure) ---------------------------------------------------------------------------------------
+
+def test_a_pinned_language_never_changes() -> None:
+    lock = LanguageLock("fr")
+    assert lock.locked and lock.language == "fr"
+    assert not lock.observe("es", 0.99, 10.0)
+    assert lock.language == "fr"
+
+
+def test_auto_locks_on_enough_speech_and_confidence_only() -> None:
+    lock = LanguageLock(None, LockOptions(min_speech_s=2.0, min_probability=0.5))
+    assert not lock.observe("it", 0.95, 1.0), "too little speech to trust"
+    assert not lock.observe("es", 0.40, 3.0), "too unsure"
+    assert not lock.locked and lock.guess == "es"
+    lock.utterance_ended(3.0)
+    assert lock.observe("es", 0.8, 2.5)
+    assert (lock.language, lock.locked_after_s) == ("es", 5.5)
+    assert not lock.observe("pt", 0.99, 20.0), "locked: an accent or a name does not flip it"
+    assert lock.language == "es"
+    lock.pin(None)
+    assert not lock.locked, "an operator may let it detect again"
+
+
+def test_detection_without_a_language_code_keeps_nothing() -> None:
+    lock = LanguageLock(None)
+    assert not lock.observe(None, None, 5.0)
+    assert lock.guess is None
+
+
+# --- the supported set ----------------------------------------------------------------------------------------------
+
+def test_the_languages_are_those_of_the_multilingual_vocabulary() -> None:
+    tokenizer = WhisperTokenizer(ensure_model("base", "int8").path(TOKENIZER_FILE), multilingual=True)
+    assert set(tokenizer.languages) == set(WHISPER_LANGUAGES)
+    assert len(set(tokenizer.languages.values())) == 99
+    assert tokenizer.sot_sequence("fr", "translate")[1:] == (tokenizer.languages["fr"], tokenizer.special.translate)
+
+
+@pytest.mark.parametrize("language", ["xx", "EN", "english", "", 7, None])
+def test_an_unsupported_language_names_the_supported_set(language: object) -> None:
+    message = {"type": "start", "format": "s16le", "sample_rate": 16000, "channels": 1, "language": language}
+    if language is None:
+        IngestProtocol().receive_text(json.dumps(message), 0.0)  # absent: the room's setting
+        return
+    with pytest.raises(UnsupportedFormat) as refused:
+        IngestProtocol().receive_text(json.dumps(message), 0.0)
+    assert "auto" in refused.value.message and "fr" in refused.value.message and "ja" in refused.value.message
+
+
+@pytest.mark.parametrize("language", ["fr", "ja", "haw", "auto", "en"])
+def test_every_whisper_language_and_auto_are_accepted(language: str) -> None:
+    message = {"type": "start", "language": language, "translate": "en"}
+    [started] = IngestProtocol().receive_text(json.dumps(message), 0.0)
+    assert started.format.language == language  # type: ignore[union-attr]
+
+
+def test_translation_is_into_english_only() -> None:
+    with pytest.raises(UnsupportedFormat, match="translate"):
+        IngestProtocol().receive_text(json.dumps({"type": "start", "language": "fr", "translate": "de"}), 0.0)
+
+
+# --- real rooms -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """tiny.en for English, base loaded on first need; pages of speech sent at twice real time."""
+    live = await start_server(tmp_path_factory.mktemp("languages"), max_audio_rate=4.0)
+    yield live
+    await live.runner.cleanup()
+
+
+async def read_until(ws: websockets.ClientConnection, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Messages up to the first one ``done`` says ends it."""
+    messages: list[dict[str, Any]] = []
+    while not messages or not done(messages[-1]):
+        messages.append(json.loads(await asyncio.wait_for(ws.recv(), timeout(60))))
+    return messages
+
+
+def texts(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("type") == "caption" and m["kind"] == kind and m["text"]]
+
+
+@pytest.mark.slow
+async def test_a_french_room_is_captioned_in_french_with_an_english_track(server: LiveServer) -> None:
+    recording = multilingual()["asterisk-fr-demo-nogo"]
+    async with websockets.connect(server.captions_url("salle", track="en")) as english, \
+            websockets.connect(server.captions_url("salle")) as original:
+        result = await stream_audio(server.ingest_url("salle"), speech(recording["id"]), speed=2.0,
+                                    language="fr", translate="en")
+        assert result.error is None, result.error
+        finals, translations = texts(result.messages, "final"), texts(result.messages, "translation")
+        assert finals and {f["language"] for f in finals} == {"fr"}
+        assert {f["model_version"].split("-")[0] for f in finals} == {"base"}, "the multilingual model serves"
+        said = words(" ".join(f["text"] for f in finals))
+        assert jiwer.wer(words(recording["text"]), said) < 0.4, said
+        assert {t["segment"] for t in translations} == {f["segment"] for f in finals}, "every line is translated"
+        assert all(t["language"] == "en" and t["source_language"] == "fr" for t in translations)
+        english_words = set(words(" ".join(t["text"] for t in translations)).split())
+        assert {"sorry", "server"} <= english_words, english_words
+        seen_english = await read_until(english, lambda m: m.get("seq") == translations[-1]["seq"])
+        assert texts(seen_english, "translation") and not texts(seen_english, "final"), \
+            "the en track carries the translations of French lines, not the French"
+        seen_original = await read_until(original, lambda m: m.get("seq") == finals[-1]["seq"])
+        assert texts(seen_original, "final") and not texts(seen_original, "translation")
+    async with aiohttp.ClientSession() as http:
+        for suffix, expected in (("txt", finals), ("en.txt", translations)):
+            async with http.get(f"{server.base}/rooms/salle/transcript.{suffix}") as response:
+                assert response.status == 200
+                exported = await response.text()
+            assert all(line["text"] in exported for line in expected), (suffix, exported)
+
+
+@pytest.mark.slow
+async def test_auto_detects_and_locks_the_language(server: LiveServer) -> None:
+    recording = multilingual()["asterisk-fr-demo-echotest"]
+    result = await stream_audio(server.ingest_url("auto"), speech(recording["id"]), speed=2.0, language="auto")
+    assert result.error is None, result.error
+    captions = [m for m in result.messages if m.get("type") == "caption" and m["text"]]
+    assert captions and {m["language"] for m in captions} == {"fr"}, "detected, and never changed"
+    told = [m for m in result.messages if m.get("type") == "room"]
+    assert told and told[-1]["language"]["language"] == "fr" and told[-1]["language"]["locked"]
+    assert not told[-1]["language"]["pinned"]
+    assert 2.0 <= told[-1]["language"]["locked_after_s"] < recording["duration_s"]
+
+
+@pytest.mark.slow
+async def test_english_rooms_stay_on_the_english_model(server: LiveServer) -> None:
+    result = await stream_audio(server.ingest_url("english"), audio("librispeech-2412-153948-0000"), speed=2.0)
+    finals = texts(result.messages, "final")
+    assert finals and all(f["model_version"].startswith("tiny.en") and f["language"] == "en" for f in finals)
+
+
+async def test_an_unknown_track_is_refused(server: LiveServer) -> None:
+    async with websockets.connect(server.captions_url("salle", track="de")) as viewer:
+        messages = await drain(viewer)
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == "protocol_error"
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/salle/transcript.de.txt") as response:
+        assert response.status == 404
