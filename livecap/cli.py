@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     stream.add_argument("--key", help="publisher key of the room (see 'livecap keys')")
     stream.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     stream.add_argument("--json", action="store_true", help="print every message as a JSON line")
+    stream.add_argument("--language", help="what is spoken: a Whisper language code or auto (default: the room's)")
+    stream.add_argument("--translate", choices=["en"], help="also caption an English translation track")
     labels = commands.add_parser("labels", help="the corrections, flags and ratings kept in the data directory: "
                                  "'export' them as an evaluation set, or sum them up per model version ('stats')")
     labels.add_argument("action", choices=["export", "stats"])
@@ -305,7 +307,8 @@ def _stream(arguments: argparse.Namespace) -> int:
     async def play() -> StreamResult:
         """A refused start (server busy, rate limited) is tried again, after the back-off and the server's hint."""
         backoff, url, tries = Backoff(), ingest_url(arguments.url, arguments.room, arguments.key), 1
-        while (result := await stream_audio(url, samples, speed=arguments.speed, on_message=show)).refused \
+        while (result := await stream_audio(url, samples, speed=arguments.speed, on_message=show,
+                                                language=arguments.language, translate=arguments.translate)).refused \
                 and tries < STREAM_TRIES:
             delay = backoff.next(result.error)
             print(f"trying again in {delay:.1f} s", file=sys.stderr)

@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -113,9 +114,18 @@ async def change_room_settings(request: web.Request) -> web.Response:
         values = changes(await json_request(request))
     except Refused as refusal:
         return _refusal(request, refusal)
+    room = request.app[ROOMS].rooms.get(name)
+    new = replace(request.app[ROOMS].settings_of(name), **values)
+    if room is not None and {"language", "translate"} & values.keys():
+        try:  # the model the room will need is loaded first (minutes, the very first time)
+            await room.scheduler.prepare(new.language, new.translate)
+        except LivecapError as error:
+            return _refusal(request, InvalidRequest(error.message))
     if store is not None:
         store.change(name, values, key_id(presented_key(request)), time.time())
-    if (room := request.app[ROOMS].rooms.get(name)) is not None:
+    if room is not None:
+        if {"language", "translate"} & values.keys():
+            room.speak(new.language, new.translate)
         room.announce()
     return _settings_answer(request, name)
 

@@ -332,6 +332,15 @@ class Room:
             self.scheduler.metrics.viewers.labels(self.label).dec()
         self.broadcaster.subscribers.discard(subscriber)
 
+    def speak(self, language: str, translate: str | None) -> None:
+        """An operator set the room's language (pinned from the next utterance on; ``auto``:
+        detected again) and translation track, while it runs. The model must be loaded
+        (``Scheduler.prepare``)."""
+        self.language.pin(None if language == AUTO else language)
+        self.translate = translate
+        if self.session is not None:
+            self.session.translate = translate
+
     def state(self) -> dict[str, Any]:
         """What every page of the room is told on connecting (``worth_telling``) and on any change:
         whether it records, its language (``LanguageLock.state``) and its translation track."""

@@ -55,7 +55,6 @@ from livecap.fanout import Outgoing, Subscriber, ViewerAck, ViewerFlag, ViewerIn
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.labels import LabelStore
-from livecap.language import AUTO, ENGLISH
 from livecap.metrics import Metrics
 from livecap.operator import add_operator_routes
 from livecap.pages import add_page_routes, room_name
@@ -465,7 +464,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         request.app[ROOMS].admit(room)
                         language = stream.language or room.settings.language
                         translate = stream.translate or room.settings.translate
-                        await _ensure_engines(scheduler, language, translate)
+                        await scheduler.prepare(language, translate)
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
                                                            language, translate)
                         log.info("room %s: publisher session %s started", room.name, session.id,
@@ -501,16 +500,6 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
-
-
-async def _ensure_engines(scheduler: Scheduler, language: str, translate: str | None) -> None:
-    """Load what a stream in ``language`` with a ``translate`` track needs (the multilingual
-    model, on first need: the publisher's ``ready`` waits for it)."""
-    spoken = None if language == AUTO else language
-    if spoken != ENGLISH:
-        await scheduler.ensure_engine(spoken)
-    if translate is not None and spoken != translate:
-        await scheduler.ensure_engine(spoken, "translate")
 
 
 async def _tell_state(ws: web.WebSocketResponse, room: Room) -> None:

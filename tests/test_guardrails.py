@@ -116,3 +116,40 @@ def test_an_engines_own_confidence_replaces_the_words_mean() -> None:
     assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1)) == "low_confidence"
     assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1, confidence=0.83)) is None
     assert suppression_reason(Hypothesis(words, "whisper-onnx", "v", 0.1, confidence=0.2)) == "low_confidence"
+
+
+# --- other languages and scripts ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["東京は日本の首都です。", "واحد، اثنان، ثلاثة", "नमस्ते, आप कैसे हैं?", "Привет, как дела?",
+                                  "สวัสดีครับ", "Ça va très bien, merci beaucoup à tous.", "שלום לכולם"])
+def test_speech_in_any_script_is_kept(text: str) -> None:
+    """``normalise`` once kept [a-z0-9] only: a Japanese or Arabic sentence became no words at all."""
+    assert suppression_reason(_hypothesis(text)) is None
+    assert normalise(text), text
+
+
+def test_normalise_keeps_every_script_and_its_marks() -> None:
+    assert normalise("नमस्ते दुनिया") == "नमस्ते दुनिया", "Devanagari vowel signs and virama are marks, not spaces"
+    assert normalise("ÉCOLE, Straße!") == "école strasse"
+    assert normalise("ご視聴ありがとうございました。") == "ご視聴ありがとうございました"
+
+
+@pytest.mark.parametrize("text", ["Sous-titres réalisés par la communauté d'Amara.org", "ご視聴ありがとうございました",
+                                  "字幕由Amara.org社区提供", "Untertitel im Auftrag des ZDF, 2017",
+                                  "Subtítulos realizados por la comunidad de Amara.org", "ترجمة نانسي قنقر"])
+def test_subtitle_credits_in_other_languages_are_dropped_however_confident(text: str) -> None:
+    assert suppression_reason(_hypothesis(text, confidence=0.95, no_speech=0.01)) == "known_hallucination"
+
+
+def test_short_sign_offs_in_other_languages_are_dropped_only_when_doubted() -> None:
+    assert suppression_reason(_hypothesis("Merci.", confidence=0.3, no_speech=0.5)) is not None
+    assert suppression_reason(_hypothesis("Merci.", confidence=0.8, no_speech=0.1)) is None, "said for real"
+
+
+def test_a_loop_in_a_language_without_spaces_is_repetition() -> None:
+    assert suppression_reason(_hypothesis("ありがとう" * 20)) == "repetition"
+
+
+def test_an_echo_of_a_prompt_in_another_script() -> None:
+    assert echoes_prompt("東京 大阪 京都", "東京 大阪 京都 名古屋", 0.0)
+    assert not echoes_prompt("東京 神戸 京都", "東京 大阪 京都 名古屋", 0.0)

@@ -20,6 +20,7 @@ import websockets
 from livecap_models import ensure_model
 from livecap_models.build import TOKENIZER_FILE
 
+from livecap.appkeys import ROOMS
 from livecap.asr.tokenizer import WhisperTokenizer
 from livecap.audio import read_wav
 from livecap.client import stream_audio
@@ -29,6 +30,7 @@ from livecap.language import WHISPER_LANGUAGES, LanguageLock, LockOptions
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio
 from tests.test_server import drain
+from tests.test_settings import patch
 
 MULTILINGUAL = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual"
 
@@ -189,3 +191,22 @@ async def test_an_unknown_track_is_refused(server: LiveServer) -> None:
     assert messages[-1]["type"] == "error" and messages[-1]["code"] == "protocol_error"
     async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/salle/transcript.de.txt") as response:
         assert response.status == 404
+
+
+@pytest.mark.slow
+async def test_an_operator_pins_the_language_of_a_running_room(server: LiveServer) -> None:
+    """The dashboard's language setting: pinned for the room's next utterances, told to its pages;
+    a code Whisper does not know is refused with the set it knows."""
+    status, answer = await patch(server, "pinned", {"language": "xx"})
+    assert status == 400 and "auto" in answer["message"] and "fr" in answer["message"]
+    room = server.app[ROOMS].get("pinned")
+    async with websockets.connect(server.captions_url("pinned")) as viewer:
+        status, answer = await patch(server, "pinned", {"language": "es", "translate": "en"})
+        assert status == 200 and answer["settings"]["language"] == "es"
+        told = json.loads(await asyncio.wait_for(viewer.recv(), timeout(10)))
+    assert told["type"] == "room" and told["language"]["language"] == "es" and told["language"]["pinned"]
+    assert told["translate"] == "en" and room.language.language == "es"
+    result = await stream_audio(server.ingest_url("pinned"), speech("asterisk-es-queue-periodic-announce"),
+                                speed=2.0)
+    assert {m["language"] for m in texts(result.messages, "final")} == {"es"}, "start without a language: the room's"
+    assert texts(result.messages, "translation"), "and its translation track"

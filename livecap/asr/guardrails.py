@@ -2,8 +2,11 @@
 
 Whisper, given silence or noise, often writes something anyway: phrases
 common at the end of its subtitled training videos ("Thank you.", "Thanks
-for watching!"), sound annotations ("[BLANK_AUDIO]", "♪"), or a phrase
-repeated until the token budget ends. The checks below are the ones
+for watching!", and in other languages the subtitlers' credits: "Sous-titres
+réalisés par la communauté d'Amara.org", "ご視聴ありがとうございました"),
+sound annotations ("[BLANK_AUDIO]", "♪"), or a phrase repeated until the
+token budget ends. Every check works on any script: text is compared after
+``normalise``, which keeps the letters, marks and digits of every script. The checks below are the ones
 openai-whisper's ``transcribe`` applies (no-speech probability together with
 low confidence, gzip compression ratio above 2.4) plus a list of known
 hallucinations. Pure functions of the hypothesis; the reason string is meant
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass
 
@@ -37,9 +41,28 @@ KNOWN_HALLUCINATIONS = frozenset({
     "subtitles by the amara org community", "transcription by castingwords", "subtitles by", "captions by",
     "translated by", "subtitled by", "the end",
 })
-"""Normalised (lower case, letters and spaces only) texts Whisper is known to
-produce on silence and noise, from openai/whisper issue reports and from our
-noise benchmark (``benchmarks/noise.py``: "you" on silence, "Yeah." on babble)."""
+"""Normalised (``normalise``) texts Whisper is known to produce on silence and noise, from
+openai/whisper issue reports and from our noise benchmark (``benchmarks/noise.py``: "you" on
+silence, "Yeah." on babble)."""
+
+HALLUCINATED_CREDITS = (
+    "amara org", "sous titres réalisés par", "sous titrage société radio canada", "untertitel im auftrag des",
+    "untertitel der amara", "subtítulos realizados por", "sottotitoli creati dalla", "legendas pela comunidade",
+    "napisy stworzone przez", "ondertiteling door de", "редактор субтитров", "субтитры сделал",
+    "субтитры создавал", "字幕由", "字幕志愿者", "ご視聴ありがとうございました", "チャンネル登録",
+    "시청해주셔서 감사합니다", "구독과 좋아요", "اشتركوا في القناة", "ترجمة نانسي قنقر",
+)
+"""Normalised pieces of the subtitle credits and sign-offs that Whisper writes on silence in other
+languages (openai/whisper discussions #928 and #1606 list them): a caption holding one is never
+speech at a live event, whatever the confidence."""
+
+NON_ENGLISH_HALLUCINATIONS = frozenset({
+    "merci", "merci d avoir regardé", "merci de votre attention", "vielen dank", "danke",
+    "vielen dank fürs zuschauen", "gracias", "gracias por ver", "gracias por ver el video", "obrigado",
+    "obrigado por assistir", "grazie", "grazie per la visione", "продолжение следует", "спасибо",
+    "спасибо за просмотр", "谢谢", "谢谢观看", "ありがとうございました", "감사합니다", "شكرا",
+})
+"""Short sign-offs, dropped only where the model doubts them, like ``KNOWN_HALLUCINATIONS``."""
 
 _ANNOTATION = re.compile(r"^\s*(\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪[^♪]*♪?)\s*$")
 
@@ -81,8 +104,10 @@ class GuardrailOptions:
 
 
 def normalise(text: str) -> str:
-    """Lower case, letters and digits only, single spaces."""
-    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower().replace("'", "").replace("’", "")).split())
+    """Lower case (casefolded), the letters, combining marks and digits of every script, single
+    spaces; apostrophes joined ("don't" → "dont"), other punctuation a space."""
+    text = text.casefold().replace("'", "").replace("’", "")
+    return " ".join("".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text).split())
 
 
 MIN_ECHO_WORDS = 3
@@ -165,7 +190,9 @@ def suppression_reason(hypothesis: Hypothesis, options: GuardrailOptions | None 
         return "no_speech"
     if log_confidence < math.log(options.min_confidence):
         return "low_confidence"
-    if normalised in KNOWN_HALLUCINATIONS and (
+    if any(credit in normalised for credit in HALLUCINATED_CREDITS):
+        return "known_hallucination"
+    if (normalised in KNOWN_HALLUCINATIONS or normalised in NON_ENGLISH_HALLUCINATIONS) and (
         no_speech >= options.known_hallucination_no_speech
         or math.exp(log_confidence) < options.known_hallucination_confidence
     ):

@@ -61,7 +61,7 @@ import numpy as np
 from livecap.asr.engine import SAMPLE_RATE, WARM_UP_S, Engine, Hypothesis, RecognizerStream
 from livecap.asr.tokenizer import Task
 from livecap.errors import ModelError, UnsupportedFormat
-from livecap.language import ENGLISH, WHISPER_LANGUAGES
+from livecap.language import AUTO, ENGLISH, WHISPER_LANGUAGES
 from livecap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -469,6 +469,15 @@ class Scheduler:
         self.step_cost_s = step_cost_s
         if self.primary is not None:
             self._expected[self.primary.model_version] = step_cost_s
+
+    async def prepare(self, language: str, translate: str | None = None) -> None:
+        """Load what a stream in ``language`` (a code or ``auto``) with a ``translate`` track needs:
+        the multilingual model, on first need (``ensure_engine``; a publisher's ``ready`` waits)."""
+        spoken = None if language == AUTO else language
+        if spoken != ENGLISH:
+            await self.ensure_engine(spoken)
+        if translate is not None and spoken != translate:
+            await self.ensure_engine(spoken, "translate")
 
     def step_interval_s(self, base_s: float, engine: Engine | None = None) -> float:
         """Audio to collect before an utterance is decoded again.
