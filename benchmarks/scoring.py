@@ -4,6 +4,8 @@ Both sides are lower-cased, stripped of punctuation, and numbers are written
 as spoken, so that "Mr. Quilter" matches "MISTER QUILTER" and "25 to 30"
 matches "twenty five to thirty". Used by benchmarks and by the WER bounds in
 tests; the same function scores every engine so comparisons are fair.
+Other languages are scored by ``error_rate`` after ``normalize_for`` (WER, or
+CER where words are not separated by spaces).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
+
+from livecap.language import ENGLISH, WITHOUT_SPACES
 
 DEFAULT_MANIFEST = Path(
     os.environ.get("LIVECAP_SPEECH_MANIFEST",
@@ -115,6 +120,50 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     if not pairs:
         return 0.0
     return float(jiwer.wer([r for r, _ in pairs], [h if h else "<empty>" for _, h in pairs]))
+
+
+ACCENTLESS_REFERENCES = frozenset({"es"})
+"""Languages whose references are written without accents (the Spanish of the multilingual set has
+no accents or ñ): both sides are scored with diacritics stripped."""
+_ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
+"""Arabic harakat, Quranic marks and tatweel (U+0640), which writers use or leave out at will."""
+_ARABIC_ALEFS = str.maketrans({"\u0622": "\u0627", "\u0623": "\u0627", "\u0625": "\u0627", "\u0671": "\u0627"})
+"""Alef with madda, hamza above or below, and wasla: written as bare alef (ا)."""
+
+
+def uses_cer(language: str) -> bool:
+    """Whether ``language`` is scored by character error rate: it is written without spaces between words."""
+    return language in WITHOUT_SPACES
+
+
+def normalize_for(text: str, language: str) -> str:
+    """``normalize`` for English; for other languages (Whisper codes): NFKC, case-folded,
+    punctuation and symbols replaced by spaces, spaces squeezed. Diacritics are stripped where the
+    references carry none (``ACCENTLESS_REFERENCES``); Arabic loses harakat and tatweel and has
+    its alef forms unified; languages scored by CER (``uses_cer``) lose their spaces too.
+    Numbers stay as written (no speller for every language)."""
+    if language == ENGLISH:
+        return normalize(text)
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if language in ACCENTLESS_REFERENCES:
+        text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+    if language == "ar":
+        text = _ARABIC_MARKS.sub("", text).translate(_ARABIC_ALEFS)
+    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
+    return ("" if uses_cer(language) else " ").join(text.split())
+
+
+def error_rate(references: Sequence[str], hypotheses: Sequence[str], language: str) -> float:
+    """Corpus error rate in ``language`` after ``normalize_for``: errors over all reference words,
+    or characters where ``uses_cer``. English is ``word_error_rate``."""
+    if language == ENGLISH:
+        return word_error_rate(references, hypotheses)
+    pairs = [(r, h) for r, h in ((normalize_for(r, language), normalize_for(h, language))
+                                 for r, h in zip(references, hypotheses, strict=True)) if r]
+    if not pairs:
+        return 0.0
+    measure = jiwer.cer if uses_cer(language) else jiwer.wer
+    return float(measure([r for r, _ in pairs], [h for _, h in pairs]))
 
 
 def write_results(path: Path, results: object) -> None:

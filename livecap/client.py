@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -112,11 +112,13 @@ async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable
 
 async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
                        on_message: Callable[[dict[str, Any]], None] | None = None,
-                       language: str | None = None, translate: str | None = None) -> StreamResult:
+                       language: str | None = None, translate: str | None = None,
+                       candidates: Sequence[str] | None = None) -> StreamResult:
     """Send 16 kHz mono ``samples`` as s16le frames to an ingest ``url``, then
     ``stop``; returns after ``stopped``, an error or the end of the connection
     with everything received. ``language`` (a Whisper code or "auto") and
-    ``translate`` ("en") go into ``start``; None: the room's settings."""
+    ``translate`` ("en") and ``candidates`` (of ``auto``) go into ``start``;
+    None: the room's settings."""
     result = StreamResult()
     frame = TARGET_RATE * frame_ms // 1000
     async with websockets.connect(url, max_size=2**22) as ws:
@@ -138,7 +140,8 @@ async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, fra
         try:
             with contextlib.suppress(websockets.ConnectionClosed):
                 start_message = {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
-                                 "language": language, "translate": translate}
+                                 "language": language, "translate": translate,
+                                 "candidates": list(candidates) if candidates is not None else None}
                 await ws.send(json.dumps({k: v for k, v in start_message.items() if v is not None}))
                 result.audio_started = start = time.monotonic()
                 for i in range(0, len(samples), frame):

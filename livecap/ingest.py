@@ -53,6 +53,8 @@ class StreamFormat:
     """A Whisper language code or ``auto``; None: the room's setting."""
     translate: str | None = None
     """``en``: an English translation track; None: the room's setting."""
+    candidates: tuple[str, ...] | None = None
+    """The languages an ``auto`` stream may be in; None: the room's setting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class IngestProtocol:
         channels = message.get("channels", 1)
         language = message.get("language")
         translate = message.get("translate")
+        candidates = message.get("candidates")
         if not isinstance(sample_format, str) or sample_format not in get_args(SampleFormat):
             raise UnsupportedFormat(f"format must be one of {', '.join(get_args(SampleFormat))}")
         if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
@@ -153,7 +156,12 @@ class IngestProtocol:
                                     + ", ".join(WHISPER_LANGUAGES))
         if translate is not None and translate not in TRANSLATION_TARGETS:
             raise UnsupportedFormat(f"translate must be null or one of {', '.join(TRANSLATION_TARGETS)}")
-        self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language, translate)
+        if candidates is not None and not (isinstance(candidates, list) and all(
+                isinstance(c, str) and c in WHISPER_LANGUAGES for c in candidates)):
+            raise UnsupportedFormat("candidates must be a list of Whisper language codes: "
+                                    + ", ".join(WHISPER_LANGUAGES))
+        self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language, translate,
+                                   tuple(dict.fromkeys(candidates)) if candidates is not None else None)
         self._downmix = Downmix(channels, sample_rate)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]

@@ -116,7 +116,7 @@ async def change_room_settings(request: web.Request) -> web.Response:
         return _refusal(request, refusal)
     room = request.app[ROOMS].rooms.get(name)
     new = replace(request.app[ROOMS].settings_of(name), **values)
-    if room is not None and {"language", "translate"} & values.keys():
+    if room is not None and {"language", "translate", "candidates"} & values.keys():
         try:  # the model the room will need is loaded first (minutes, the very first time)
             await room.scheduler.prepare(new.language, new.translate)
         except LivecapError as error:
@@ -124,8 +124,8 @@ async def change_room_settings(request: web.Request) -> web.Response:
     if store is not None:
         store.change(name, values, key_id(presented_key(request)), time.time())
     if room is not None:
-        if {"language", "translate"} & values.keys():
-            room.speak(new.language, new.translate)
+        if {"language", "translate", "candidates"} & values.keys():
+            room.speak(new.language, new.translate, new.candidates)
         room.announce()
     return _settings_answer(request, name)
 

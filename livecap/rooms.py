@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from livecap.asr.engine import SAMPLE_RATE, Word
-from livecap.asr.guardrails import suppression_reason
+from livecap.asr.guardrails import TRANSLATION_GUARDRAILS, suppression_reason
 from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
@@ -251,7 +251,8 @@ class Room:
         """Each viewer's last rating."""
         self.terms_heard: collections.Counter[str] = collections.Counter()
         """Glossary terms in the room's finals since it came into memory."""
-        self.language = LanguageLock(self.settings.language if self.settings.language != AUTO else None)
+        self.language = LanguageLock(self.settings.language if self.settings.language != AUTO else None,
+                                     candidates=self.settings.candidates)
         """The language of the room's speech (``LanguageLock``); set again by each publisher's ``start``."""
         self.translate: str | None = self.settings.translate
         """The translation track of the publisher streaming now ("en"), or None."""
@@ -298,9 +299,9 @@ class Room:
                 self.scheduler.metrics.viewers.labels(self._label).inc(len(self.viewers))
 
     async def start_session(self, now: float, disconnect: Disconnect, language: str = ENGLISH,
-                            translate: str | None = None) -> PublisherSession:
-        """Start a publisher session in ``language`` (a code or ``auto``), with a ``translate``
-        track or none; one already running is finalised and its publisher told
+                            translate: str | None = None, candidates: tuple[str, ...] = ()) -> PublisherSession:
+        """Start a publisher session in ``language`` (a code or ``auto``, among ``candidates`` if
+        any), with a ``translate`` track or none; one already running is finalised and its publisher told
         (``PublisherReplaced``) first, so a speaker whose laptop reconnects takes the room
         over without losing the last sentence. The engines it needs must be loaded
         (``Scheduler.ensure_engine``)."""
@@ -312,8 +313,9 @@ class Room:
         if self.epoch is None:
             self.epoch = now - self.audio_end
         pinned = None if language == AUTO else language
-        if pinned is not None or self.language.pinned is not None or not self.language.locked:
-            self.language = LanguageLock(pinned)  # an auto room keeps a language it locked before
+        if pinned is not None or self.language.pinned is not None or not self.language.locked \
+                or self.language.candidates != candidates:
+            self.language = LanguageLock(pinned, candidates=candidates)  # an auto room keeps a language it locked
         self.translate = translate
         self.announce()
         self.session = PublisherSession(self, max(now - self.epoch, self.audio_end), disconnect, translate)
@@ -332,10 +334,11 @@ class Room:
             self.scheduler.metrics.viewers.labels(self.label).dec()
         self.broadcaster.subscribers.discard(subscriber)
 
-    def speak(self, language: str, translate: str | None) -> None:
+    def speak(self, language: str, translate: str | None, candidates: tuple[str, ...] = ()) -> None:
         """An operator set the room's language (pinned from the next utterance on; ``auto``:
-        detected again) and translation track, while it runs. The model must be loaded
-        (``Scheduler.prepare``)."""
+        detected again, among ``candidates`` if any) and translation track, while it runs. The
+        model must be loaded (``Scheduler.prepare``)."""
+        self.language.candidates = candidates
         self.language.pin(None if language == AUTO else language)
         self.translate = translate
         if self.session is not None:
@@ -639,21 +642,26 @@ class PublisherSession:
         """Publish the translation of ``final`` (whose utterance's audio is ``audio``). Only finals
         are translated: a translation is a whole decode of the utterance again, and partial
         translations rewrite themselves as the sentence grows (README, Languages)."""
-        room = self.room
+        room, metrics = self.room, self.room.scheduler.metrics
+        engine, model_version, text = "none", "none", ""
         try:
             utterance = room.scheduler.open(room.name, room.english_prompt(), (), final.language, "translate")
             hypothesis = await utterance.finish(audio)
+            engine, model_version = hypothesis.engine, hypothesis.model_version
+            if (reason := suppression_reason(hypothesis, TRANSLATION_GUARDRAILS)) is not None:
+                metrics.suppressed.labels(reason, "translation").inc()
+                log.info("room %s: the translation of line %d was dropped (%s): %r", room.name, final.segment,
+                         reason, hypothesis.text, extra={"room": room.name})
+            else:
+                text = " ".join(w.text for w in room.mask.apply(hypothesis.words)[0])
         except Exception:
-            log.exception("room %s: translating line %d failed; the line stays untranslated", room.name,
+            log.exception("room %s: translating line %d failed; it is sent untranslated (empty)", room.name,
                           final.segment, extra={"room": room.name})
-            return
-        words, _ = room.mask.apply(hypothesis.words)
-        if suppression_reason(hypothesis) is not None or not words:
-            return
+        # Sent even when empty: a page on the en track that showed a partial of the line (speech detected
+        # as English before the room's language locked) then drops it, as after an empty final.
         latency_ms = final.latency_ms + (time.monotonic() - began) * 1000
-        room.scheduler.metrics.translation_lag_seconds.labels(room.label).observe(latency_ms / 1000)
-        room.publish(room.captions.translation(final, " ".join(w.text for w in words), hypothesis.engine,
-                                               hypothesis.model_version, latency_ms))
+        metrics.translation_lag_seconds.labels(room.label).observe(latency_ms / 1000)
+        room.publish(room.captions.translation(final, text, engine, model_version, latency_ms))
 
 
 @functools.lru_cache(maxsize=256)

@@ -464,9 +464,10 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         request.app[ROOMS].admit(room)
                         language = stream.language or room.settings.language
                         translate = stream.translate or room.settings.translate
+                        candidates = room.settings.candidates if stream.candidates is None else stream.candidates
                         await scheduler.prepare(language, translate)
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
-                                                           language, translate)
+                                                           language, translate, candidates)
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
                         await _answer(ws, room, {"type": "ready", "session": session.id,

@@ -46,6 +46,8 @@ class RoomSettings:
     language from the next utterance on."""
     translate: str | None = None
     """``en``: every line in another language also gets an English translation (the ``en`` track)."""
+    candidates: tuple[str, ...] = ()
+    """The languages an ``auto`` room may be in (the event's); empty: any of Whisper's 99."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -59,7 +61,8 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
     """Validated setting values from a client's JSON object (``InvalidRequest`` naming what is wrong):
     ``glossary``: a list of terms, a comma-separated string, or null; ``profanity``: a list of
     words or a comma-separated string; ``viewer_keys``: true, false or null; ``recording``: true or false;
-    ``language``: a Whisper language code or "auto"; ``translate``: "en" or null."""
+    ``language``: a Whisper language code or "auto"; ``translate``: "en" or null; ``candidates``: a
+    list of Whisper language codes or a comma-separated string."""
     names = {f.name for f in fields(RoomSettings)}
     unknown = [key for key in data if key not in names]
     if unknown:
@@ -75,6 +78,13 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidRequest("language must be 'auto' or a Whisper language code: "
                                      + ", ".join(WHISPER_LANGUAGES))
             valid[name] = value
+        elif name == "candidates":
+            listed = value.split(",") if isinstance(value, str) else value
+            codes = [c.strip() for c in listed if c.strip()] if isinstance(listed, list) and all(
+                isinstance(c, str) for c in listed) else None
+            if codes is None or not set(codes) <= WHISPER_LANGUAGES.keys():
+                raise InvalidRequest("candidates must be Whisper language codes: " + ", ".join(WHISPER_LANGUAGES))
+            valid[name] = tuple(dict.fromkeys(codes))
         elif name == "translate":
             if value not in TRANSLATION_TARGETS:
                 raise InvalidRequest(f"translate must be null or one of {', '.join(TRANSLATION_TARGETS)}")

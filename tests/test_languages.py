@@ -21,12 +21,15 @@ from livecap_models import ensure_model
 from livecap_models.build import TOKENIZER_FILE
 
 from livecap.appkeys import ROOMS
+from livecap.asr.engine import EngineOptions
 from livecap.asr.tokenizer import WhisperTokenizer
+from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.audio import read_wav
 from livecap.client import stream_audio
-from livecap.errors import UnsupportedFormat
+from livecap.errors import InvalidRequest, UnsupportedFormat
 from livecap.ingest import IngestProtocol
 from livecap.language import WHISPER_LANGUAGES, LanguageLock, LockOptions
+from livecap.settings import changes
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio
 from tests.test_server import drain
@@ -210,3 +213,33 @@ async def test_an_operator_pins_the_language_of_a_running_room(server: LiveServe
                                 speed=2.0)
     assert {m["language"] for m in texts(result.messages, "final")} == {"es"}, "start without a language: the room's"
     assert texts(result.messages, "translation"), "and its translation track"
+
+
+# --- candidate languages ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_engine() -> WhisperOnnx:
+    return WhisperOnnx(EngineOptions(model="base", threads=2))
+
+
+def test_candidates_restrict_detection(base_engine: WhisperOnnx) -> None:
+    """Whisper base takes this Spanish speaker for Italian or Latin (p up to 0.93) over all 99
+    languages; told the event's languages, it picks Spanish."""
+    first = speech("asterisk-es-demo-abouttotry")[: 16000 * 3]
+    anywhere = base_engine.transcribe(first, language=None)
+    among = base_engine.transcribe(first, language=None, candidates=("en", "es", "fr", "de", "ar"))
+    assert anywhere.language != "es", "the case the candidates exist for (else this test tells nothing)"
+    assert among.language == "es" and among.language_probability is not None
+    assert base_engine.transcribe(first, language=None, candidates=("de", "en")).language in ("de", "en")
+
+
+def test_candidates_are_validated_everywhere() -> None:
+    with pytest.raises(UnsupportedFormat, match="candidates"):
+        IngestProtocol().receive_text(json.dumps({"type": "start", "language": "auto", "candidates": ["es", "xx"]}),
+                                      0.0)
+    [started] = IngestProtocol().receive_text(
+        json.dumps({"type": "start", "language": "auto", "candidates": ["es", "en", "es"]}), 0.0)
+    assert started.format.candidates == ("es", "en")  # type: ignore[union-attr]
+    assert changes({"candidates": "es, en"}) == {"candidates": ("es", "en")}
+    with pytest.raises(InvalidRequest, match="candidates"):
+        changes({"candidates": ["es", 3]})

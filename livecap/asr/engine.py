@@ -96,13 +96,14 @@ class Engine(Protocol):
     """Whether it can write speech of its languages in English (Whisper's translate task)."""
 
     def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = "en",
-                    task: Task = "transcribe") -> RecognizerStream:
+                    task: Task = "transcribe", candidates: Sequence[str] = ()) -> RecognizerStream:
         """Start an utterance. ``prompt`` is preceding text (earlier finals,
         room glossary) that an engine may use to bias spelling and style;
         ``terms`` are the room's glossary terms, which an engine may favour
         while decoding (``biasing``). ``language``: what is spoken (None:
-        the engine detects it, if it can); ``task``: ``translate`` writes it in
-        English. ``ValueError`` for a language or task the engine lacks."""
+        the engine detects it, if it can, among ``candidates`` if any); ``task``:
+        ``translate`` writes it in English. ``ValueError`` for a language or task
+        the engine lacks."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,8 +60,8 @@ class FaultInjector:
         self._lock = threading.Lock()
 
     def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
-                    task: Task = "transcribe") -> RecognizerStream:
-        return _FaultyStream(self, self.engine.open_stream(prompt, terms, language, task))
+                    task: Task = "transcribe", candidates: Sequence[str] = ()) -> RecognizerStream:
+        return _FaultyStream(self, self.engine.open_stream(prompt, terms, language, task, candidates))
 
     def close(self) -> None:
         getattr(self.engine, "close", lambda: None)()

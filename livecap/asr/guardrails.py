@@ -152,6 +152,11 @@ def longest_repeat(words: list[str], max_ngram: int = 8) -> int:
     return best
 
 
+TRANSLATION_GUARDRAILS = GuardrailOptions(calibrated=False)
+"""A translation is of a final that passed the guardrails (it is speech): only what no speech turns
+into is checked. Its words' confidences are lower than a transcription's (a sentence has many right
+translations): 0.3-0.45 on correct translations, which ``min_confidence`` deleted."""
+
 ENGINE_GUARDRAILS: dict[str, GuardrailOptions] = {
     "whisper-onnx": GuardrailOptions(),
     "pocketsphinx": GuardrailOptions(calibrated=False),
@@ -179,6 +184,8 @@ def suppression_reason(hypothesis: Hypothesis, options: GuardrailOptions | None 
     if (compression_ratio(text) > options.compression_ratio_threshold
             or longest_repeat(normalised.split()) > options.max_repeats):
         return "repetition"
+    if any(credit in normalised for credit in HALLUCINATED_CREDITS):
+        return "known_hallucination"
     if not options.calibrated:
         return None
     confidences = [max(word.confidence, 1e-6) for word in hypothesis.words]
@@ -190,8 +197,6 @@ def suppression_reason(hypothesis: Hypothesis, options: GuardrailOptions | None 
         return "no_speech"
     if log_confidence < math.log(options.min_confidence):
         return "low_confidence"
-    if any(credit in normalised for credit in HALLUCINATED_CREDITS):
-        return "known_hallucination"
     if (normalised in KNOWN_HALLUCINATIONS or normalised in NON_ENGLISH_HALLUCINATIONS) and (
         no_speech >= options.known_hallucination_no_speech
         or math.exp(log_confidence) < options.known_hallucination_confidence

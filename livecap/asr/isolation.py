@@ -142,7 +142,7 @@ class ProcessEngine:
         return (WARM_UP_S,) * len(self._workers)
 
     def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
-                    task: Task = "transcribe") -> ProcessStream:
+                    task: Task = "transcribe", candidates: Sequence[str] = ()) -> ProcessStream:
         with self._lock:
             for i, worker in enumerate(self._workers):
                 if not worker.alive:
@@ -152,7 +152,7 @@ class ProcessEngine:
             worker.open_streams += 1
             stream_id = next(self._ids)
         try:
-            worker.call("open", stream_id, (prompt, tuple(terms), language, task))
+            worker.call("open", stream_id, (prompt, tuple(terms), language, task, tuple(candidates)))
         except ModelError:
             worker.open_streams -= 1
             raise

@@ -71,7 +71,7 @@ class PocketsphinxEngine:
         self.release(self._new_decoder())
 
     def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
-                    task: Task = "transcribe") -> PocketsphinxStream:
+                    task: Task = "transcribe", candidates: Sequence[str] = ()) -> PocketsphinxStream:
         """``prompt`` and ``terms`` are ignored: PocketSphinx's language model takes no context.
         ``ValueError`` for anything but English transcription."""
         if language != ENGLISH or task != "transcribe":

@@ -501,10 +501,10 @@ class Scheduler:
         return self._routes[room]
 
     def open(self, room: str, prompt: str, terms: Sequence[str] = (), language: str | None = ENGLISH,
-             task: Task = "transcribe") -> ScheduledUtterance:
-        """An utterance in ``language`` (None: detected) for ``task``; the engine that serves it
-        must be loaded (``ensure_engine``), else ``UnsupportedFormat``."""
-        return ScheduledUtterance(self, room, prompt, terms, language, task)
+             task: Task = "transcribe", candidates: Sequence[str] = ()) -> ScheduledUtterance:
+        """An utterance in ``language`` (None: detected, among ``candidates`` if any) for ``task``;
+        the engine that serves it must be loaded (``ensure_engine``), else ``UnsupportedFormat``."""
+        return ScheduledUtterance(self, room, prompt, terms, language, task, candidates)
 
     def primary_failed(self, room: str, error: BaseException) -> None:
         now = time.monotonic()
@@ -562,8 +562,9 @@ class ScheduledUtterance:
     fallback, where the fallback speaks the utterance's language."""
 
     def __init__(self, scheduler: Scheduler, room: str, prompt: str, terms: Sequence[str] = (),
-                 language: str | None = ENGLISH, task: Task = "transcribe") -> None:
+                 language: str | None = ENGLISH, task: Task = "transcribe", candidates: Sequence[str] = ()) -> None:
         self._scheduler = scheduler
+        self._candidates = tuple(candidates)
         self._room = room
         self._prompt = prompt
         self._terms = tuple(terms)
@@ -703,7 +704,8 @@ class ScheduledUtterance:
         started = time.monotonic()
         try:
             if self._primary is None:
-                self._primary = engine.open_stream(self._prompt, self._terms, self.language, self.task)
+                self._primary = engine.open_stream(self._prompt, self._terms, self.language, self.task,
+                                                   self._candidates)
             for chunk in self._audio[self._primary_fed : upto]:
                 if len(chunk):
                     self._primary.feed(chunk)

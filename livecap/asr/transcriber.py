@@ -168,7 +168,8 @@ class Transcriber:
                 self._speech.begin()
                 continued = self._last_end is not None and start <= self._last_end
                 context = self._context if continued else np.zeros(0, dtype=np.float32)
-                recognizer = self._scheduler.open(self._room, self._prompt(), self._terms(), self.language.language)
+                recognizer = self._scheduler.open(self._room, self._prompt(), self._terms(), self.language.language,
+                                                  candidates=self.language.candidates)
                 self._current = _Utterance(index, start, recognizer, agreement, pending, list(pending), context,
                                            received=sum(len(p) for p in pending), newest_arrival=arrival)
             case UtteranceAudio(_, samples, arrival) if self._current is not None:
@@ -215,6 +216,10 @@ class Transcriber:
         if self._suppression(hypothesis, "partial") is not None:
             return
         self._detect(utterance, hypothesis, utterance.received)
+        unsure = (hypothesis.language_probability or 1.0) < self.language.options.min_probability
+        if unsure and not self.language.locked:  # a guess in the wrong script would flash on every screen
+            self._count("language_unsure", "partial")
+            return
         agreement = utterance.agreement.update(hypothesis.words, utterance.received / SAMPLE_RATE)
         self._on_update(PartialUpdate(utterance.index, agreement, hypothesis, utterance.start,
                                       utterance.start + utterance.received, utterance.newest_arrival))

@@ -259,7 +259,6 @@ class WhisperOnnx:
         self.tokenizer = WhisperTokenizer(self.manifest.path(TOKENIZER_FILE), dims.multilingual)
         self.languages = frozenset(self.tokenizer.languages)
         self.translates = dims.multilingual
-        self._language_ids = np.array(list(self.tokenizer.languages.values()))
         config = json.loads(self.manifest.path(CONFIG_FILE).read_text())
         special = self.tokenizer.special
         self._suppress = np.array(sorted(set(config["suppress_ids"]) | set(range(special.eot + 1, dims.n_vocab))))
@@ -296,11 +295,12 @@ class WhisperOnnx:
         return self._timings.snapshot()
 
     def open_stream(self, prompt: str = "", terms: Sequence[str] = (), language: str | None = ENGLISH,
-                    task: Task = "transcribe") -> WhisperStream:
+                    task: Task = "transcribe", candidates: Sequence[str] = ()) -> WhisperStream:
         self.tokenizer.sot_sequence(language or ENGLISH, task)  # ValueError for what the model cannot do
-        if language is not None and language not in self.languages:
-            raise ValueError(f"{self.model_version} does not speak {language!r}")
-        return WhisperStream(self, prompt, self.compile(tuple(terms)) if terms else None, language, task)
+        if not {language or ENGLISH, *candidates} <= self.languages:
+            raise ValueError(f"{self.model_version} does not speak {language!r} {tuple(candidates)}")
+        return WhisperStream(self, prompt, self.compile(tuple(terms)) if terms else None, language, task,
+                             tuple(candidates))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - the engine lives as long as the process
     def compile(self, terms: tuple[str, ...]) -> TermTrie:
@@ -309,7 +309,7 @@ class WhisperOnnx:
 
     def transcribe(self, audio: np.ndarray, prompt: str = "", word_timestamps: bool = False,
                    settled: str = "", terms: TermTrie | None = None, language: str | None = ENGLISH,
-                   task: Task = "transcribe") -> Hypothesis:
+                   task: Task = "transcribe", candidates: Sequence[str] = ()) -> Hypothesis:
         """Recognise a whole utterance (16 kHz mono float32).
 
         ``prompt`` is earlier text that biases spelling and style; a window
@@ -320,8 +320,8 @@ class WhisperOnnx:
         call per token: on a long partial this halves the decoder's time); it
         needs one window and no word timestamps, and is ignored otherwise.
         ``terms`` are glossary terms favoured in decoding (``biasing``).
-        ``language``: what is spoken (None: detected on the first window);
-        ``task``: ``translate`` writes it in English.
+        ``language``: what is spoken (None: detected on the first window, among
+        ``candidates`` if any); ``task``: ``translate`` writes it in English.
         """
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         if not len(samples):
@@ -338,7 +338,7 @@ class WhisperOnnx:
             and not word_timestamps else []
         for start, end in itertools.pairwise(bounds):
             window = functools.partial(self._transcribe_window, samples[start:end], word_timestamps=word_timestamps,
-                                       terms=terms, language=language, task=task)
+                                       terms=terms, language=language, task=task, candidates=candidates)
             window_words, window_no_speech, decoded = window(context, forced=forced)
             if context and echoes_prompt(" ".join(w.text for w, _ in window_words), context, window_no_speech):
                 window_words, window_no_speech, decoded = window("")
@@ -359,7 +359,7 @@ class WhisperOnnx:
 
     def _transcribe_window(self, audio: np.ndarray, prompt: str, word_timestamps: bool,
                            forced: Sequence[int] = (), terms: TermTrie | None = None,
-                           language: str | None = ENGLISH, task: Task = "transcribe"
+                           language: str | None = ENGLISH, task: Task = "transcribe", candidates: Sequence[str] = ()
                            ) -> tuple[list[tuple[Word, bool]], float, _Decoded]:
         """The window's words, each with whether a glossary bonus chose any of its tokens, its
         no-speech probability, and the decoding."""
@@ -369,7 +369,7 @@ class WhisperOnnx:
         prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         budget = max(MIN_TOKEN_BUDGET, math.ceil(duration * TOKENS_PER_SECOND_BOUND))
         decoded = self._decode(cross, prompt_tokens, min(budget, self.manifest.dims.n_text_ctx // 2), forced, terms,
-                               language, task)
+                               language, task, candidates)
         spans = alignment.word_spans([self.tokenizer.starts_word(t) for t in decoded.tokens])
         texts = [self.tokenizer.decode(decoded.tokens[a:b]).strip() for a, b in spans]
         if word_timestamps and spans:
@@ -450,11 +450,12 @@ class WhisperOnnx:
 
     def _decode(self, cross: list[ort.OrtValue], prompt_tokens: list[int], budget: int,
                 forced: Sequence[int] = (), terms: TermTrie | None = None, language: str | None = ENGLISH,
-                task: Task = "transcribe") -> _Decoded:
+                task: Task = "transcribe", candidates: Sequence[str] = ()) -> _Decoded:
         """Greedy decoding after the ``forced`` text tokens; alignment rows
         exist only for what is decoded, so word times need ``forced`` empty.
         ``terms`` are favoured as ``biasing`` describes. ``language`` None:
-        the most probable language token at ``<|startoftranscript|>``."""
+        the most probable language token at ``<|startoftranscript|>`` (among
+        ``candidates``, if any: their probabilities renormalised)."""
         special, tokenizer = self.tokenizer.special, self.tokenizer
         max_prompt = self.manifest.dims.n_text_ctx // 2 - 1
         prefix = [special.start_of_prev, *prompt_tokens[-max_prompt:]] if prompt_tokens else []
@@ -463,9 +464,10 @@ class WhisperOnnx:
         no_speech = float(_softmax(logits)[special.no_speech])
         detected: float | None = None
         if language is None:
-            odds = _softmax(logits[self._language_ids])
+            codes = list(candidates) or list(self.tokenizer.languages)
+            odds = _softmax(logits[[self.tokenizer.languages[code] for code in codes]])
             best = int(np.argmax(odds))
-            language, detected = list(self.tokenizer.languages)[best], float(odds[best])
+            language, detected = codes[best], float(odds[best])
         logits, scores, cache = self._step([*self.tokenizer.sot_sequence(language, task)[1:], special.no_timestamps,
                                             *forced], cache, cross)
         tokens = list(forced)
@@ -533,12 +535,13 @@ class WhisperStream:
     """One utterance: audio accumulates; each result re-decodes all of it."""
 
     def __init__(self, engine: WhisperOnnx, prompt: str, terms: TermTrie | None, language: str | None,
-                 task: Task) -> None:
+                 task: Task, candidates: tuple[str, ...] = ()) -> None:
         self._engine = engine
         self._prompt = prompt
         self._terms = terms
         self._language = language
         self._task = task
+        self._candidates = candidates
         self._pieces: list[np.ndarray] = []
 
     def feed(self, audio: np.ndarray) -> None:
@@ -551,8 +554,8 @@ class WhisperStream:
 
     def hypothesis(self, settled: str = "") -> Hypothesis:
         return self._engine.transcribe(self._audio(), self._prompt, settled=settled, terms=self._terms,
-                                       language=self._language, task=self._task)
+                                       language=self._language, task=self._task, candidates=self._candidates)
 
     def finish(self) -> Hypothesis:
         return self._engine.transcribe(self._audio(), self._prompt, word_timestamps=True, terms=self._terms,
-                                       language=self._language, task=self._task)
+                                       language=self._language, task=self._task, candidates=self._candidates)
