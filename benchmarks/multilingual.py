@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -60,8 +61,9 @@ import sacrebleu
 import websockets
 
 from benchmarks.live import GAP_S, SECRET, RoomPlan, analyse, cpu_seconds, percentile, server_counts, serving
-from benchmarks.scoring import Recording, error_rate, uses_cer, write_results
-from livecap.asr.engine import EngineOptions
+from benchmarks.scoring import Recording, error_rate, normalize_for, uses_cer, write_results
+from livecap.asr.engine import SAMPLE_RATE, EngineOptions
+from livecap.asr.tokenizer import Task
 from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.audio import TARGET_RATE, read_wav
 from livecap.auth import Keys
@@ -371,6 +373,9 @@ class OfflineFile:
     detected_probability: float | None
     seconds: float
     """Time of the transcription told the language."""
+    partials: dict[str, dict[str, float]]
+    """Per task (transcribe, translate), how partials of the growing utterance would behave
+    (``prefix_stability``): ``kept`` and ``seconds`` per decode."""
 
 
 def offline(recordings: Sequence[SpokenRecording], device: str = "auto") -> list[OfflineFile]:
@@ -385,9 +390,35 @@ def offline(recordings: Sequence[SpokenRecording], device: str = "auto") -> list
         seconds = time.perf_counter() - began
         translation = engine.transcribe(audio, language=recording.language, task="translate").text
         detection = engine.transcribe(audio, language=None)
+        partials = {task: prefix_stability(engine, audio, recording.language, task)
+                    for task in ("transcribe", "translate")}
         files.append(OfflineFile(recording.id, recording.language, text, translation, detection.language,
-                                 detection.language_probability, round(seconds, 3)))
+                                 detection.language_probability, round(seconds, 3), partials))
     return files
+
+
+PARTIAL_STEP_S = 1.0
+
+
+def prefix_stability(engine: WhisperOnnx, audio: np.ndarray, language: str, task: Task) -> dict[str, float]:
+    """Decode the first 1, 2, 3 … s of ``audio`` as streaming partials would; ``kept``: the mean
+    share of each partial's words that the next one keeps as its beginning (1 = a partial only
+    ever grows; what viewers see rewritten is the rest), ``seconds``: mean time per decode. Says
+    whether a track can stream partials (README, Languages and translation)."""
+    words: list[list[str]] = []
+    seconds = []
+    step = round(PARTIAL_STEP_S * SAMPLE_RATE)
+    for end in range(step, len(audio) + step, step):
+        began = time.perf_counter()
+        text = engine.transcribe(audio[:end], language=language, task=task).text
+        seconds.append(time.perf_counter() - began)
+        words.append(normalize_for(text, ENGLISH if task == "translate" else language).split())
+    shares = [_common_prefix(before, after) / len(before) for before, after in itertools.pairwise(words) if before]
+    return {"kept": round(float(np.mean(shares)), 3) if shares else 1.0, "seconds": round(float(np.mean(seconds)), 3)}
+
+
+def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -461,6 +492,8 @@ def summarize_offline(files: Sequence[OfflineFile], recordings: dict[str, Spoken
             **translation_scores([f.translation for f in group], [r.text_en for r in references]),
             "detected_right": sum(f.detected == language for f in group), "files": len(group),
             "rtf": round(sum(f.seconds for f in group) / sum(r.duration_s for r in references), 3),
+            "partials": {task: {key: round(float(np.mean([f.partials[task][key] for f in group])), 3)
+                                for key in ("kept", "seconds")} for task in ("transcribe", "translate")},
         }
     return out
 
