@@ -18,6 +18,55 @@ export function socketUrl(path, query = {}) {
   return `${scheme}://${location.host}${path}${search ? `?${search}` : ""}`;
 }
 
+/**
+ * The caption tracks a viewer may follow: "original", the words as spoken,
+ * and "en", English (the lines of English speech and the translations of the
+ * others). The server's default is "original".
+ */
+const TRACKS = ["original", "en"];
+
+/** `value` if it names a track, else null. */
+export function knownTrack(value) {
+  return TRACKS.includes(value) ? value : null;
+}
+
+/** The caption socket of this page's room. The default track is left out: such a page asks what it always asked. */
+export function captionsUrl({ track = null, ...query } = {}) {
+  const path = `/ws/captions/${encodeURIComponent(room)}`;
+  return socketUrl(path, { ...query, track: track === "original" ? null : track });
+}
+
+// Languages written right to left: livecap/language.py RIGHT_TO_LEFT.
+const RIGHT_TO_LEFT = new Set(["ar", "he", "fa", "ur", "yi", "ps", "sd"]);
+// Whisper's codes that are not BCP 47's (lang= wants BCP 47, RFC 5646).
+const BCP47 = { jw: "jv" };
+
+const languageNames = new Intl.DisplayNames(["en"], { type: "language" });
+/** "French" for "fr"; a code the browser cannot name ("auto") as it is. */
+export function languageName(code) {
+  try {
+    return languageNames.of(code) ?? code;
+  } catch {
+    return code;
+  }
+}
+
+/** "rtl" or "ltr": the direction `language` (a Whisper code) is written in. */
+export function textDirection(language) {
+  return RIGHT_TO_LEFT.has(language) ? "rtl" : "ltr";
+}
+
+/**
+ * Say which language `element`'s text is in: lang= picks fonts, line
+ * breaking and a screen reader's voice; dir= sets a right-to-left line from
+ * the right. An event without a language (an older server) changes nothing.
+ */
+export function setLanguage(element, language) {
+  if (!language) return;
+  element.lang = BCP47[language] ?? language;
+  element.dir = textDirection(language);
+}
+
 /** The same as `path` with the viewer key of this page, for links (downloads). */
 export function withToken(path) {
   const token = params.get("token");
@@ -169,11 +218,13 @@ const ACK_INTERVAL_MS = 500;
  * measure speech-to-screen delay and the operator see how far behind viewers are.
  * `fromStart`: the first connection asks for every final (else the server
  * sends the latest few); `token`: the key to present (default: the page's
- * ?token=); `onReply`: the server's answers to what the page sent (flagged,
- * rated, refused).
+ * ?token=); `track`: the caption track (TRACKS; null: the server's default);
+ * `onReply`: the server's answers to what the page sent (flagged, rated,
+ * refused); `onRoom`: what the server says about the room (showRoomState).
+ * Another track is another stream of seqs: follow it anew.
  */
-export function followCaptions({ onCaption, onState = () => {}, onReply = () => {}, fromStart = false,
-  token = params.get("token") }) {
+export function followCaptions({ onCaption, onState = () => {}, onReply = () => {}, onRoom = () => {},
+  fromStart = false, token = params.get("token"), track = null }) {
   let lastSeq = null;
   let renderedAt = 0; // when lastSeq was rendered (performance.now())
   let acked = 0; // on the current connection
@@ -192,7 +243,7 @@ export function followCaptions({ onCaption, onState = () => {}, onReply = () => 
     ackTimer ??= setTimeout(ack, Math.max(0, ackedAt + ACK_INTERVAL_MS - performance.now()));
   };
   const connection = new Connection(
-    () => socketUrl(`/ws/captions/${encodeURIComponent(room)}`, { after_seq: lastSeq ?? (fromStart ? 0 : null), token }),
+    () => captionsUrl({ after_seq: lastSeq ?? (fromStart ? 0 : null), track, token }),
     {
       onState,
       onOpen: () => {
@@ -201,7 +252,10 @@ export function followCaptions({ onCaption, onState = () => {}, onReply = () => 
       },
       onMessage: (message) => {
         if (message.type === "caption") connection.healthy();
-        else if (message.type === "room") showRoomState(message);
+        else if (message.type === "room") {
+          showRoomState(message);
+          onRoom(message);
+        }
         else if (message.type !== "error") onReply(message);
         if (message.type !== "caption" || (lastSeq !== null && message.seq <= lastSeq)) return;
         lastSeq = message.seq;
@@ -215,7 +269,8 @@ export function followCaptions({ onCaption, onState = () => {}, onReply = () => 
 }
 
 /**
- * What the server says about the room ({"type":"room","recording":true}):
+ * What the server says about the room ({"type":"room","recording":true,
+ * "language":{…},"translate":"en"|null}):
  * a room whose audio is being recorded says so on every page
  * (data-recording on the root element; each page's CSS shows a badge).
  */
@@ -223,11 +278,17 @@ export function showRoomState(message) {
   document.documentElement.dataset.recording = String(Boolean(message.recording));
 }
 
+// What settles a segment's line: its final, or on the English track its translation.
+const LINE_KINDS = new Set(["final", "translation"]);
+
 /**
  * Renders caption events: a segment's partial updates one item in place,
  * its final settles that same item into the log (no flicker, no jump), a
- * correction replaces a final's text. Pages say what an item looks like
- * (`createItem` returns the item and the element its text goes in).
+ * correction replaces a final's text. On the English track a translation is
+ * its segment's line, as a final would be. Pages say what an item looks like
+ * (`createItem` returns the item and the element its text goes in); the text
+ * element says its language (setLanguage): the item, with the page's
+ * separators and timestamps, keeps the page's direction.
  *
  * The log is the page's aria-live region: settling a final appends to it, so
  * screen readers hear each final once and never the partials.
@@ -241,12 +302,19 @@ export class CaptionList {
   apply(event) {
     const entry = this.items.get(event.segment);
     if (event.kind === "partial") this.partial(entry ?? this.add(event, this.live), event);
-    else if (event.kind === "final") this.final(entry ?? this.add(event, this.live), event);
+    else if (LINE_KINDS.has(event.kind)) this.final(entry ?? this.add(event, this.live), event);
     else if (event.kind === "correction" && entry) {
       entry.text.replaceChildren(event.text);
       entry.item.dataset.seq = event.seq; // the version shown now (a flag names it)
       entry.item.classList.add("corrected");
     }
+  }
+
+  /** Forget every line (another track starts over). */
+  clear() {
+    this.items.clear();
+    this.log.replaceChildren();
+    this.live.replaceChildren();
   }
 
   add(event, parent) {
@@ -259,6 +327,7 @@ export class CaptionList {
 
   partial({ item, text }, event) {
     item.dataset.seq = event.seq;
+    setLanguage(text, event.language); // before the room's language locks, each partial may detect another
     if (!text.firstChild) {
       const stable = document.createElement("span");
       const unstable = document.createElement("span");
@@ -283,8 +352,10 @@ export class CaptionList {
     }
     item.dataset.seq = event.seq;
     item.hidden = false;
+    setLanguage(text, event.language);
     text.replaceChildren(...wordNodes(event, this.lowConfidence));
     item.classList.replace("partial", "final") || item.classList.add("final");
+    item.classList.toggle("translation", event.kind === "translation");
     this.log.append(item);
     while (this.log.children.length > this.keep) {
       const oldest = this.log.firstElementChild;

@@ -3,7 +3,7 @@
 // fields); "End room" posts to /operator/rooms/ROOM/end. Charts: uPlot,
 // vendored by client/vendor/update.sh.
 import uPlot from "/static/vendor/uplot/uPlot.esm.js";
-import { Backoff, formatTime, params } from "/static/captions.js";
+import { Backoff, formatTime, languageName, params, setLanguage } from "/static/captions.js";
 import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
@@ -62,6 +62,22 @@ function seconds(value) {
   return value < 10 ? `${value.toFixed(2)} s` : `${value.toFixed(1)} s`;
 }
 const STATES = { speaking: "Speaking", silent: "Silent", no_publisher: "No speaker" };
+
+/** The room's language ({language, detected, pinned, locked, locked_after_s}): shown, and how it was chosen. */
+function describeLanguage(state) {
+  if (state.pinned) return [languageName(state.language), "Set by the publisher or an operator"];
+  if (state.locked) {
+    return [`${languageName(state.language)} · detected`,
+      `Detected from the speech and kept, after ${seconds(state.locked_after_s)} of speech`];
+  }
+  return [state.detected ? `Detecting… (${languageName(state.detected)}?)` : "Detecting…",
+    "Not settled yet: each sentence is recognised in the language detected in it"];
+}
+
+/** Set an element's text only when it changed: an alert is announced again on every change. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
 
 // ---- charts
 
@@ -158,6 +174,18 @@ function updateCard(entry, room) {
   engine.title = room.model_version ? `model ${room.model_version}` : "";
   engine.dataset.fallback = room.on_fallback;
   field(".viewers").textContent = room.viewers;
+  // Newer fields, shown when the server sends them.
+  field(".language-stat").hidden = !room.language;
+  if (room.language) {
+    const language = field(".language");
+    const [text, title] = describeLanguage(room.language);
+    const translated = room.translate ? ` → ${languageName(room.translate)}` : "";
+    language.textContent = `${text}${translated}`;
+    language.title = translated ? `${title}; translated into ${languageName(room.translate)}` : title;
+  }
+  card.dataset.degraded = Boolean(room.degraded);
+  field(".degraded").hidden = !room.degraded;
+  setText(field(".degraded"), room.degraded ? `⚠ ${room.degraded}` : "");
   field(".fallback").textContent = room.fallback_share === null ? "—" : `${Math.round(room.fallback_share * 100)} %`;
   field(".fallback").dataset.level = room.fallback_share > 0.5 ? "bad" : room.fallback_share > 0 ? "warn" : "";
   for (const [row, kind] of [[".word-lag", "word_lag"], [".screen", "speech_to_screen"], [".final-lag", "final_lag"]]) {
@@ -190,14 +218,18 @@ function updateCard(entry, room) {
   const items = room.recent.map((final) => {
     const item = document.createElement("li");
     const time = document.createElement("time");
+    const text = document.createElement("span");
     time.textContent = formatTime(final.start);
-    item.append(time, ` ${final.text}`);
+    text.textContent = final.text;
+    setLanguage(text, final.language);
+    item.append(time, " ", text);
     return item;
   });
   if (room.partial) {
     const item = document.createElement("li");
     item.className = "partial";
     item.textContent = room.partial;
+    setLanguage(item, room.language?.language ?? room.language?.detected);
     items.push(item);
   }
   if (!items.length) {

@@ -6,7 +6,7 @@
 // editor saw: if another editor corrected it first, the server refuses
 // (409 edit_conflict) and the line shows their text, with ours kept in the
 // box to save again. Words of finals below `lowconf` are marked.
-import { followCaptions, formatTime, numberParam, room, wordNodes } from "/static/captions.js";
+import { followCaptions, formatTime, numberParam, room, setLanguage, wordNodes } from "/static/captions.js";
 import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
@@ -25,12 +25,14 @@ function render(line) {
   const { text, event } = line;
   line.item.dataset.seq = line.seq;
   line.item.classList.toggle("corrected", event.kind === "correction");
+  setLanguage(text, event.language);
   text.replaceChildren(...wordNodes(event, lowConfidence, "mark")); // a correction has no words: its text
 }
 
 function apply(event) {
   if (event.kind === "partial") {
     $("live").textContent = event.text;
+    setLanguage($("live"), event.language);
     return;
   }
   let line = lines.get(event.segment);

@@ -1,9 +1,10 @@
-// /overlay/ROOM?theme=&font=&size=&color=&bg=&lines=&position=&maxchars=&lowconf=&hold=&token=
-import { CaptionList, followCaptions, numberParam, params } from "/static/captions.js";
+// /overlay/ROOM?theme=&font=&size=&color=&bg=&lines=&position=&maxchars=&lowconf=&hold=&track=&token=
+import { CaptionList, followCaptions, knownTrack, numberParam, params, textDirection } from "/static/captions.js";
 
 const root = document.documentElement;
 const box = document.getElementById("box");
 const problem = document.getElementById("problem");
+const flow = document.querySelector(".flow");
 
 root.dataset.theme = ["dark", "light"].includes(params.get("theme")) ? params.get("theme") : "transparent";
 root.dataset.position = params.get("position") === "top" ? "top" : "bottom";
@@ -53,14 +54,18 @@ const captions = new CaptionList({
     const item = document.createElement("span");
     const text = document.createElement("span");
     item.className = "item";
+    text.className = "text";
     item.append(text, " ");
     return { item, text };
   },
 });
 
 followCaptions({
+  track: knownTrack(params.get("track")),
   onCaption(event) {
     captions.apply(event);
+    // The lines run as one paragraph: it starts on the side the newest line is written from.
+    if (event.language) flow.dir = textDirection(event.language);
     shown();
   },
   // Reconnecting is silent on air; only a setup mistake (say a wrong key) is shown.

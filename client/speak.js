@@ -136,8 +136,8 @@ function received(current, message) {
     for (const pcm of current.queue.splice(0)) current.connection.send(pcm);
   } else if (message.type === "stopped") {
     current.stopped?.();
-  } else if (message.type === "caption") {
-    captions.apply(message);
+  } else if (message.type === "caption" && message.kind !== "translation") {
+    captions.apply(message); // the speaker checks what was heard; translations are the English track's
   } else if (message.type === "room") {
     showRoomState(message);
   }

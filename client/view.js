@@ -1,20 +1,20 @@
-// /view/ROOM[?token=VIEWER_KEY]: the attendee's phone.
+// /view/ROOM[?token=VIEWER_KEY][&track=original|en]: the attendee's phone.
+// The reader chooses the captions: as spoken, or English (translated); the
+// choice is kept on this device, and ?track= (a QR code for one audience)
+// overrides it.
 // Feedback goes over the caption socket, without an account: tap a line,
 // then "Caption wrong?" ({"type":"flag","seq":N}, one per line); stars for
 // the captions ({"type":"rating","stars":1-5}) in the settings panel, and
 // offered when the room ends.
-import { CaptionList, followCaptions, listItem, numberParam, params, room, socketUrl, withToken } from "/static/captions.js";
+import {
+  CaptionList, captionsUrl, followCaptions, knownTrack, languageName, listItem, numberParam, params, room, withToken,
+} from "/static/captions.js";
 
 const root = document.documentElement;
 const $ = (id) => document.getElementById(id);
 
 document.title = `${room} · Live captions`;
 $("room").textContent = room;
-for (const format of ["txt", "vtt"]) {
-  const link = $(`download-${format}`);
-  link.href = withToken(`/rooms/${encodeURIComponent(room)}/transcript.${format}`);
-  link.download = `${room}.${format}`;
-}
 
 // Reading preferences belong to the reader, not the room: kept on this device.
 const SIZES = [80, 90, 100, 115, 130, 150, 175, 200, 250]; // percent
@@ -38,6 +38,17 @@ function applySize(percent) {
   $("smaller").disabled = percent <= SIZES[0];
   $("larger").disabled = percent >= SIZES.at(-1);
 }
+
+/** The transcript of the track being read: transcript.txt, transcript.en.txt, … */
+function showDownloads(track) {
+  const suffix = track === "original" ? "" : `.${track}`;
+  for (const format of ["txt", "vtt"]) {
+    const link = $(`download-${format}`);
+    link.href = withToken(`/rooms/${encodeURIComponent(room)}/transcript${suffix}.${format}`);
+    link.download = `${room}${suffix}.${format}`;
+  }
+}
+
 let size = SIZES.includes(Number(prefs.get("size"))) ? Number(prefs.get("size")) : 100;
 applyTheme(prefs.get("theme", "auto"));
 applySize(size);
@@ -98,7 +109,9 @@ function showState(state, error) {
 
 const flagged = new Set(); // segments this viewer flagged
 let pending = null; // the feedback message waiting for its answer: {message, done(answer)}
-let lastSeq = null;
+let lastSeq = null; // of the track being read
+let track = knownTrack(params.get("track")) ?? knownTrack(prefs.get("track")) ?? "original";
+let connection = null;
 
 /** Send one feedback message: over the caption socket, or (the room ended) a socket of its own. */
 function sendFeedback(message, done) {
@@ -107,8 +120,7 @@ function sendFeedback(message, done) {
     connection.send(message);
     return;
   }
-  const ws = new WebSocket(socketUrl(`/ws/captions/${encodeURIComponent(room)}`,
-    { after_seq: lastSeq ?? 0, token: params.get("token") }));
+  const ws = new WebSocket(captionsUrl({ after_seq: lastSeq ?? 0, track, token: params.get("token") }));
   ws.onopen = () => ws.send(JSON.stringify(message));
   ws.onmessage = (e) => {
     const answer = JSON.parse(e.data);
@@ -127,8 +139,9 @@ function reply(answer) {
   done(answer);
 }
 
+// Translations are not offered: the server takes flags on the lines as spoken only.
 $("log").addEventListener("click", (event) => {
-  const item = event.target.closest(".item.final");
+  const item = event.target.closest(".item.final:not(.translation)");
   if (!item || event.target.closest(".flag")) return;
   const existing = item.querySelector(".flag");
   if (existing) {
@@ -184,22 +197,65 @@ function ratingStars(fieldset) {
 ratingStars($("rating"));
 ratingStars($("rating-end"));
 
-const connection = followCaptions({
-  onCaption(event) {
-    lastSeq = event.seq;
-    captions.apply(event);
-    $("empty").hidden = true;
-    if (following) scrollToLive();
-  },
-  onState(state, error) {
-    showState(state, error);
-    if (state === "failed" && error?.code === "room_ended") {
-      $("settings").open = false; // the prompt, not the panel over it
-      $("rate-prompt").hidden = false;
+// ---- the track: a stream of its own (its own seqs), so a switch starts over from the room's recent lines
+
+const WAITING = $("empty").textContent;
+
+/** On the English track of a room that is not translated only English speech shows: say why the page stays empty. */
+function showRoom(message) {
+  const spoken = message.language?.locked ? message.language.language : null;
+  const untranslated = track === "en" && spoken && spoken !== "en" && message.translate !== "en";
+  $("empty").textContent = untranslated
+    ? `This room speaks ${languageName(spoken)} and is not translated into English: choose “Original” under Aa.`
+    : WAITING;
+}
+
+function follow(chosen) {
+  track = chosen;
+  document.querySelector(`input[name=track][value="${track}"]`).checked = true;
+  showDownloads(track);
+  connection?.close();
+  reply({ type: "refused", message: "interrupted" }); // the answer to what was pending left with the old socket
+  captions.clear();
+  flagged.clear();
+  lastSeq = null;
+  $("empty").hidden = false;
+  $("empty").textContent = WAITING;
+  following = true;
+  jump.hidden = true;
+  connection = followCaptions({
+    track,
+    onCaption(event) {
+      lastSeq = event.seq;
+      captions.apply(event);
+      $("empty").hidden = true;
+      if (following) scrollToLive();
+    },
+    onState(state, error) {
+      showState(state, error);
+      if (state === "failed" && error?.code === "room_ended") {
+        $("settings").open = false; // the prompt, not the panel over it
+        $("rate-prompt").hidden = false;
+      }
+    },
+    onReply: reply,
+    onRoom: showRoom,
+  });
+}
+
+for (const input of document.querySelectorAll("input[name=track]")) {
+  input.addEventListener("change", () => {
+    prefs.set("track", input.value);
+    // A reload (or a shared link) keeps the choice rather than the ?track= the page came with.
+    if (params.has("track")) {
+      const url = new URL(location.href);
+      url.searchParams.set("track", input.value);
+      history.replaceState(null, "", url);
     }
-  },
-  onReply: reply,
-});
+    follow(input.value);
+  });
+}
+follow(track);
 for (const change of ["online", "offline"]) {
   addEventListener(change, () => { if (connection.state === "reconnecting") showState("reconnecting"); });
 }
