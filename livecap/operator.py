@@ -310,7 +310,8 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
                     for kind, s in summaries.items()},
         "finals": finals,
         "fallback_share": round(engines.get(fallback, 0) / finals, 3) if finals and fallback else None,
-        "recent": [{"seq": e.seq, "start": round(e.start, 1), "text": e.text, "engine": e.engine}
+        "recent": [{"seq": e.seq, "start": round(e.start, 1), "text": e.text, "engine": e.engine,
+                    "language": e.language}
                    for e in room.captions.finals[-RECENT_FINALS:] if e.text],
         "quality": room.quality(),
         "partial": partial.text if partial is not None else None,
