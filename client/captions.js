@@ -36,20 +36,63 @@ export function captionsUrl({ track = null, ...query } = {}) {
   return socketUrl(path, { ...query, track: track === "original" ? null : track });
 }
 
+/**
+ * Whisper's 99 languages, code → English name, in its token order: a copy of
+ * livecap/language.py WHISPER_LANGUAGES (the browser cannot name them all:
+ * Chromium's Intl.DisplayNames has no name for "bo" or "ba").
+ */
+export const WHISPER_LANGUAGES = {
+  en: "English", zh: "Chinese", de: "German", es: "Spanish", ru: "Russian", ko: "Korean", fr: "French",
+  ja: "Japanese", pt: "Portuguese", tr: "Turkish", pl: "Polish", ca: "Catalan", nl: "Dutch", ar: "Arabic",
+  sv: "Swedish", it: "Italian", id: "Indonesian", hi: "Hindi", fi: "Finnish", vi: "Vietnamese", he: "Hebrew",
+  uk: "Ukrainian", el: "Greek", ms: "Malay", cs: "Czech", ro: "Romanian", da: "Danish", hu: "Hungarian", ta: "Tamil",
+  no: "Norwegian", th: "Thai", ur: "Urdu", hr: "Croatian", bg: "Bulgarian", lt: "Lithuanian", la: "Latin",
+  mi: "Maori", ml: "Malayalam", cy: "Welsh", sk: "Slovak", te: "Telugu", fa: "Persian", lv: "Latvian", bn: "Bengali",
+  sr: "Serbian", az: "Azerbaijani", sl: "Slovenian", kn: "Kannada", et: "Estonian", mk: "Macedonian", br: "Breton",
+  eu: "Basque", is: "Icelandic", hy: "Armenian", ne: "Nepali", mn: "Mongolian", bs: "Bosnian", kk: "Kazakh",
+  sq: "Albanian", sw: "Swahili", gl: "Galician", mr: "Marathi", pa: "Punjabi", si: "Sinhala", km: "Khmer",
+  sn: "Shona", yo: "Yoruba", so: "Somali", af: "Afrikaans", oc: "Occitan", ka: "Georgian", be: "Belarusian",
+  tg: "Tajik", sd: "Sindhi", gu: "Gujarati", am: "Amharic", yi: "Yiddish", lo: "Lao", uz: "Uzbek", fo: "Faroese",
+  ht: "Haitian Creole", ps: "Pashto", tk: "Turkmen", nn: "Nynorsk", mt: "Maltese", sa: "Sanskrit",
+  lb: "Luxembourgish", my: "Myanmar", bo: "Tibetan", tl: "Tagalog", mg: "Malagasy", as: "Assamese", tt: "Tatar",
+  haw: "Hawaiian", ln: "Lingala", ha: "Hausa", ba: "Bashkir", jw: "Javanese", su: "Sundanese",
+};
 // Languages written right to left: livecap/language.py RIGHT_TO_LEFT.
 const RIGHT_TO_LEFT = new Set(["ar", "he", "fa", "ur", "yi", "ps", "sd"]);
 // Whisper's codes that are not BCP 47's (lang= wants BCP 47, RFC 5646).
 const BCP47 = { jw: "jv" };
 
 const languageNames = new Intl.DisplayNames(["en"], { type: "language" });
-/** "French" for "fr"; a code the browser cannot name ("auto") as it is. */
+/** "French" for "fr": Whisper's name, else the browser's; a code neither can name ("auto") as it is. */
 export function languageName(code) {
+  if (Object.hasOwn(WHISPER_LANGUAGES, code)) return WHISPER_LANGUAGES[code];
   try {
     return languageNames.of(code) ?? code;
   } catch {
     return code;
   }
 }
+
+/** A language menu's choices: "Detect (auto)", then Whisper's languages by name. */
+export function languageOptions() {
+  const named = Object.entries(WHISPER_LANGUAGES).sort(([, a], [, b]) => a.localeCompare(b));
+  return [new Option("Detect (auto)", "auto"), ...named.map(([code, name]) => new Option(name, code))];
+}
+
+/** `value` if it is a Whisper language code or "auto", else null. */
+export function knownLanguage(value) {
+  return value === "auto" || Object.hasOwn(WHISPER_LANGUAGES, value ?? "") ? value : null;
+}
+
+/** Choices that belong to the person, not the room: kept on this device (livecap.KEY in localStorage). */
+export const prefs = {
+  get(key, fallback) {
+    try { return localStorage.getItem(`livecap.${key}`) ?? fallback; } catch { return fallback; }
+  },
+  set(key, value) {
+    try { localStorage.setItem(`livecap.${key}`, value); } catch { /* private mode: this visit only */ }
+  },
+};
 
 /** "rtl" or "ltr": the direction `language` (a Whisper code) is written in. */
 export function textDirection(language) {

@@ -3,7 +3,7 @@
 // fields); "End room" posts to /operator/rooms/ROOM/end. Charts: uPlot,
 // vendored by client/vendor/update.sh.
 import uPlot from "/static/vendor/uplot/uPlot.esm.js";
-import { Backoff, formatTime, languageName, params, setLanguage } from "/static/captions.js";
+import { Backoff, formatTime, languageName, languageOptions, params, setLanguage } from "/static/captions.js";
 import { OperatorKey } from "/static/operator-key.js";
 
 const $ = (id) => document.getElementById(id);
@@ -336,6 +336,29 @@ async function endRoom(name) {
 
 const terms = (text) => text.split(/[,\n]/).map((t) => t.trim()).filter(Boolean);
 const settingsUrl = (name) => `/operator/rooms/${encodeURIComponent(name)}/settings`;
+/** The room's language settings as the dialog read them ({language, translate, candidates}); null: the server has none. */
+let readLanguages = null;
+
+$("settings-language").append(...languageOptions());
+const showCandidates = () => {
+  $("settings-language-candidates-field").hidden = $("settings-language").value !== "auto";
+};
+$("settings-language").addEventListener("change", showCandidates);
+
+/** The language settings the operator changed. Only those are sent: the same language sent again
+ * would make an auto room detect anew, and a new one may first load the multilingual model. */
+function languageChanges() {
+  if (!readLanguages) return {};
+  const language = $("settings-language").value;
+  const chosen = {
+    language,
+    translate: $("settings-translate").checked ? "en" : null,
+    candidates: language === "auto"
+      ? terms($("settings-language-candidates").value).map((code) => code.toLowerCase()) : readLanguages.candidates,
+  };
+  return Object.fromEntries(Object.entries(chosen)
+    .filter(([name, value]) => JSON.stringify(value) !== JSON.stringify(readLanguages[name])));
+}
 
 async function openSettings(name) {
   const dialog = $("settings-dialog");
@@ -354,6 +377,17 @@ async function openSettings(name) {
   $("settings-profanity").value = settings.profanity.join("\n");
   $("settings-viewer-keys").value = String(settings.viewer_keys);
   $("settings-recording").checked = settings.recording;
+  // Newer fields, edited when the server has them.
+  readLanguages = "language" in settings
+    ? { language: settings.language, translate: settings.translate, candidates: settings.candidates } : null;
+  $("settings-languages").hidden = !readLanguages;
+  if (readLanguages) {
+    $("settings-language").value = settings.language;
+    $("settings-translate").checked = settings.translate === "en";
+    $("settings-language-candidates").value = settings.candidates.join(", ");
+    showCandidates();
+  }
+  $("settings-save").disabled = false;
   $("settings-message").hidden = true;
   $("settings-candidates").replaceChildren();
   $("settings-accept").hidden = true;
@@ -426,10 +460,14 @@ $("settings-form").addEventListener("submit", async (event) => {
     profanity: terms($("settings-profanity").value),
     viewer_keys: JSON.parse($("settings-viewer-keys").value),
     recording: $("settings-recording").checked,
+    ...languageChanges(),
   };
+  // A new language may take the server a few seconds (the multilingual model loads first).
+  $("settings-save").disabled = true;
   const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({
     method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   })).catch(() => null);
+  $("settings-save").disabled = false;
   if (response?.ok) {
     dialog.close();
     poll();

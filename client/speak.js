@@ -1,5 +1,11 @@
-// /speak/ROOM?token=PUBLISHER_KEY: send this browser's microphone to the room.
-import { CaptionList, Connection, listItem, params, room, showRoomState, socketUrl } from "/static/captions.js";
+// /speak/ROOM?token=PUBLISHER_KEY[&language=CODE|auto]: send this browser's microphone to the room.
+// The speaker may say which language they speak and ask for an English
+// translation track (sent in "start"; left out, the room's settings apply);
+// the choice is kept on this device, and ?language= (a link prepared for
+// one speaker) overrides the kept language.
+import {
+  CaptionList, Connection, knownLanguage, languageOptions, listItem, params, prefs, room, showRoomState, socketUrl,
+} from "/static/captions.js";
 
 const $ = (id) => document.getElementById(id);
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
@@ -9,6 +15,9 @@ document.title = `Speak · ${room} · livecap`;
 $("room").textContent = room;
 $("key").value = params.get("token") ?? "";
 $("key-field").hidden = params.has("token");
+$("language").append(...languageOptions());
+$("language").value = knownLanguage(params.get("language")) ?? knownLanguage(prefs.get("speak.language")) ?? "";
+$("translate").checked = prefs.get("speak.translate") === "en";
 
 const captions = new CaptionList({ log: $("log"), live: $("live"), createItem: listItem });
 
@@ -27,7 +36,17 @@ function say(text) {
 function running(on) {
   $("start").disabled = on;
   $("stop").disabled = !on;
-  for (const control of [$("device"), $("key"), ...PROCESSING.map($)]) control.disabled = on;
+  for (const control of [$("device"), $("key"), $("language"), $("translate"), ...PROCESSING.map($)]) {
+    control.disabled = on;
+  }
+}
+
+/** The start message: the worklet's format, and the language and translation chosen ("": the room's). */
+function startMessage() {
+  const message = { type: "start", format: "s16le", sample_rate: 16000, channels: 1 };
+  if ($("language").value) message.language = $("language").value;
+  if ($("translate").checked) message.translate = "en";
+  return message;
 }
 
 /** What to tell the speaker when the microphone cannot be opened. */
@@ -79,13 +98,14 @@ async function start() {
   status("connecting", "Starting…");
   const constraints = Object.fromEntries(PROCESSING.map((name) => [name, $(name).checked]));
   if ($("device").value) constraints.deviceId = { exact: $("device").value };
+  const begin = JSON.stringify(startMessage()); // the same after a reconnection
   // The socket opens while the browser asks for the microphone: a wrong key
   // shows at once, and speech from the first moment is queued, not lost.
   const current = session = { queue: [], ready: false, level: 0 };
   current.connection = new Connection(
     () => socketUrl(`/ws/ingest/${encodeURIComponent(room)}`, { token: key }),
     {
-      onOpen: (ws) => ws.send(JSON.stringify({ type: "start", format: "s16le", sample_rate: 16000, channels: 1 })),
+      onOpen: (ws) => ws.send(begin),
       onMessage: (message) => received(current, message),
       onState: (state, error) => connectionState(current, state, error),
     },
@@ -205,6 +225,18 @@ $("controls").addEventListener("submit", (event) => {
   start();
 });
 $("stop").addEventListener("click", stop);
+$("language").addEventListener("change", () => {
+  const chosen = $("language").value;
+  prefs.set("speak.language", chosen);
+  // A reload (or a shared link) keeps the choice rather than the ?language= the page came with.
+  if (params.has("language")) {
+    const url = new URL(location.href);
+    if (chosen) url.searchParams.set("language", chosen);
+    else url.searchParams.delete("language");
+    history.replaceState(null, "", url);
+  }
+});
+$("translate").addEventListener("change", () => prefs.set("speak.translate", $("translate").checked ? "en" : ""));
 
 if (navigator.mediaDevices) {
   listMicrophones();

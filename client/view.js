@@ -7,7 +7,8 @@
 // the captions ({"type":"rating","stars":1-5}) in the settings panel, and
 // offered when the room ends.
 import {
-  CaptionList, captionsUrl, followCaptions, knownTrack, languageName, listItem, numberParam, params, room, withToken,
+  CaptionList, captionsUrl, followCaptions, knownTrack, languageName, listItem, numberParam, params, prefs, room,
+  withToken,
 } from "/static/captions.js";
 
 const root = document.documentElement;
@@ -16,17 +17,9 @@ const $ = (id) => document.getElementById(id);
 document.title = `${room} · Live captions`;
 $("room").textContent = room;
 
-// Reading preferences belong to the reader, not the room: kept on this device.
+// Reading preferences belong to the reader, not the room: kept on this device (prefs).
 const SIZES = [80, 90, 100, 115, 130, 150, 175, 200, 250]; // percent
 const THEMES = ["auto", "dark", "light", "contrast"];
-const prefs = {
-  get(key, fallback) {
-    try { return localStorage.getItem(`livecap.${key}`) ?? fallback; } catch { return fallback; }
-  },
-  set(key, value) {
-    try { localStorage.setItem(`livecap.${key}`, value); } catch { /* private mode: this visit only */ }
-  },
-};
 
 function applyTheme(theme) {
   root.dataset.theme = THEMES.includes(theme) ? theme : "auto";

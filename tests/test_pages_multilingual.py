@@ -2,7 +2,9 @@
 
 Real French and Arabic speech (../shared/speech-multilingual) goes through a real server with the
 multilingual Whisper model to the phone view and the overlay in Debian's Chromium, driven by
-Playwright (see shared/notes/browser-tests.md). Screenshots land in test-artifacts/.
+Playwright (see shared/notes/browser-tests.md); the speaker page sends French from Chromium's fake
+microphone in the language its speaker chose, and the dashboard sets a room's languages. Screenshots
+land in test-artifacts/.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from playwright.async_api import Browser, Locator, Page, Route
+from playwright.async_api import Browser, Locator, Page, Playwright, Route, WebSocket
 from playwright.async_api import expect as playwright_expect
 
 from livecap.appkeys import ROOMS
 from livecap.asr.engine import Word
 from livecap.audio import read_wav
 from livecap.client import StreamResult, stream_audio
-from tests.conftest import LiveServer, fail_on_page_errors, start_server, timeout
+from livecap.language import WHISPER_LANGUAGES
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer, fail_on_page_errors, start_server, timeout
+from tests.test_pages import AudioSpy, padded_wav, received_audio  # noqa: F401 (received_audio: a fixture)
 
 MULTILINGUAL = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -220,6 +224,177 @@ async def test_dashboard_shows_the_room_language_and_why_it_is_degraded(server: 
     await expect(card.locator(".viewers")).to_have_text(re.compile(r"\d"))
     await page.close()
     assert not errors
+
+
+# ---- the speaker page: the language spoken and an English track, the speaker's choice -----------------------
+
+SPOKEN = "asterisk-fr-queue-periodic-announce"
+"""The shortest French recording (7.3 s): the fake microphone plays it at real-time pace."""
+
+
+def ingest_messages(page: Page) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The JSON messages the page sends and receives on its ingest sockets, in order."""
+    sent: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+
+    def watch(ws: WebSocket) -> None:
+        if "/ws/ingest/" in ws.url:
+            ws.on("framesent", lambda payload: sent.append(json.loads(payload)) if isinstance(payload, str) else None)
+            ws.on("framereceived",
+                  lambda payload: received.append(json.loads(payload)) if isinstance(payload, str) else None)
+
+    page.on("websocket", watch)
+    return sent, received
+
+
+@pytest.mark.slow
+async def test_speaker_page_sends_the_language_and_translation_chosen(
+        server: LiveServer, playwright: Playwright, chromium_env: dict[str, str | float | bool], tmp_path: Path,
+        received_audio: AudioSpy, artifacts: Path) -> None:  # noqa: F811 (the fixture imported above)
+    room = "orateur"
+    spoken = speech(SPOKEN)
+    wav = padded_wav(spoken, tmp_path / "microphone.wav")
+    microphone = await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, env=chromium_env,
+        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    try:
+        page = await microphone.new_page(viewport={"width": 480, "height": 900})
+        errors = fail_on_page_errors(page)
+        sent, received = ingest_messages(page)
+        address = f"{server.base}/speak/{room}?token={server.keys.key('publisher', room)}"
+        await page.goto(address)
+        language, translate = page.get_by_label("Language spoken"), page.get_by_label("English translation")
+
+        # The menu: the room's setting (nothing sent), detection, then Whisper's 99 languages by name.
+        options = await language.locator("option").evaluate_all("os => os.map(o => [o.value, o.textContent])")
+        assert options[:2] == [["", "Room's setting"], ["auto", "Detect (auto)"]], options[:2]
+        named = dict(options[2:])
+        assert len(options) == 2 + len(WHISPER_LANGUAGES) and named == WHISPER_LANGUAGES, \
+            {code: (named.get(code), WHISPER_LANGUAGES.get(code)) for code in named.keys() | WHISPER_LANGUAGES.keys()
+             if named.get(code) != WHISPER_LANGUAGES.get(code)}
+        assert list(named.values()) == sorted(named.values(), key=str.casefold)
+        await expect(language).to_have_value("")
+        await expect(translate).not_to_be_checked()
+
+        # The choice is kept on the device; ?language= overrides the language kept (an unknown one does not),
+        # and a choice made on such a page replaces it in the address.
+        await language.select_option("fr")
+        await translate.check()
+        await page.reload()
+        await expect(language).to_have_value("fr")
+        await expect(translate).to_be_checked()
+        await page.goto(f"{address}&language=auto")
+        await expect(language).to_have_value("auto")
+        await language.select_option("es")
+        assert "language=es" in page.url
+        await language.select_option("fr")
+        await page.goto(f"{address}&language=xx")
+        await expect(language).to_have_value("fr")
+
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+        await expect(language).to_be_disabled()
+        # The leading silence, the speech and 1.5 s of the silence after it reach the server; then stop.
+        await received_audio.wait_for(len(spoken) + int(2.5 * 16000))
+        await page.get_by_role("button", name="Stop").click()
+        await expect(page.locator("#status-text")).to_have_text("Stopped")
+        rms = float(np.sqrt(np.mean(received_audio.samples**2)))
+        assert rms > 0.01, f"the received audio is (nearly) silent: rms {rms:.4f}"
+
+        assert [m for m in sent if m.get("type") == "start"] == [
+            {"type": "start", "format": "s16le", "sample_rate": 16000, "channels": 1, "language": "fr",
+             "translate": "en"}]
+        # "stopped" comes after every final and translation of the session (the page stops waiting after 10 s).
+        assert {"type": "stopped"} in received, received[-3:]
+        told = [m for m in received if m["type"] == "room"]
+        assert told and told[-1]["language"]["language"] == "fr" and told[-1]["language"]["pinned"], told
+        assert told[-1]["translate"] == "en", told
+        captions = [m for m in received if m["type"] == "caption"]
+        finals = [m for m in captions if m["kind"] == "final" and m["text"]]
+        translations = [m for m in captions if m["kind"] == "translation"]
+        assert finals and all(m["language"] == "fr" for m in finals), finals
+        assert words(" ".join(m["text"] for m in finals)) & FRENCH_WORDS, finals
+        assert [m["segment"] for m in translations] == [m["segment"] for m in finals], translations
+        assert all(m["language"] == "en" and m["source_language"] == "fr" for m in translations), translations
+        english = " ".join(m["text"] for m in translations)
+        assert len(words(english) & ENGLISH_WORDS) >= 2, f"not English: {english}"
+
+        # The page shows the French lines, marked as French; the translations are the English track's.
+        lines = page.locator("#log .item .text")
+        await expect(lines).to_have_text([m["text"] for m in finals])
+        assert await languages(lines) == [("fr", "ltr")] * len(finals)
+        await page.screenshot(path=artifacts / "speaker-page-french.png", animations="disabled")
+        assert not errors
+    finally:
+        await microphone.close()
+
+
+# ---- the dashboard's settings: a room's language, the languages it may be, its English track ---------------
+
+
+@pytest.mark.slow
+async def test_dashboard_settings_set_the_language_candidates_and_translation(server: LiveServer,
+                                                                              browser: Browser) -> None:
+    room = "reglages"
+    operator = server.keys.key("operator")
+    address = f"{server.base}/operator/rooms/{room}/settings"
+
+    async def saved() -> dict[str, Any]:
+        async with http.get(address) as response:
+            assert response.status == 200
+            settings: dict[str, Any] = (await response.json())["settings"]
+            return settings
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {operator}"}) as http, \
+            http.ws_connect(server.captions_url(room)):  # a viewer: the room is on the dashboard
+        page = await browser.new_page()
+        errors = fail_on_page_errors(page)
+        patches: list[dict[str, Any]] = []
+        page.on("request", lambda r: patches.append(json.loads(r.post_data or "{}")) if r.method == "PATCH" else None)
+        await page.goto(f"{server.base}/dashboard?token={operator}")
+        dialog = page.locator("#settings-dialog")
+        settings_button = page.locator(f'.card[data-room="{room}"]').get_by_role("button", name="Settings…")
+        language, candidates = dialog.get_by_label("Language spoken"), dialog.get_by_label("Languages it may be")
+        translate = dialog.get_by_label("English translation")
+
+        await settings_button.click()
+        await expect(language).to_have_value("en")  # the default
+        await expect(language.locator("option")).to_have_count(1 + len(WHISPER_LANGUAGES))
+        await expect(candidates).to_be_hidden()
+        await expect(translate).not_to_be_checked()
+        await language.select_option("auto")
+        await candidates.fill("es, EN")
+        await translate.check()
+        await dialog.get_by_role("button", name="Save").click()
+        await expect(dialog).to_be_hidden()
+        settings = await saved()
+        assert (settings["language"], settings["candidates"], settings["translate"]) == ("auto", ["es", "en"], "en")
+
+        # Read back; a candidate that is no Whisper code: the server's refusal, word for word; nothing saved.
+        await settings_button.click()
+        await expect(language).to_have_value("auto")
+        await expect(candidates).to_have_value("es, en")
+        await expect(translate).to_be_checked()
+        await candidates.fill("es, xx")
+        await dialog.get_by_role("button", name="Save").click()
+        async with http.patch(address, json={"candidates": ["es", "xx"]}) as response:
+            assert response.status == 400
+            refusal = (await response.json())["message"]
+        await expect(dialog.get_by_role("alert")).to_have_text(f"Not saved: {refusal}")
+        await expect(dialog).to_be_visible()
+        assert (await saved())["candidates"] == ["es", "en"]
+
+        # Only changed languages are sent: saving another setting leaves an auto room's detection alone.
+        await candidates.fill("es, en")
+        await dialog.get_by_label("Words to mask").fill("zut")
+        await dialog.get_by_role("button", name="Save").click()
+        await expect(dialog).to_be_hidden()
+        assert (await saved())["profanity"] == ["zut"]
+        assert patches[0].items() >= {"language": "auto", "candidates": ["es", "en"], "translate": "en"}.items()
+        assert patches[-1].keys() == {"glossary", "profanity", "viewer_keys", "recording"}, patches[-1]
+        await page.close()
+        assert not errors
 
 
 # ---- right to left: Arabic in the overlay ---------------------------------------------------------------------
