@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+import wave
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 from livecap_models import Manifest, ensure_model
@@ -21,6 +23,7 @@ from livecap.asr.engine import EngineOptions
 from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.auth import Keys
 from livecap.config import ServerOptions
+from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol
 from livecap.server import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -136,3 +139,61 @@ def fail_on_page_errors(page: Page) -> list[str]:
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     return errors
+
+
+# --- a microphone for the speaker page --------------------------------------------------------------------------------
+
+def padded_wav(samples: np.ndarray, path: Path) -> Path:
+    """16-bit PCM WAV with 1 s of silence before (the capture starts before the page listens) and 2 s after
+    (Chromium repeats the last 10 ms block after the end of a %noloop file)."""
+    silence = np.zeros(16000, dtype=np.float32)
+    pcm = (np.clip(np.concatenate([silence, samples, silence, silence]), -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(16000)
+        file.writeframes(pcm.tobytes())
+    return path
+
+
+async def launch_microphone(playwright: Playwright, chromium_env: dict[str, str | float | bool],
+                            wav: Path | None = None) -> Browser:
+    """Chromium whose fake microphone plays ``wav`` once (``padded_wav``), or a tone without one."""
+    capture = [f"--use-file-for-fake-audio-capture={wav}%noloop"] if wav is not None else []
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, env=chromium_env,
+        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", *capture])
+
+
+class AudioSpy:
+    """Every chunk of audio the server's ingest decodes while a test runs."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.arrived = asyncio.Event()
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+
+    async def wait_for(self, count: int) -> None:
+        while True:
+            self.arrived.clear()
+            if sum(len(c) for c in self.chunks) >= count:
+                return
+            await asyncio.wait_for(self.arrived.wait(), timeout(10))
+
+
+@pytest.fixture
+def received_audio(monkeypatch: pytest.MonkeyPatch) -> AudioSpy:
+    spy = AudioSpy()
+    original: Callable[[IngestProtocol, bytes, float], list[IngestEvent]] = IngestProtocol.receive_bytes
+
+    def receive_bytes(self: IngestProtocol, data: bytes, now: float) -> list[IngestEvent]:
+        events = original(self, data, now)
+        spy.chunks.extend(e.samples for e in events if isinstance(e, AudioReceived))
+        spy.arrived.set()
+        return events
+
+    monkeypatch.setattr(IngestProtocol, "receive_bytes", receive_bytes)
+    return spy

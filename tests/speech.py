@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,3 +22,19 @@ def recordings() -> dict[str, Recording]:
 def audio(recording_id: str) -> np.ndarray:
     """16 kHz mono float32 of a manifest recording."""
     return read_wav(recordings()[recording_id].audio).mono_16k()
+
+
+MULTILINGUAL_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual" / "manifest.jsonl"
+
+
+@cache
+def multilingual() -> dict[str, dict[str, Any]]:
+    """The multilingual set's manifest rows (``id``, ``audio``, ``language``, ``text``, ``text_en`` …) by id."""
+    rows = [json.loads(line) for line in MULTILINGUAL_MANIFEST.read_text().splitlines() if line]
+    return {row["id"]: row for row in rows}
+
+
+@cache
+def multilingual_audio(recording_id: str) -> np.ndarray:
+    """16 kHz mono float32 of a recording of the multilingual set."""
+    return read_wav(MULTILINGUAL_MANIFEST.parent / multilingual()[recording_id]["audio"]).mono_16k()

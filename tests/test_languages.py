@@ -8,13 +8,11 @@ import json
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jiwer
-import numpy as np
 import pytest
 import websockets
 from livecap_models import ensure_model
@@ -24,28 +22,18 @@ from livecap.appkeys import ROOMS
 from livecap.asr.engine import EngineOptions
 from livecap.asr.tokenizer import WhisperTokenizer
 from livecap.asr.whisper_onnx import WhisperOnnx
-from livecap.audio import read_wav
 from livecap.client import stream_audio
 from livecap.errors import InvalidRequest, UnsupportedFormat
 from livecap.ingest import IngestProtocol
 from livecap.language import WHISPER_LANGUAGES, LanguageLock, LockOptions
 from livecap.settings import changes
 from tests.conftest import LiveServer, start_server, timeout
-from tests.speech import audio
+from tests.speech import audio, multilingual
+from tests.speech import multilingual_audio as speech
 from tests.test_server import drain
 from tests.test_settings import patch
 
 MULTILINGUAL = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual"
-
-
-@cache
-def multilingual() -> dict[str, dict[str, Any]]:
-    rows = [json.loads(line) for line in (MULTILINGUAL / "manifest.jsonl").read_text().splitlines() if line]
-    return {row["id"]: row for row in rows}
-
-
-def speech(recording: str) -> np.ndarray:
-    return read_wav(MULTILINGUAL / multilingual()[recording]["audio"]).mono_16k()
 
 
 def words(text: str) -> str:
@@ -243,3 +231,13 @@ def test_candidates_are_validated_everywhere() -> None:
     assert changes({"candidates": "es, en"}) == {"candidates": ("es", "en")}
     with pytest.raises(InvalidRequest, match="candidates"):
         changes({"candidates": ["es", 3]})
+
+
+def test_detection_does_not_hear_the_prompt(base_engine: WhisperOnnx) -> None:
+    """The room's earlier captions are the decoder's prompt; detection must not read them (as
+    openai-whisper's detect_language does not), or one wrong guess decides every later one."""
+    french = speech("asterisk-fr-tt-allbusy")[: 16000 * 3]
+    alone = base_engine.transcribe(french, language=None)
+    prompted = base_engine.transcribe(french, language=None, prompt="One. Two. Three. Thank you all for coming today.")
+    assert (alone.language, prompted.language) == ("fr", "fr")
+    assert prompted.language_probability == pytest.approx(alone.language_probability, abs=1e-4)

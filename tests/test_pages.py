@@ -13,8 +13,6 @@ import itertools
 import json
 import re
 import time
-import wave
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,9 +30,8 @@ from livecap.appkeys import OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.client import stream_audio
 from livecap.config import ServerOptions
-from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol
 from livecap.pages import view_url
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer, fail_on_page_errors, timeout
+from tests.conftest import AudioSpy, LiveServer, fail_on_page_errors, launch_microphone, padded_wav, timeout
 from tests.speech import audio, recordings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -277,52 +274,6 @@ async def test_phone_view_resumes_after_a_cut_without_missing_or_duplicated_fina
     assert not errors
 
 
-def padded_wav(samples: np.ndarray, path: Path) -> Path:
-    """16-bit PCM WAV with 1 s of silence before (the capture starts before the page listens) and 2 s after
-    (Chromium repeats the last 10 ms block after the end of a %noloop file)."""
-    pcm = (np.clip(np.concatenate([silence(1.0), samples, silence(2.0)]), -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as file:
-        file.setnchannels(1)
-        file.setsampwidth(2)
-        file.setframerate(16000)
-        file.writeframes(pcm.tobytes())
-    return path
-
-
-class AudioSpy:
-    """Every chunk of audio the server's ingest decodes while a test runs."""
-
-    def __init__(self) -> None:
-        self.chunks: list[np.ndarray] = []
-        self.arrived = asyncio.Event()
-
-    @property
-    def samples(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
-
-    async def wait_for(self, count: int) -> None:
-        while True:
-            self.arrived.clear()
-            if sum(len(c) for c in self.chunks) >= count:
-                return
-            await asyncio.wait_for(self.arrived.wait(), timeout(10))
-
-
-@pytest.fixture
-def received_audio(monkeypatch: pytest.MonkeyPatch) -> AudioSpy:
-    spy = AudioSpy()
-    original: Callable[[IngestProtocol, bytes, float], list[IngestEvent]] = IngestProtocol.receive_bytes
-
-    def receive_bytes(self: IngestProtocol, data: bytes, now: float) -> list[IngestEvent]:
-        events = original(self, data, now)
-        spy.chunks.extend(e.samples for e in events if isinstance(e, AudioReceived))
-        spy.arrived.set()
-        return events
-
-    monkeypatch.setattr(IngestProtocol, "receive_bytes", receive_bytes)
-    return spy
-
-
 @pytest.mark.slow
 async def test_speaker_page_sends_the_microphone_and_shows_the_captions(
         server: LiveServer, playwright: Playwright, chromium_env: dict[str, str | float | bool], tmp_path: Path,
@@ -330,10 +281,7 @@ async def test_speaker_page_sends_the_microphone_and_shows_the_captions(
     room = "speaker"
     speech = audio(SPEAKER_RECORDING)
     wav = padded_wav(speech, tmp_path / "microphone.wav")
-    microphone = await playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, env=chromium_env,
-        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-              f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    microphone = await launch_microphone(playwright, chromium_env, wav)
     try:
         page = await microphone.new_page(viewport={"width": 480, "height": 900})
         errors = fail_on_page_errors(page)
@@ -425,9 +373,7 @@ async def test_refused_phone_view_backs_off(refusing_server: LiveServer, browser
 @pytest.mark.slow
 async def test_refused_speaker_page_backs_off(refusing_server: LiveServer, playwright: Playwright,
                                               chromium_env: dict[str, str | float | bool]) -> None:
-    microphone = await playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, env=chromium_env,
-        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+    microphone = await launch_microphone(playwright, chromium_env)
     try:
         page = await microphone.new_page()
         errors = fail_on_page_errors(page)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,19 @@ from playwright.async_api import expect as playwright_expect
 
 from livecap.appkeys import ROOMS
 from livecap.asr.engine import Word
-from livecap.audio import read_wav
 from livecap.client import StreamResult, stream_audio
 from livecap.language import WHISPER_LANGUAGES
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer, fail_on_page_errors, start_server, timeout
-from tests.test_pages import AudioSpy, padded_wav, received_audio  # noqa: F401 (received_audio: a fixture)
+from tests.conftest import (
+    AudioSpy,
+    LiveServer,
+    fail_on_page_errors,
+    launch_microphone,
+    padded_wav,
+    start_server,
+    timeout,
+)
+from tests.speech import multilingual
+from tests.speech import multilingual_audio as speech
 
 MULTILINGUAL = Path(__file__).resolve().parents[2] / "shared" / "speech-multilingual"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -43,17 +50,6 @@ ARABIC_LETTERS = re.compile(r"[\u0600-\u06ff]")
 
 expect = playwright_expect
 expect.set_options(timeout=timeout(30) * 1000)
-
-
-@cache
-def manifest() -> dict[str, dict[str, Any]]:
-    rows = [json.loads(line) for line in (MULTILINGUAL / "manifest.jsonl").read_text().splitlines() if line]
-    return {row["id"]: row for row in rows}
-
-
-def speech(recording: str) -> np.ndarray:
-    """16 kHz mono float32 of a recording of the multilingual set."""
-    return read_wav(MULTILINGUAL / manifest()[recording]["audio"]).mono_16k()
 
 
 def words(text: str) -> set[str]:
@@ -78,7 +74,7 @@ def artifacts() -> Path:
 async def publish(server: LiveServer, room: str, recording: str, translate: str | None) -> StreamResult:
     """Stream ``recording`` in its language into ``room``; the captions the publisher got."""
     result = await stream_audio(server.ingest_url(room), speech(recording), speed=2.0,
-                                language=manifest()[recording]["language"], translate=translate)
+                                language=multilingual()[recording]["language"], translate=translate)
     assert result.error is None, result.error
     return result
 
@@ -250,14 +246,11 @@ def ingest_messages(page: Page) -> tuple[list[dict[str, Any]], list[dict[str, An
 @pytest.mark.slow
 async def test_speaker_page_sends_the_language_and_translation_chosen(
         server: LiveServer, playwright: Playwright, chromium_env: dict[str, str | float | bool], tmp_path: Path,
-        received_audio: AudioSpy, artifacts: Path) -> None:  # noqa: F811 (the fixture imported above)
+        received_audio: AudioSpy, artifacts: Path) -> None:
     room = "orateur"
     spoken = speech(SPOKEN)
     wav = padded_wav(spoken, tmp_path / "microphone.wav")
-    microphone = await playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, env=chromium_env,
-        args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-              f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    microphone = await launch_microphone(playwright, chromium_env, wav)
     try:
         page = await microphone.new_page(viewport={"width": 480, "height": 900})
         errors = fail_on_page_errors(page)
@@ -334,8 +327,8 @@ async def test_speaker_page_sends_the_language_and_translation_chosen(
 
 
 @pytest.mark.slow
-async def test_dashboard_settings_set_the_language_candidates_and_translation(server: LiveServer,
-                                                                              browser: Browser) -> None:
+async def test_dashboard_settings_set_the_language_candidates_and_translation(server: LiveServer, browser: Browser,
+                                                                              artifacts: Path) -> None:
     room = "reglages"
     operator = server.keys.key("operator")
     address = f"{server.base}/operator/rooms/{room}/settings"
@@ -366,6 +359,7 @@ async def test_dashboard_settings_set_the_language_candidates_and_translation(se
         await language.select_option("auto")
         await candidates.fill("es, EN")
         await translate.check()
+        await page.screenshot(path=artifacts / "dashboard-settings-languages.png", animations="disabled")
         await dialog.get_by_role("button", name="Save").click()
         await expect(dialog).to_be_hidden()
         settings = await saved()

@@ -463,9 +463,11 @@ class WhisperOnnx:
         logits, _, cache = self._step([*prefix, special.sot], self._empty_cache(), cross)
         no_speech = float(_softmax(logits)[special.no_speech])
         detected: float | None = None
-        if language is None:
+        if language is None:  # as openai-whisper's detect_language: without the prompt, the room's
+            # earlier captions, which would carry a wrong guess over to every later utterance
             codes = list(candidates) or list(self.tokenizer.languages)
-            odds = _softmax(logits[[self.tokenizer.languages[code] for code in codes]])
+            detection = self._step([special.sot], self._empty_cache(), cross)[0] if prefix else logits
+            odds = _softmax(detection[[self.tokenizer.languages[code] for code in codes]])
             best = int(np.argmax(odds))
             language, detected = codes[best], float(odds[best])
         logits, scores, cache = self._step([*self.tokenizer.sot_sequence(language, task)[1:], special.no_timestamps,
