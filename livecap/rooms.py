@@ -706,11 +706,19 @@ class RoomRegistry:
         """Publisher sessions streaming now, in all rooms."""
         return sum(room.session is not None for room in self.rooms.values())
 
-    def admit(self, room: Room) -> None:
-        """Refuse a new publisher (``ServerBusy``) that the executor has no capacity for, so the
-        admitted rooms keep their latency budget. One that takes its room over adds no load."""
-        if room.session is None and not self.scheduler.admits(self.publishers):
-            raise ServerBusy(f"the server is at its capacity of {self.scheduler.capacity} publishers")
+    @property
+    def load(self) -> float:
+        """The publishers streaming now, each weighed by its engine's cost (``Scheduler.weight``)."""
+        return sum(self.scheduler.weight(room.language.language) for room in self.rooms.values()
+                   if room.session is not None)
+
+    def admit(self, room: Room, language: str = ENGLISH) -> None:
+        """Refuse a new publisher in ``language`` (``ServerBusy``) that the executor has no capacity
+        for, so the admitted rooms keep their latency budget. One that takes its room over adds no load."""
+        weight = self.scheduler.weight(None if language == AUTO else language)
+        if room.session is None and not self.scheduler.admits(self.load, weight):
+            raise ServerBusy(f"the server is at its capacity of {self.scheduler.capacity} publishers"
+                             + (f" (one in {language} counts as {weight:.1f})" if weight > 1 else ""))
 
     def get(self, name: str, publisher: bool = False) -> Room:
         """The room called ``name``, created (with its stored transcript) if

@@ -461,10 +461,10 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             for event in events:
                 match event:
                     case Started(stream):
-                        request.app[ROOMS].admit(room)
                         language = stream.language or room.settings.language
                         translate = stream.translate or room.settings.translate
                         candidates = room.settings.candidates if stream.candidates is None else stream.candidates
+                        request.app[ROOMS].admit(room, language)
                         await scheduler.prepare(language, translate)
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
                                                            language, translate, candidates)

@@ -20,12 +20,14 @@ from livecap_models.build import TOKENIZER_FILE
 
 from livecap.appkeys import ROOMS
 from livecap.asr.engine import EngineOptions
+from livecap.asr.scheduler import Scheduler, SchedulerOptions
 from livecap.asr.tokenizer import WhisperTokenizer
 from livecap.asr.whisper_onnx import WhisperOnnx
 from livecap.client import stream_audio
 from livecap.errors import InvalidRequest, UnsupportedFormat
 from livecap.ingest import IngestProtocol
 from livecap.language import WHISPER_LANGUAGES, LanguageLock, LockOptions
+from livecap.metrics import Metrics
 from livecap.settings import changes
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio, multilingual
@@ -241,3 +243,20 @@ def test_detection_does_not_hear_the_prompt(base_engine: WhisperOnnx) -> None:
     prompted = base_engine.transcribe(french, language=None, prompt="One. Two. Three. Thank you all for coming today.")
     assert (alone.language, prompted.language) == ("fr", "fr")
     assert prompted.language_probability == pytest.approx(alone.language_probability, abs=1e-4)
+
+
+def test_a_publisher_in_another_language_takes_its_models_share_of_the_capacity(
+        whisper_engine: WhisperOnnx, base_engine: WhisperOnnx) -> None:
+    """Base's steps cost about twice tiny.en's: counted as one English publisher, French rooms
+    would be admitted beyond what the executor serves within the budget."""
+    scheduler = Scheduler(SchedulerOptions(max_publishers=4), Metrics())
+    try:
+        scheduler.primary, scheduler.multilingual = whisper_engine, base_engine
+        assert scheduler.weight("fr") == 1.0, "unmeasured: counted as one"
+        scheduler.measured(0.25, whisper_engine)
+        scheduler.measured(0.5, base_engine)
+        assert (scheduler.weight("en"), scheduler.weight("fr"), scheduler.weight(None)) == (1.0, 2.0, 2.0)
+        assert scheduler.admits(2.0, 2.0) and not scheduler.admits(3.0, 2.0) and scheduler.admits(3.0, 1.0)
+        assert scheduler.admits(0.0, 8.0), "the first publisher always fits"
+    finally:
+        scheduler.close()

@@ -446,14 +446,26 @@ class Scheduler:
         if (engine := self.engine_for(language, task)) is None:
             raise UnsupportedFormat(f"the multilingual model cannot {task} {language}")
         return engine
+
     @property
     def capacity(self) -> int:
         """Publishers admitted at once (see ``capacity``)."""
         return capacity(self.options, self.step_cost_s)
 
-    def admits(self, publishers: int) -> bool:
-        """Whether one more publisher fits beside the ``publishers`` streaming now."""
-        return publishers < self.capacity
+    def weight(self, language: str | None) -> float:
+        """What a publisher in ``language`` (None: auto) takes of the capacity, in English publishers:
+        its engine's step time over the primary's (base's steps cost about twice tiny.en's); 1 while
+        either is unmeasured."""
+        engine, primary = self.engine_for(language), self.expected(self.primary)
+        if engine is None or engine is self.primary or not primary or not self.expected(engine):
+            return 1.0
+        return max(1.0, self.expected(engine) / primary)
+
+    def admits(self, load: float, weight: float = 1.0) -> bool:
+        """Whether one more publisher of ``weight`` fits beside the publishers streaming now, who
+        weigh ``load`` (``weight``); the first always fits once the capacity is measured."""
+        capacity = self.capacity
+        return capacity > 0 and (load == 0 or load + weight <= capacity + 1e-9)
 
     def capacity_state(self, publishers: int) -> dict[str, Any]:
         """The capacity and what it was chosen from, for /readyz, the dashboard and the log."""
