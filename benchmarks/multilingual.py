@@ -61,7 +61,7 @@ import sacrebleu
 import websockets
 
 from benchmarks.live import GAP_S, SECRET, RoomPlan, analyse, cpu_seconds, percentile, server_counts, serving
-from benchmarks.scoring import Recording, error_rate, normalize_for, uses_cer, write_results
+from benchmarks.scoring import Recording, error_rate, normalize_for, read_manifest, uses_cer, write_results
 from livecap.asr.engine import SAMPLE_RATE, EngineOptions
 from livecap.asr.tokenizer import Task
 from livecap.asr.whisper_onnx import WhisperOnnx
@@ -97,14 +97,7 @@ class SpokenRecording(Recording):
 
 
 def load_recordings(path: Path = DEFAULT_MANIFEST, ids: Iterable[str] | None = None) -> list[SpokenRecording]:
-    wanted = set(ids) if ids is not None else None
-    recordings = []
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if wanted is None or entry["id"] in wanted:
-            recordings.append(SpokenRecording(entry["id"], path.parent / entry["audio"], entry["text"],
-                                              entry["duration_s"], entry["language"], entry["text_en"]))
-    return recordings
+    return read_manifest(path, ids, SpokenRecording)
 
 
 def is_translation(message: dict[str, Any]) -> bool:

@@ -15,8 +15,9 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import jiwer
 
@@ -102,13 +103,23 @@ class Recording:
     duration_s: float
 
 
+R = TypeVar("R", bound=Recording)
+
+
 def load_manifest(path: Path = DEFAULT_MANIFEST, ids: Iterable[str] | None = None) -> list[Recording]:
+    return read_manifest(path, ids, Recording)
+
+
+def read_manifest(path: Path, ids: Iterable[str] | None, kind: type[R]) -> list[R]:
+    """The manifest's entries (those of ``ids``), as ``kind``: a ``Recording`` or a subclass whose
+    extra fields are manifest keys of the same name."""
     wanted = set(ids) if ids is not None else None
     recordings = []
     for line in path.read_text().splitlines():
         entry = json.loads(line)
         if wanted is None or entry["id"] in wanted:
-            recordings.append(Recording(entry["id"], path.parent / entry["audio"], entry["text"], entry["duration_s"]))
+            values = {f.name: entry[f.name] for f in fields(kind)}
+            recordings.append(kind(**{**values, "audio": path.parent / entry["audio"]}))
     return recordings
 
 

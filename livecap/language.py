@@ -38,8 +38,6 @@ WHISPER_LANGUAGES: dict[str, str] = {
 """The 99 languages of Whisper's multilingual vocabulary, code → English name, in its token order
 (openai-whisper ``tokenizer.LANGUAGES``; a test checks them against the built model's vocabulary)."""
 
-RIGHT_TO_LEFT = frozenset({"ar", "he", "fa", "ur", "yi", "ps", "sd"})
-"""Languages written right to left: pages set ``dir="rtl"`` on their lines."""
 WITHOUT_SPACES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo"})
 """Languages written without spaces between words: scored by character error rate (CER)."""
 TRANSLATION_TARGETS = (ENGLISH,)

@@ -409,11 +409,6 @@ class Scheduler:
     def primary_name(self) -> str:
         return self.primary.name if self.primary else "none"
 
-    @property
-    def expected_step_s(self) -> float:
-        """The primary's expected step time (``expected``)."""
-        return self.expected(self.primary)
-
     def expected(self, engine: Engine | None) -> float:
         """Moving average of ``engine``'s engine time per call (0 before one is measured)."""
         return self._expected.get(engine.model_version, 0.0) if engine is not None else 0.0
