@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.add_argument("room")
     settings.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="changes",
                           help="glossary='Sintra, OBS' (or glossary=null), profanity='word, word', "
-                               "viewer_keys=true|false|null, recording=true|false; repeat for more")
+                               "viewer_keys=true|false|null, recording=true|false, "
+                               "outputs='[{...}]' (JSON, see README); repeat for more")
     settings.add_argument("--audit", action="store_true", help="print the room's audit log instead")
     add_arguments(settings)
     recordings = commands.add_parser("recordings", help="delete a room's recorded audio now")
@@ -183,16 +184,17 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
     for change in arguments.changes:
         name, _, text = change.partition("=")
         try:
-            values[name.strip()] = json.loads(text) if text.strip() in ("true", "false", "null") else text
+            literal = text.strip() in ("true", "false", "null") or text.lstrip()[:1] in ("[", "{")
+            values[name.strip()] = json.loads(text) if literal else text
         except ValueError:
             values[name.strip()] = text
     try:
-        current = store.change(arguments.room, changes(values), "cli", time.time()) if values \
-            else store.get(arguments.room)
+        old = store.get(arguments.room)
+        current = store.change(arguments.room, changes(values, old), "cli", time.time()) if values else old
     except InvalidRequest as error:
         print(f"settings: {error.message}", file=sys.stderr)
         return 2
-    print(json.dumps(current.to_json(), indent=2))
+    print(json.dumps(current.shown(), indent=2))
     return 0
 
 

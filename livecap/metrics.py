@@ -106,6 +106,21 @@ class Metrics:
         self.translation_lag_seconds = Histogram(
             "livecap_translation_lag_seconds", "Last voiced frame of an utterance to its translation's publication",
             ["room"], buckets=LATENCY_BUCKETS, registry=registry)
+        # room outputs (livecap.outputs)
+        output_labels = ["room", "output", "kind"]
+        self.output_sent = Counter("livecap_output_sent_total", "Requests a room output's destination accepted",
+                                   output_labels, registry=registry)
+        self.output_failures = Counter("livecap_output_failures_total",
+                                       "Requests to a room output's destination that failed (each retry counts)",
+                                       output_labels, registry=registry)
+        self.output_dropped = Counter("livecap_output_dropped_total",
+                                      "Lines an output gave up: its queue overflowed, or it was stopped or removed "
+                                      "with lines undelivered", [*output_labels, "reason"], registry=registry)
+        self.output_state = Gauge("livecap_output_state", "A room output's health: 0 ok, 1 retrying, 2 failing",
+                                  output_labels, registry=registry)
+        self.output_lag_seconds = Histogram("livecap_output_lag_seconds",
+                                            "Caption published to its destination accepting it", ["kind"],
+                                            buckets=LATENCY_BUCKETS, registry=registry)
         self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],
                                 registry=registry)
         self.build_info.labels(__version__).set(1)

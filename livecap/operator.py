@@ -109,13 +109,14 @@ async def change_room_settings(request: web.Request) -> web.Response:
     audited with the operator key's id. Answers as ``GET``; 400 ``invalid_request``."""
     request.app[KEYS].require_operator(request)
     name = room_name(request)
-    store = request.app[ROOMS].settings
+    rooms = request.app[ROOMS]
+    store, old = rooms.settings, rooms.settings_of(name)
     try:
-        values = changes(await json_request(request))
+        values = changes(await json_request(request), old)
     except Refused as refusal:
         return _refusal(request, refusal)
-    room = request.app[ROOMS].rooms.get(name)
-    new = replace(request.app[ROOMS].settings_of(name), **values)
+    room = rooms.rooms.get(name)
+    new = replace(old, **values)
     if room is not None and {"language", "translate", "candidates"} & values.keys():
         try:  # the model the room will need is loaded first (minutes, the very first time)
             await room.scheduler.prepare(new.language, new.translate)
@@ -127,6 +128,8 @@ async def change_room_settings(request: web.Request) -> web.Response:
         if {"language", "translate", "candidates"} & values.keys():
             room.speak(new.language, new.translate, new.candidates)
         room.announce()
+    if "outputs" in values and rooms.outputs is not None:  # a fixed URL or password is tried at once
+        rooms.outputs.configure(name, room.label if room else "other", new.outputs)
     return _settings_answer(request, name)
 
 
@@ -180,8 +183,8 @@ def _settings_answer(request: web.Request, name: str) -> web.Response:
     glossary = rooms.defaults.glossary.terms if own.glossary is None else own.glossary
     return web.json_response({
         "room": name,
-        "settings": own.to_json(),
-        "effective": {**own.to_json(), "glossary": list(glossary),
+        "settings": own.shown(),
+        "effective": {**own.shown(), "glossary": list(glossary),
                       "viewer_keys": keys.viewers_need_keys(own.viewer_keys)},
         "audit": rooms.settings.audit(name)[-AUDIT_SHOWN:] if rooms.settings is not None else [],
     }, headers={"Cache-Control": "no-store"})
@@ -318,6 +321,7 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
         "language": room.language.state(),
         "translate": room.translate,
         "degraded": degraded(room, mono, fallback),
+        "outputs": room.outputs.state(room.name, room.settings.outputs) if room.outputs is not None else [],
         "series": series,
         "links": _links(request, room.name),
     }

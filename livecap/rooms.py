@@ -42,6 +42,7 @@ from livecap.labels import Label, LabelStore
 from livecap.language import AUTO, ENGLISH, LanguageLock
 from livecap.latency import RoomLatency
 from livecap.mask import WordMask
+from livecap.outputs.runner import OutputHub
 from livecap.recordings import RecordingStore
 from livecap.settings import RoomSettings, SettingsStore
 from livecap.vad import UtteranceEnded, UtteranceStarted, VadOptions, VadSegmenter
@@ -212,7 +213,7 @@ class RoomDefaults:
 class Room:
     def __init__(self, name: str, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
                  labels: LabelStore | None = None, settings: SettingsStore | None = None,
-                 recordings: RecordingStore | None = None) -> None:
+                 recordings: RecordingStore | None = None, outputs: OutputHub | None = None) -> None:
         self.name = name
         self.scheduler = scheduler
         self.defaults = defaults
@@ -220,6 +221,7 @@ class Room:
         self.labels = labels
         self._settings = settings
         self.recordings = recordings
+        self.outputs = outputs
         self._writes: set[asyncio.Future[Path]] = set()
         self.captions = restore(name, store)
         self._settled = (-1, 0)
@@ -390,6 +392,10 @@ class Room:
         self.last_event = event
         if coalesced := self.broadcaster.publish(event, now):
             metrics.partials_coalesced.labels(label).inc(coalesced)
+        if self.outputs is not None:
+            epoch = self.epoch if self.epoch is not None else now - self.audio_end
+            spoken = time.time() - (now - (epoch + event.start))  # the audio's arrival, as Unix time
+            self.outputs.publish(self.name, label, self.settings.outputs, event, now, spoken)
 
     async def archived(self, seq: int) -> Sequence[CaptionEvent]:
         """The lines stored for the room, read off the event loop, when a question
@@ -690,8 +696,10 @@ class RoomRegistry:
 
     def __init__(self, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
                  max_rooms: int, max_viewer_rooms: int, labels: LabelStore | None = None,
-                 settings: SettingsStore | None = None, recordings: RecordingStore | None = None) -> None:
+                 settings: SettingsStore | None = None, recordings: RecordingStore | None = None,
+                 outputs: OutputHub | None = None) -> None:
         self.scheduler = scheduler
+        self.outputs = outputs
         self.defaults = defaults
         self.store = store
         self.labels = labels
@@ -737,7 +745,8 @@ class RoomRegistry:
             raise ServerBusy(f"the server holds its maximum of {self.max_rooms} rooms with a publisher")
         room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
-            room = Room(name, self.scheduler, self.defaults, self.store, self.labels, self.settings, self.recordings)
+            room = Room(name, self.scheduler, self.defaults, self.store, self.labels, self.settings, self.recordings,
+                        self.outputs)
             if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
                 raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
                                  "neither a publisher nor a transcript; try again later")

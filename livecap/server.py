@@ -57,6 +57,7 @@ from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, Publisher
 from livecap.labels import LabelStore
 from livecap.metrics import Metrics
 from livecap.operator import add_operator_routes
+from livecap.outputs.runner import OutputHub
 from livecap.pages import add_page_routes, room_name
 from livecap.recordings import SWEEP_INTERVAL_S, RecordingStore
 from livecap.rooms import (
@@ -107,7 +108,8 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
                                       options.max_rooms, options.max_viewer_rooms,
                                       LabelStore(options.data_dir / "labels"),
                                       SettingsStore(options.data_dir / "settings"),
-                                      RecordingStore(options.data_dir / "recordings", options.recording_retention_days))
+                                      RecordingStore(options.data_dir / "recordings", options.recording_retention_days),
+                                      OutputHub(metrics))
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     metrics.publishers.set_function(lambda: rooms.publishers)
     metrics.publisher_capacity.set_function(lambda: scheduler.capacity)
@@ -237,10 +239,13 @@ async def _recording_sweep(app: web.Application) -> AsyncIterator[None]:
 async def _going_away(app: web.Application) -> None:
     """Shutdown (runs once the listening socket is closed, before the engines
     are): open utterances become final and reach their viewers, then every
-    connection gets ``shutting_down`` and a 1001 close instead of a dropped socket."""
+    connection gets ``shutting_down`` and a 1001 close instead of a dropped socket, while the rooms'
+    outputs deliver what they hold (``outputs.runner.DRAIN_S``)."""
     await app[ROOMS].close()
     error, sockets = ShuttingDown("the server is shutting down; reconnect in a moment"), app[SOCKETS]
-    await asyncio.gather(*(_close_with(ws, error, app[METRICS]) for ws in list(sockets)))
+    hub = app[ROOMS].outputs
+    await asyncio.gather(*(_close_with(ws, error, app[METRICS]) for ws in list(sockets)),
+                         hub.close() if hub is not None else asyncio.sleep(0))
 
 
 def _log_capacity(scheduler: Scheduler) -> None:

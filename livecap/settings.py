@@ -1,7 +1,8 @@
 """Per-room settings an operator changes while a room runs, kept and audited.
 
 A room's glossary (replacing the server-wide one), its profanity mask,
-whether its viewers need a key, and whether its audio is recorded. Kept in
+whether its viewers need a key, whether its audio is recorded, its language
+and translation, and its outputs (``livecap.outputs``). Kept in
 ``DATA_DIR/settings/ROOM.json`` (written whole and atomically, so a crash
 leaves the old or the new settings, never half), read again whenever the
 file changes (``livecap settings`` may change it while the server runs);
@@ -16,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from livecap.errors import InvalidRequest, shown
 from livecap.glossary import clean_terms
 from livecap.language import ENGLISH, TRANSLATION_TARGETS, WHISPER_LANGUAGES, supported
+from livecap.outputs.config import OutputConfig, parse_outputs
 
 NULLABLE = ("glossary", "viewer_keys", "translate")
 """Settings that may be null: the server-wide setting applies."""
@@ -48,21 +50,30 @@ class RoomSettings:
     """``en``: every line in another language also gets an English translation (the ``en`` track)."""
     candidates: tuple[str, ...] = ()
     """The languages an ``auto`` room may be in (the event's); empty: any of Whisper's 99."""
+    outputs: tuple[OutputConfig, ...] = ()
+    """Where else the room's captions go: OBS, YouTube, Zoom, webhooks (``livecap.outputs``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """As kept in the file, secrets included."""
+        return {f.name: _shown(getattr(self, f.name)) for f in fields(self)} | {
+            "outputs": [output.to_json() for output in self.outputs]}
+
+    def shown(self) -> dict[str, Any]:
+        """As the API shows it: outputs' secrets hidden."""
+        return self.to_json() | {"outputs": [output.shown() for output in self.outputs]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoomSettings:
         return cls(**changes(data))
 
 
-def changes(data: dict[str, Any]) -> dict[str, Any]:
+def changes(data: dict[str, Any], old: RoomSettings | None = None) -> dict[str, Any]:
     """Validated setting values from a client's JSON object (``InvalidRequest`` naming what is wrong):
     ``glossary``: a list of terms, a comma-separated string, or null; ``profanity``: a list of
     words or a comma-separated string; ``viewer_keys``: true, false or null; ``recording``: true or false;
     ``language``: a Whisper language code or "auto"; ``translate``: "en" or null; ``candidates``: a
-    list of Whisper language codes or a comma-separated string."""
+    list of Whisper language codes or a comma-separated string; ``outputs``: a list of outputs
+    (``outputs.config.parse_outputs``; a secret sent back hidden keeps the one in ``old``)."""
     names = {f.name for f in fields(RoomSettings)}
     unknown = [key for key in data if key not in names]
     if unknown:
@@ -85,6 +96,8 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
             if codes is None or not set(codes) <= WHISPER_LANGUAGES.keys():
                 raise InvalidRequest("candidates must be Whisper language codes: " + ", ".join(WHISPER_LANGUAGES))
             valid[name] = tuple(dict.fromkeys(codes))
+        elif name == "outputs":
+            valid[name] = parse_outputs(value, old.outputs if old is not None else ())
         elif name == "translate":
             if value not in TRANSLATION_TARGETS:
                 raise InvalidRequest(f"translate must be null or one of {', '.join(TRANSLATION_TARGETS)}")
@@ -130,8 +143,8 @@ class SettingsStore:
         """Apply validated ``values`` (see ``changes``), keep them, and audit what changed."""
         old = self.get(room)
         new = replace(old, **values)
-        changed = {name: [_shown(getattr(old, name)), _shown(getattr(new, name))]
-                   for name in values if getattr(old, name) != getattr(new, name)}
+        before, after = old.shown(), new.shown()
+        changed = {name: [before[name], after[name]] for name in values if getattr(old, name) != getattr(new, name)}
         if not changed:
             return old
         self._write(room, new)

@@ -1,0 +1,190 @@
+"""Room outputs at work: one task per output, fed by the room's caption events.
+
+An output is a subscriber of its room like a viewer, but it never slows the
+room: publishing only appends to the output's queue (``Outbox``), and the
+output's own task delivers from it, retrying while the destination fails.
+The hub keeps the outputs apart from the rooms' life in memory, so a room
+that empties still gets its last lines delivered; when an operator changes an
+output (a new URL, a fixed password) its queue carries over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from livecap.captions import CaptionEvent
+from livecap.metrics import Metrics
+from livecap.outputs.config import OutputConfig
+from livecap.outputs.delivery import Outbox
+from livecap.outputs.formats import Formatter
+from livecap.outputs.senders import DeliveryFailed, HttpSender, ObsSender
+
+log = logging.getLogger(__name__)
+HEALTH_LEVELS = {"idle": 0, "ok": 0, "retrying": 1, "failing": 2}
+"""``livecap_output_state``: 0 fine, 1 retrying, 2 failing."""
+DRAIN_S = 3.0
+"""At shutdown, how long outputs may go on delivering what they hold."""
+
+
+class OutputWorker:
+    """Delivers one output's queue in order, one request at a time."""
+
+    def __init__(self, room: str, label: str, config: OutputConfig, formatter: Formatter,
+                 sender: HttpSender | ObsSender, metrics: Metrics) -> None:
+        self.room, self.label, self.config = room, label, config
+        self.formatter = formatter
+        self.sender = sender
+        self.outbox = Outbox()
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"output-{room}-{config.name}")
+
+    def publish(self, event: CaptionEvent, now: float, spoken: float) -> None:
+        if not self.config.enabled:
+            return
+        for item in self.formatter.items(event, now, spoken):
+            if dropped := self.outbox.push(item):
+                self._count_dropped("overflow", dropped)
+        self._wake.set()
+
+    def replace(self, config: OutputConfig, formatter: Formatter,
+                sender: HttpSender | ObsSender) -> HttpSender | ObsSender:
+        """The operator changed the output (same kind): what is queued goes to the new destination.
+        Returns the old sender, to close."""
+        old = self.sender
+        self.config, self.formatter, self.sender = config, formatter, sender
+        self._wake.set()  # a back-off in progress ends now
+        return old
+
+    async def stop(self, drain_s: float = 0.0) -> int:
+        """Deliver for up to ``drain_s`` more, then stop; returns the items left undelivered (counted)."""
+        if drain_s > 0 and self.outbox.queue:
+            deadline = time.monotonic() + drain_s
+            while self.outbox.queue and time.monotonic() < deadline and not self._task.done():
+                await asyncio.sleep(0.05)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.sender.close()
+        left = len(self.outbox.queue)
+        if left:
+            self._count_dropped("stopped", left)
+            log.warning("output %s of room %s stopped with %d lines undelivered", self.config.name, self.room, left)
+        return left
+
+    def state(self, now: float) -> dict[str, Any]:
+        return {**self.config.shown(), **self.outbox.state(now)}
+
+    async def _run(self) -> None:
+        outbox, labels = self.outbox, (self.label, self.config.name, self.config.kind)
+        while True:
+            item = outbox.head()
+            if item is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self.sender.send(item)
+            except DeliveryFailed as error:
+                delay = outbox.failed(time.monotonic(), str(error))
+                self.metrics.output_failures.labels(*labels).inc()
+                self._set_state()
+                if item.attempts == 1:
+                    log.warning("output %s of room %s: %s (retrying)", self.config.name, self.room, error)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            now = time.monotonic()
+            outbox.delivered(now)
+            self.metrics.output_sent.labels(*labels).inc()
+            self.metrics.output_lag_seconds.labels(self.config.kind).observe(now - item.since)
+            self._set_state()
+            if pause := self.sender.pause_after(item):
+                await asyncio.sleep(pause)
+
+    def _set_state(self) -> None:
+        health = self.outbox.health(time.monotonic())
+        self.metrics.output_state.labels(self.label, self.config.name, self.config.kind).set(HEALTH_LEVELS[health])
+
+    def _count_dropped(self, reason: str, count: int) -> None:
+        self.metrics.output_dropped.labels(self.label, self.config.name, self.config.kind, reason).inc(count)
+
+
+class OutputHub:
+    """Every room's outputs; one HTTP client session for them all."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.workers: dict[str, dict[str, OutputWorker]] = {}
+        """By room, by output name."""
+        self._configs: dict[str, tuple[OutputConfig, ...]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
+        """Stops of removed outputs and closes of replaced senders, under way."""
+
+    def publish(self, room: str, label: str, configs: tuple[OutputConfig, ...], event: CaptionEvent, now: float,
+                spoken: float) -> None:
+        """Queue ``event`` (its first word spoken at Unix time ``spoken``) for each of the room's
+        outputs (``configs``, as its settings say now)."""
+        if configs or room in self.workers:
+            for worker in self.configure(room, label, configs).values():
+                worker.publish(event, now, spoken)
+
+    def configure(self, room: str, label: str, configs: tuple[OutputConfig, ...]) -> dict[str, OutputWorker]:
+        """Make the room's workers match ``configs``: start new outputs, hand changed ones their new
+        destination (their queue kept unless the kind changed), stop removed ones."""
+        workers = self.workers.setdefault(room, {})
+        if self._configs.get(room) == configs:
+            return workers
+        self._configs[room] = configs
+        wanted = {config.name: config for config in configs}
+        for name in [name for name, worker in workers.items()
+                     if name not in wanted or wanted[name].kind != worker.config.kind]:
+            self._later(workers.pop(name).stop())
+        for name, config in wanted.items():
+            formatter = Formatter(config)
+            sender = self._sender(config, formatter)
+            if name not in workers:
+                workers[name] = OutputWorker(room, label, config, formatter, sender, self.metrics)
+            elif workers[name].config != config:
+                self._later(workers[name].replace(config, formatter, sender).close())
+        if not workers:
+            del self.workers[room], self._configs[room]
+        return workers
+
+    def state(self, room: str, configs: tuple[OutputConfig, ...]) -> list[dict[str, Any]]:
+        """Each configured output with its health (an output not started yet: idle)."""
+        now, workers = time.monotonic(), self.workers.get(room, {})
+        return [workers[c.name].state(now) if c.name in workers and workers[c.name].config == c
+                else {**c.shown(), **Outbox().state(now)} for c in configs]
+
+    def _later(self, closing: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _sender(self, config: OutputConfig, formatter: Formatter) -> HttpSender | ObsSender:
+        if config.kind == "obs":
+            return ObsSender(config)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return HttpSender(self._session, formatter)
+
+    async def close(self, drain_s: float = DRAIN_S) -> int:
+        """Stop every output after up to ``drain_s`` of delivering; returns the lines left undelivered."""
+        workers = [worker for room in self.workers.values() for worker in room.values()]
+        self.workers.clear()
+        self._configs.clear()
+        left = sum(await asyncio.gather(*(worker.stop(drain_s) for worker in workers)))
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        return left

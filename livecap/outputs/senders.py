@@ -1,0 +1,114 @@
+"""The I/O of outputs: an HTTP POST, an obs-websocket request.
+
+A sender turns one queued item into one request and raises ``DeliveryFailed``
+(with what went wrong, for the operator) when the destination did not take
+it; what to do then is the worker's (``runner.OutputWorker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import simpleobsws
+
+from livecap.outputs.cea608 import air_time
+from livecap.outputs.config import OutputConfig
+from livecap.outputs.delivery import Item
+from livecap.outputs.formats import Formatter
+
+log = logging.getLogger(__name__)
+REQUEST_TIMEOUT_S = 10.0
+"""A request without an answer by then is given up and retried (Zoom asks for a timeout)."""
+ERROR_TEXT_CHARS = 200
+
+
+class DeliveryFailed(Exception):
+    """The destination did not take an item; the message says why."""
+
+
+class HttpSender:
+    """POSTs to YouTube's, Zoom's or a webhook's URL; any answer but 2xx is a failure."""
+
+    def __init__(self, session: aiohttp.ClientSession, formatter: Formatter) -> None:
+        self.session = session
+        self.formatter = formatter
+
+    async def send(self, item: Item) -> None:
+        request = self.formatter.request(item)
+        try:
+            async with self.session.post(request.url, data=request.body, headers=request.headers,
+                                         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                         allow_redirects=False) as response:
+                if not 200 <= response.status < 300:
+                    text = (await response.text(errors="replace"))[:ERROR_TEXT_CHARS].strip()
+                    raise DeliveryFailed(f"HTTP {response.status}" + (f": {text}" if text else ""))
+        except TimeoutError:
+            raise DeliveryFailed(f"no answer within {REQUEST_TIMEOUT_S:g} s") from None
+        except aiohttp.ClientError as error:
+            raise DeliveryFailed(f"{type(error).__name__}: {error}"[:ERROR_TEXT_CHARS]) from None
+
+    def pause_after(self, item: Item) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the session is the hub's."""
+
+
+class ObsSender:
+    """Requests to OBS Studio over obs-websocket v5 (``simpleobsws``): ``SendStreamCaption``
+    (CEA-608 stream captions; OBS answers with an error while it is not streaming) or
+    ``SetInputSettings`` of a text source. Connects on first use and again after OBS went away."""
+
+    def __init__(self, config: OutputConfig) -> None:
+        self.config = config
+        self._client: simpleobsws.WebSocketClient | None = None
+
+    async def send(self, item: Item) -> None:
+        client = await self._connected()
+        if self.config.mode == "captions":
+            request = simpleobsws.Request("SendStreamCaption", {"captionText": item.payload})
+        else:
+            request = simpleobsws.Request("SetInputSettings", {"inputName": self.config.source,
+                                                               "inputSettings": {"text": item.payload}})
+        try:
+            response = await client.call(request, timeout=int(REQUEST_TIMEOUT_S))
+        except (simpleobsws.MessageTimeout, simpleobsws.NotIdentifiedError, OSError) as error:
+            await self.close()
+            raise DeliveryFailed(f"OBS did not answer: {error}"[:ERROR_TEXT_CHARS]) from None
+        if not response.ok():
+            status = response.requestStatus
+            raise DeliveryFailed(f"OBS refused {request.requestType} (code {status.code}): {status.comment}")
+
+    async def _connected(self) -> simpleobsws.WebSocketClient:
+        client = self._client
+        if client is not None and client.ws_open and client.is_identified():
+            return client
+        await self.close()
+        client = simpleobsws.WebSocketClient(url=self.config.url, password=self.config.secret or "")
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                await client.connect()
+                identified = await client.wait_until_identified(timeout=int(REQUEST_TIMEOUT_S))
+        except (OSError, TimeoutError) as error:
+            raise DeliveryFailed(f"cannot connect to OBS at {self.config.url}: {error}"[:ERROR_TEXT_CHARS]) from None
+        except Exception as error:  # websockets' handshake errors (an HTTP answer, a refused subprotocol)
+            raise DeliveryFailed(f"no obs-websocket at {self.config.url}: {error}"[:ERROR_TEXT_CHARS]) from None
+        if not identified:
+            await client.disconnect()
+            raise DeliveryFailed("OBS did not accept the connection: wrong obs-websocket password?")
+        self._client = client
+        return client
+
+    def pause_after(self, item: Item) -> float:
+        """Stream captions wait for the 608 channel to carry the last one; a text source needs no pause."""
+        return air_time(item.payload) if self.config.mode == "captions" else 0.0
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.disconnect()
+            except Exception:  # already gone: nothing to close
+                log.debug("closing an obs-websocket connection", exc_info=True)

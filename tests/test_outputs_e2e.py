@@ -1,0 +1,241 @@
+"""Room outputs against real HTTP destinations on loopback that fail on demand, while a real
+recording streams into a real server: nothing lost, seq rules kept, viewers not held up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import aiohttp
+import pytest
+import websockets
+from aiohttp import web
+from playwright.async_api import Browser
+from playwright.async_api import expect as playwright_expect
+
+from livecap.appkeys import ROOMS
+from livecap.asr.engine import Word
+from livecap.client import stream_audio
+from livecap.outputs.formats import SIGNATURE_HEADER
+from livecap.outputs.senders import REQUEST_TIMEOUT_S
+from tests.conftest import LiveServer, fail_on_page_errors, timeout
+from tests.speech import audio
+
+RECORDING = "osr-us-000-0034-8k"
+"""35 s of Harvard sentences: a dozen utterances."""
+FAILING_S = 30.0
+SECRET = "hook-secret"
+expect = playwright_expect
+expect.set_options(timeout=timeout(30) * 1000)
+
+
+@dataclass
+class Attempt:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    ok: bool = False
+
+
+@dataclass
+class Destination:
+    """YouTube, Zoom and a webhook in one loopback server. Until ``failing_until`` every request
+    fails: most with 503, every fourth by hanging past the sender's timeout, every seventh by
+    resetting the connection."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    failing_until: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        attempt = Attempt(request.path, parse_qs(request.query_string), dict(request.headers), await request.read())
+        self.attempts.append(attempt)
+        if time.monotonic() < self.failing_until:
+            count = len(self.attempts)
+            if count % 4 == 0:
+                await asyncio.sleep(REQUEST_TIMEOUT_S + 2)
+            elif count % 7 == 0 and request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503, text="try later")
+        attempt.ok = True
+        return web.Response(text="ok")
+
+    def delivered(self, path: str) -> list[Attempt]:
+        return [a for a in self.attempts if a.path == path and a.ok]
+
+
+@pytest.fixture
+async def destination() -> Any:
+    receiver = Destination()
+    app = web.Application()
+    app.router.add_post("/{name}", receiver.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield receiver, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def operator(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
+    async with aiohttp.ClientSession() as http, http.request(
+            method, f"{server.base}{path}", data=None if body is None else json.dumps(body),
+            headers={"Authorization": f"Bearer {server.keys.key('operator')}"}) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def outputs_of(server: LiveServer, room: str) -> list[dict[str, Any]]:
+    rooms = (await operator(server, "GET", "/operator/rooms"))["rooms"]
+    return next(r["outputs"] for r in rooms if r["name"] == room)
+
+
+def assert_seq_rules(attempts: list[Attempt]) -> None:
+    """YouTube's and Zoom's rule: seq one more for each new post, the same (and the same body) on a retry."""
+    last: Attempt | None = None
+    for attempt in attempts:
+        seq = int(attempt.query["seq"][0])
+        if last is None:
+            assert seq == 1
+        elif last.ok:
+            assert seq == int(last.query["seq"][0]) + 1
+        else:
+            assert seq == int(last.query["seq"][0]) and attempt.body == last.body, "a retry repeats its post"
+        last = attempt
+
+
+@pytest.mark.slow
+async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_server: LiveServer,
+                                                                       destination: Any) -> None:
+    receiver, base = destination
+    room = "outputs-e2e"
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [
+        {"name": "yt", "kind": "youtube", "url": f"{base}/yt?cid=stream-key"},
+        {"name": "zoom", "kind": "zoom", "url": f"{base}/zoom?id=1&ns=abc&signature=x"},
+        {"name": "archive", "kind": "webhook", "url": f"{base}/hook", "secret": SECRET}]})
+    receiver.failing_until = time.monotonic() + FAILING_S
+    viewer_finals: list[tuple[float, dict[str, Any]]] = []
+    states_seen: set[str] = set()
+    errors_seen: set[str] = set()
+
+    async with websockets.connect(sphinx_server.captions_url(room)) as viewer:
+        async def watch() -> None:
+            async for raw in viewer:
+                message = json.loads(raw)
+                if message.get("type") == "caption" and message["kind"] == "final":
+                    viewer_finals.append((time.monotonic(), message))
+
+        async def poll() -> None:
+            while True:
+                for output in await outputs_of(sphinx_server, room):
+                    states_seen.add(output["state"])
+                    errors_seen.add(output["last_error"] or "")
+                await asyncio.sleep(1.0)
+
+        watching, polling = asyncio.create_task(watch()), asyncio.create_task(poll())
+        result = await stream_audio(sphinx_server.ingest_url(room), audio(RECORDING))
+        assert result.messages[-1]["type"] == "stopped"
+        deadline = time.monotonic() + timeout(FAILING_S + 60)
+        while time.monotonic() < deadline:
+            outputs = await outputs_of(sphinx_server, room)
+            if time.monotonic() > receiver.failing_until and all(o["queued"] == 0 for o in outputs):
+                break
+            await asyncio.sleep(0.5)
+        polling.cancel()
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(polling, watching)
+
+    lines = [m for _, m in viewer_finals if m["text"]]
+    assert len(lines) >= 6, "the recording gives a dozen utterances"
+    during_failure = [t for t, _ in viewer_finals if t < receiver.failing_until]
+    assert len(during_failure) >= 4, "viewers got their finals while every destination failed"
+
+    youtube, zoom, hook = (receiver.delivered(path) for path in ("/yt", "/zoom", "/hook"))
+    assert [a.body.decode().split("\n")[1] for a in youtube] == [m["text"] for m in lines], "no line lost or repeated"
+    assert [a.body.decode() for a in zoom] == [m["text"] for m in lines]
+    assert all(a.query["lang"] == ["en-US"] and a.query["id"] == ["1"] for a in zoom)
+    assert [json.loads(a.body)["seq"] for a in hook] == [m["seq"] for _, m in viewer_finals]
+    for attempt in hook:
+        signature = hmac.new(SECRET.encode(), attempt.body, hashlib.sha256).hexdigest()
+        assert attempt.headers[SIGNATURE_HEADER] == f"sha256={signature}"
+    for path in ("/yt", "/zoom"):
+        attempts = [a for a in receiver.attempts if a.path == path]
+        assert len(attempts) > len(lines), "there were retries"
+        assert_seq_rules(attempts)
+
+    assert "retrying" in states_seen and "failing" in states_seen, "the dashboard showed the failure"
+    assert any(error.startswith("HTTP 503") for error in errors_seen)
+    assert any("no answer within" in error for error in errors_seen), "a hanging destination is timed out"
+    final_states = await outputs_of(sphinx_server, room)
+    assert {o["state"] for o in final_states} == {"ok"} and all(o["dropped"] == 0 for o in final_states)
+    assert {o["name"]: o["sent"] for o in final_states} == {"yt": len(lines), "zoom": len(lines),
+                                                           "archive": len(viewer_finals)}
+    assert all(o["secret"] in (None, "(kept)") for o in final_states), "the secret is never shown"
+
+
+@pytest.mark.slow
+async def test_the_dashboard_adds_an_output_and_shows_its_health(sphinx_server: LiveServer, browser: Browser,
+                                                                 destination: Any) -> None:
+    """The operator adds a signed webhook in the settings dialog; the room's card says it fails, and
+    why, while the destination answers 503, then that it delivered everything; a second save
+    without retyping the secret keeps it."""
+    receiver, base = destination
+    room_name = "dashboard-outputs"
+    server = sphinx_server
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.captions_url(room_name)):
+        page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors = fail_on_page_errors(page)
+        await page.goto(f"{server.base}/dashboard?token={server.keys.key('operator')}")
+        card = page.locator(f'.card[data-room="{room_name}"]')
+        await card.get_by_role("button", name="Settings…").click()
+        dialog = page.locator("#settings-dialog")
+        await dialog.get_by_role("button", name="Add an output").click()
+        row = dialog.locator(".output").last
+        await row.get_by_label("Kind").select_option("webhook")
+        await row.get_by_label("Name").fill("archive")
+        await row.get_by_label("Address").fill(f"{base}/hook")
+        await row.get_by_label("Password or secret").fill(SECRET)
+        receiver.failing_until = time.monotonic() + 3600
+        await dialog.get_by_role("button", name="Save").click()
+        await expect(dialog).to_be_hidden()
+
+        room = server.app[ROOMS].get(room_name)
+        segment = room.captions.new_segment()
+        final = room.captions.final(segment, (Word("hello", 0.0, 0.4, 0.9), Word("outputs", 0.4, 0.9, 0.9)),
+                                    0.0, 0.9, "test", "1", 1.0)
+        assert final is not None
+        room.publish(final)
+        state = card.locator(".output-state")
+        await expect(state.locator(".badge")).to_have_text(re.compile("retrying|failing"))
+        await expect(state.locator(".error")).to_have_text(re.compile("HTTP 503"))
+        await expect(state).to_have_attribute("data-state", "failing", timeout=timeout(30) * 1000)
+        receiver.failing_until = 0.0
+        await expect(state).to_have_attribute("data-state", "ok", timeout=timeout(30) * 1000)
+        await expect(state.locator(".figures")).to_contain_text("1 sent · 0 waiting")
+        await expect(state.locator(".error")).to_have_count(0)
+
+        await card.get_by_role("button", name="Settings…").click()
+        secret = dialog.locator(".output").last.get_by_label("Password or secret")
+        await expect(secret).to_have_value("")
+        await expect(secret).to_have_attribute("placeholder", re.compile("kept"))
+        await dialog.get_by_role("button", name="Save").click()
+        await expect(dialog).to_be_hidden()
+        room.publish(room.captions.correction(final.seq, "hello, outputs"))
+        await expect(state.locator(".figures")).to_contain_text("2 sent · 0 waiting")
+        await page.close()
+    delivered = receiver.delivered("/hook")
+    assert [json.loads(a.body)["kind"] for a in delivered] == ["final", "correction"]
+    for attempt in delivered:
+        signature = hmac.new(SECRET.encode(), attempt.body, hashlib.sha256).hexdigest()
+        assert attempt.headers[SIGNATURE_HEADER] == f"sha256={signature}", "the secret was kept"
+    assert not errors
