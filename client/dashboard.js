@@ -203,6 +203,9 @@ function updateCard(entry, room) {
   field(".glossary").textContent = glossary.terms ? `${glossary.terms} terms · ${glossary.heard} recognised` +
     (glossary.most_heard.length ? ": " + glossary.most_heard.map((t) => `${t.term} ×${t.count}`).join(", ") : "")
     : "none";
+  const outputs = room.outputs ?? [];
+  field(".outputs").hidden = !outputs.length;
+  field(".output-list").replaceChildren(...outputs.map(describeOutput));
   field(".flagged").hidden = !quality.flagged.length;
   field(".flagged-lines").replaceChildren(...quality.flagged.map((line) => {
     const item = document.createElement("li");
@@ -243,6 +246,33 @@ function updateCard(entry, room) {
   entry.data = chartData(room.series);
   if (!entry.chart) drawChart(entry);
   else entry.chart.setData(entry.data);
+}
+
+const OUTPUT_KINDS = { obs: "OBS", youtube: "YouTube", zoom: "Zoom", webhook: "Webhook" };
+const OUTPUT_STATES = { idle: "waiting for captions", ok: "ok", retrying: "retrying", failing: "failing" };
+
+/** One output on a room card: its health, what it delivered, and what went wrong last. */
+function describeOutput(output) {
+  const item = document.createElement("li");
+  item.className = "output-state";
+  item.dataset.state = output.enabled ? output.state : "off";
+  const name = document.createElement("strong");
+  name.textContent = output.name;
+  const state = document.createElement("span");
+  state.className = "badge";
+  state.textContent = output.enabled ? OUTPUT_STATES[output.state] ?? output.state : "off";
+  const figures = document.createElement("span");
+  figures.className = "figures";
+  figures.textContent = `${OUTPUT_KINDS[output.kind] ?? output.kind} · ${output.sent} sent · ${output.queued} waiting` +
+    (output.failures ? ` · ${output.failures} failed attempts` : "") + (output.dropped ? ` · ${output.dropped} lost` : "");
+  item.append(name, " ", state, " ", figures);
+  if (output.last_error && output.state !== "ok") {
+    const error = document.createElement("span");
+    error.className = "error";
+    error.textContent = output.last_error;
+    item.append(" ", error);
+  }
+  return item;
 }
 
 function render(snapshot) {
@@ -360,6 +390,69 @@ function languageChanges() {
     .filter(([name, value]) => JSON.stringify(value) !== JSON.stringify(readLanguages[name])));
 }
 
+const OUTPUT_ADDRESSES = {
+  obs: "ws://127.0.0.1:4455 (OBS: Tools → WebSocket Server Settings)",
+  youtube: "https://upload.youtube.com/closedcaption?cid=… (YouTube Studio: the stream's caption ingestion URL)",
+  zoom: "https://wmcc.zoom.us/closedcaption?id=… (Zoom: Captions → API token)",
+  webhook: "https://… (receives each line as JSON)",
+};
+const SECRETS = { obs: "obs-websocket password", webhook: "signing secret (optional)" };
+
+/** A row of the outputs editor, filled from an output as the server shows it (or a new one). */
+function outputRow(output = {}) {
+  const row = $("output-template").content.firstElementChild.cloneNode(true);
+  const get = (selector) => row.querySelector(selector);
+  const showKind = () => {
+    row.dataset.kind = get(".kind").value;
+    row.dataset.mode = get(".mode").value;
+    get(".url").placeholder = OUTPUT_ADDRESSES[row.dataset.kind];
+    get(".secret").hidden = !(row.dataset.kind in SECRETS);
+    get(".secret").placeholder = row.dataset.secretKept ? "(kept; type to replace)" : SECRETS[row.dataset.kind] ?? "";
+  };
+  get(".kind").value = output.kind ?? "obs";
+  get(".name").value = output.name ?? `${get(".kind").value}-${$("settings-outputs").children.length + 1}`;
+  get(".url").value = output.url ?? "";
+  if (output.secret) row.dataset.secretKept = "yes";
+  get(".enabled").checked = output.enabled ?? true;
+  get(".track").value = output.track ?? "original";
+  get(".offset").value = output.offset_s ?? 0;
+  get(".lang").value = output.lang ?? "";
+  get(".mode").value = output.mode ?? "captions";
+  get(".source").value = output.source ?? "Captions";
+  get(".lines").value = output.lines ?? 2;
+  get(".partials").checked = output.partials ?? false;
+  get(".kind").addEventListener("change", showKind);
+  get(".mode").addEventListener("change", showKind);
+  get(".remove").addEventListener("click", () => row.remove());
+  showKind();
+  return row;
+}
+
+/** The outputs as the editor holds them; a secret left empty keeps the one the server has. */
+function readOutputs() {
+  return [...$("settings-outputs").children].map((row) => {
+    const get = (selector) => row.querySelector(selector);
+    const kind = get(".kind").value;
+    const secret = get(".secret").value || (row.dataset.secretKept ? "(kept)" : null);
+    const output = { name: get(".name").value.trim(), kind, url: get(".url").value.trim(),
+                     enabled: get(".enabled").checked, track: get(".track").value };
+    if (kind in SECRETS) output.secret = secret;
+    if (kind === "youtube") output.offset_s = Number(get(".offset").value) || 0;
+    if (kind === "zoom") output.lang = get(".lang").value.trim() || null;
+    if (kind === "obs") {
+      Object.assign(output, { mode: get(".mode").value, source: get(".source").value.trim() || "Captions",
+                              lines: Number(get(".lines").value) || 2, partials: get(".partials").checked });
+    }
+    return output;
+  });
+}
+
+$("settings-add-output").addEventListener("click", () => {
+  const row = outputRow();
+  $("settings-outputs").append(row);
+  row.querySelector(".url").focus();
+});
+
 async function openSettings(name) {
   const dialog = $("settings-dialog");
   const response = await fetch(settingsUrl(name), key.authorized()).catch(() => null);
@@ -387,6 +480,8 @@ async function openSettings(name) {
     $("settings-language-candidates").value = settings.candidates.join(", ");
     showCandidates();
   }
+  $("settings-outputs-field").hidden = !("outputs" in settings);
+  $("settings-outputs").replaceChildren(...(settings.outputs ?? []).map(outputRow));
   $("settings-save").disabled = false;
   $("settings-message").hidden = true;
   $("settings-candidates").replaceChildren();
@@ -462,6 +557,7 @@ $("settings-form").addEventListener("submit", async (event) => {
     recording: $("settings-recording").checked,
     ...languageChanges(),
   };
+  if (!$("settings-outputs-field").hidden) body.outputs = readOutputs();
   // A new language may take the server a few seconds (the multilingual model loads first).
   $("settings-save").disabled = true;
   const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({

@@ -1,4 +1,4 @@
-// /overlay/ROOM?theme=&font=&size=&color=&bg=&lines=&position=&maxchars=&lowconf=&hold=&track=&token=
+// /overlay/ROOM?theme=&font=&size=&color=&bg=&lines=&position=&maxchars=&lowconf=&hold=&track=&preset=&token=
 import { CaptionList, followCaptions, knownTrack, numberParam, params, textDirection } from "/static/captions.js";
 
 const root = document.documentElement;
@@ -8,6 +8,10 @@ const flow = document.querySelector(".flow");
 
 root.dataset.theme = ["dark", "light"].includes(params.get("theme")) ? params.get("theme") : "transparent";
 root.dataset.position = params.get("position") === "top" ? "top" : "bottom";
+// preset=608: the look of CEA-608 stream captions (what OBS sends): 32 monospace columns, 2-3 lines,
+// white on black; the other parameters still apply on top.
+const cea608 = params.get("preset") === "608";
+if (cea608) root.dataset.preset = "608";
 
 /** `ff0` and `ffcc00` work as well as `%23ffcc00` (a bare # would start the URL's fragment). */
 function color(value) {
@@ -28,8 +32,8 @@ const settings = {
   "--size": length(params.get("size")),
   "--text": color(params.get("color")),
   "--box": color(params.get("bg")),
-  "--lines": params.has("lines") ? numberParam("lines", 2, 1, 10) : null,
-  "--chars": params.has("maxchars") ? numberParam("maxchars", 42, 10, 200) : null,
+  "--lines": params.has("lines") ? numberParam("lines", 2, cea608 ? 2 : 1, cea608 ? 3 : 10) : null,
+  "--chars": params.has("maxchars") && !cea608 ? numberParam("maxchars", 42, 10, 200) : null,
 };
 for (const [name, value] of Object.entries(settings)) {
   if (value !== null) root.style.setProperty(name, value);

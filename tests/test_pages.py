@@ -150,6 +150,56 @@ async def test_overlay_marks_low_confidence_words_and_applies_corrections(server
     assert not errors
 
 
+# The rendered lines of the overlay's captions: characters grouped by the line box they sit in.
+RENDERED_LINES = """() => {
+  const lines = new Map();
+  const walker = document.createTreeWalker(document.querySelector(".flow"), NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rect = range.getClientRects()[0];
+      if (!rect || rect.width === 0) continue;
+      const top = Math.round(rect.top);
+      lines.set(top, (lines.get(top) ?? "") + node.data[i]);
+    }
+  }
+  const window = document.querySelector(".window").getBoundingClientRect();
+  return [...lines.entries()].sort((a, b) => a[0] - b[0])
+    .map(([top, text]) => ({text: text.trim(), visible: top >= window.top - 1 && top < window.bottom - 1}));
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lines", [2, 3])
+async def test_overlay_608_preset_shows_at_most_32_columns_and_its_lines(server: LiveServer, browser: Browser,
+                                                                        lines: int) -> None:
+    """What an AV team sees on the projector matches the stream's CEA-608 captions: rows of at most
+    32 characters, 2 or 3 of them, however large the text."""
+    name = f"overlay-608-{lines}"
+    page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+    errors = fail_on_page_errors(page)
+    await page.goto(f"{server.base}/overlay/{name}?preset=608&lines={lines}&size=64&maxchars=80&hold=0")
+    await expect(page.locator("html")).to_have_attribute("data-connection", "open")
+    room = server.app[ROOMS].get(name)
+    text = ("the committee approved the interdisciplinary programme for accessibility "
+            "and the captions of every talk reach the stream in real time")
+    words = tuple(Word(w, i * 0.3, i * 0.3 + 0.3, 0.9) for i, w in enumerate(text.split()))
+    segment = room.captions.new_segment()
+    event = room.captions.final(segment, words, 0.0, words[-1].end, "test", "1", 1.0)
+    assert event is not None
+    room.publish(event)
+    await expect(page.locator("#log")).to_have_text(text)
+    rendered = await page.evaluate(RENDERED_LINES)
+    assert len(rendered) >= 4 and all(len(line["text"]) <= 32 for line in rendered), rendered
+    assert " ".join(line["text"] for line in rendered) == text
+    assert sum(line["visible"] for line in rendered) == lines, "the window shows the last rows only"
+    assert "mono" in (await page.locator("#box").evaluate("e => getComputedStyle(e).fontFamily")).lower()
+    await page.close()
+    assert not errors
+
+
 class Cutter:
     """Routes the page's caption sockets through Playwright so the test can cut them like bad Wi-Fi would, and
     records the acknowledgements the page sends."""
