@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from livecap.captions import CaptionEvent, Word
+from livecap.asr.engine import Word
+from livecap.captions import CaptionEvent
 from livecap.errors import InvalidRequest
 from livecap.outputs.cea608 import COLUMNS, RollUp, air_time, caption_safe
 from livecap.outputs.config import SECRET_KEPT, OutputConfig, parse_outputs

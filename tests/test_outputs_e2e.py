@@ -10,24 +10,30 @@ import hmac
 import json
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
+import numpy as np
 import pytest
 import websockets
 from aiohttp import web
 from playwright.async_api import Browser
 from playwright.async_api import expect as playwright_expect
 
+from benchmarks.scoring import word_error_rate
 from livecap.appkeys import ROOMS
 from livecap.asr.engine import Word
 from livecap.client import stream_audio
+from livecap.outputs.cea608 import COLUMNS, caption_safe
 from livecap.outputs.formats import SIGNATURE_HEADER
 from livecap.outputs.senders import REQUEST_TIMEOUT_S
 from tests.conftest import LiveServer, fail_on_page_errors, timeout
-from tests.speech import audio
+from tests.obs_studio import ObsStudio, read_captions
+from tests.speech import audio, recordings
 
 RECORDING = "osr-us-000-0034-8k"
 """35 s of Harvard sentences: a dozen utterances."""
@@ -239,3 +245,111 @@ async def test_the_dashboard_adds_an_output_and_shows_its_health(sphinx_server: 
         signature = hmac.new(SECRET.encode(), attempt.body, hashlib.sha256).hexdigest()
         assert attempt.headers[SIGNATURE_HEADER] == f"sha256={signature}", "the secret was kept"
     assert not errors
+
+
+# ---- OBS Studio: real OBS under Xvfb streaming to an RTMP receiver on loopback (tests/obs_studio.py)
+
+OBS_CLIPS = ["librispeech-3752-4944-0000", "librispeech-3752-4944-0001", "librispeech-3752-4944-0002"]
+"""Recordings PocketSphinx gets nearly right (0-12% WER each): what comes back is checked against them."""
+OBS_WER_BOUND = 0.3
+
+
+@pytest.fixture
+async def obs(tmp_path: Path) -> AsyncIterator[ObsStudio]:
+    studio = ObsStudio(tmp_path)
+    try:
+        await studio.start()
+        yield studio
+    finally:
+        await studio.close()
+
+
+async def drained(server: LiveServer, room: str, limit_s: float = 60.0) -> list[dict[str, Any]]:
+    """The room's outputs once none has anything waiting and none is failing."""
+    deadline = time.monotonic() + timeout(limit_s)
+    while True:
+        outputs = await outputs_of(server, room)
+        if all(o["queued"] == 0 and o["state"] in ("ok", "idle") for o in outputs) or time.monotonic() > deadline:
+            return outputs
+        await asyncio.sleep(0.3)
+
+
+@pytest.mark.slow
+async def test_obs_gets_608_stream_captions_and_its_text_source(sphinx_server: LiveServer, obs: ObsStudio) -> None:
+    """Finals of a real recording go into OBS's stream as CEA-608 captions (read back from what the
+    RTMP receiver got): rows of at most 32 columns, two on screen rolling up a line at a time,
+    every word once; the scene's text source shows the last two lines."""
+    room = "obs-stream"
+    await obs.start_stream()
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [
+        {"name": "stream", "kind": "obs", "url": obs.url, "secret": obs.password, "mode": "captions", "lines": 2},
+        {"name": "scene", "kind": "obs", "url": obs.url, "secret": obs.password, "mode": "text", "lines": 2}]})
+    pause = np.zeros(16_000, dtype=np.float32)
+    result = await stream_audio(sphinx_server.ingest_url(room),
+                                np.concatenate([part for clip in OBS_CLIPS for part in (audio(clip), pause)]))
+    finals = [m["text"] for m in result.finals if m["text"]]
+    outputs = {o["name"]: o for o in await drained(sphinx_server, room)}
+    assert outputs["stream"]["state"] == "ok" and outputs["scene"]["state"] == "ok", outputs
+    shown = await obs.call("GetInputSettings", {"inputName": "Captions"})
+    assert shown["inputSettings"]["text"] == "\n".join(finals[-2:])  # type: ignore[index]
+    await asyncio.sleep(1.0)  # the last caption's frame is encoded and sent
+    await obs.stop_stream()
+
+    captions = read_captions(obs.received)
+    sent = {o["name"]: o["sent"] for o in await outputs_of(sphinx_server, room)}
+    assert len(captions) == sent["stream"], f"OBS put every caption into the stream: {captions}"
+    previous: list[str] = []
+    for rows in captions:
+        assert 1 <= len(rows) <= 2 and all(0 < len(row) <= COLUMNS for row in rows), rows
+        assert rows == [*previous, rows[-1]][-2:], "roll-up: a caption adds one line to the one before"
+        previous = rows
+    streamed = " ".join(rows[-1] for rows in captions)
+    assert streamed.split() == caption_safe(" ".join(finals)).split(), "every word of the finals, once"
+    reference = " ".join(recordings()[clip].text for clip in OBS_CLIPS)
+    assert word_error_rate([reference], [streamed]) < OBS_WER_BOUND
+
+
+@pytest.mark.slow
+async def test_obs_output_says_what_is_wrong_and_catches_up_when_obs_comes_back(sphinx_server: LiveServer,
+                                                                                obs: ObsStudio) -> None:
+    """A wrong password and a closed OBS are shown on the dashboard with the reason; the lines wait
+    in the output's queue, and reach OBS once the password is fixed and OBS is back."""
+    room = "obs-restart"
+    output = {"name": "scene", "kind": "obs", "url": obs.url, "secret": "not-the-password", "mode": "text",
+              "lines": 3}
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [output]})
+    server_room = sphinx_server.app[ROOMS].get(room)
+
+    def say(text: str) -> str:
+        segment = server_room.captions.new_segment()
+        words = tuple(Word(w, i * 0.3, i * 0.3 + 0.3, 0.9) for i, w in enumerate(text.split()))
+        final = server_room.captions.final(segment, words, 0.0, words[-1].end, "test", "1", 1.0)
+        assert final is not None
+        server_room.publish(final)
+        return text
+
+    lines = [say("the first line")]
+    await until(lambda o: "password" in (o["last_error"] or ""), sphinx_server, room)
+    await obs.stop_obs()
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings",
+                   {"outputs": [{**output, "secret": obs.password}]})
+    lines.append(say("said while OBS was closed"))
+    waiting = await until(lambda o: "cannot connect" in (o["last_error"] or ""), sphinx_server, room)
+    assert waiting["queued"] >= 1 and waiting["state"] in ("retrying", "failing")
+    await obs.start()
+    lines.append(say("and after it came back"))
+    [state] = await drained(sphinx_server, room)
+    assert state["state"] == "ok" and state["dropped"] == 0, state
+    shown = await obs.call("GetInputSettings", {"inputName": "Captions"})
+    assert shown["inputSettings"]["text"] == "\n".join(lines)  # type: ignore[index]
+
+
+async def until(check: Callable[[dict[str, Any]], bool], server: LiveServer, room: str) -> dict[str, Any]:
+    """The room's only output, once ``check`` holds for it."""
+    deadline = time.monotonic() + timeout(30)
+    while time.monotonic() < deadline:
+        [output] = await outputs_of(server, room)
+        if check(output):
+            return output
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"output never reached the expected state: {output}")

@@ -53,6 +53,15 @@ class Formatter:
         self._rollup = RollUp(rows=config.lines)
         self._lines: deque[str] = deque(maxlen=config.lines)
 
+    def changed(self, config: OutputConfig) -> Formatter:
+        """The formatter for the output changed to ``config``: this one (keeping the lines shown so
+        far) when only where it goes changed, a new one when what it sends changed."""
+        shaping = ("kind", "track", "mode", "lines", "partials")
+        if any(getattr(config, name) != getattr(self.config, name) for name in shaping):
+            return Formatter(config)
+        self.config = config
+        return self
+
     def items(self, event: CaptionEvent, now: float, spoken: float) -> list[Item]:
         """What ``event`` (published at monotonic ``now``, its first word spoken at Unix time
         ``spoken``) gives this output: nothing, or items to queue."""

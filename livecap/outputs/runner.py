@@ -149,12 +149,13 @@ class OutputHub:
                      if name not in wanted or wanted[name].kind != worker.config.kind]:
             self._later(workers.pop(name).stop())
         for name, config in wanted.items():
-            formatter = Formatter(config)
-            sender = self._sender(config, formatter)
             if name not in workers:
-                workers[name] = OutputWorker(room, label, config, formatter, sender, self.metrics)
+                formatter = Formatter(config)
+                workers[name] = OutputWorker(room, label, config, formatter, self._sender(config, formatter),
+                                             self.metrics)
             elif workers[name].config != config:
-                self._later(workers[name].replace(config, formatter, sender).close())
+                formatter = workers[name].formatter.changed(config)
+                self._later(workers[name].replace(config, formatter, self._sender(config, formatter)).close())
         if not workers:
             del self.workers[room], self._configs[room]
         return workers

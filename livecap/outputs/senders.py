@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 """A request without an answer by then is given up and retried (Zoom asks for a timeout)."""
 ERROR_TEXT_CHARS = 200
+IDENTIFY_POLL_S = 0.05
+AUTHENTICATION_FAILED = 4009
+"""obs-websocket's close code for a wrong password (its WebSocketCloseCode enum)."""
 
 
 class DeliveryFailed(Exception):
@@ -87,17 +90,24 @@ class ObsSender:
             return client
         await self.close()
         client = simpleobsws.WebSocketClient(url=self.config.url, password=self.config.secret or "")
+        url = self.config.url
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 await client.connect()
-                identified = await client.wait_until_identified(timeout=int(REQUEST_TIMEOUT_S))
-        except (OSError, TimeoutError) as error:
-            raise DeliveryFailed(f"cannot connect to OBS at {self.config.url}: {error}"[:ERROR_TEXT_CHARS]) from None
+                while not client.is_identified() and client.ws.close_code is None:
+                    await asyncio.sleep(IDENTIFY_POLL_S)
+        except TimeoutError:
+            await self._drop(client)
+            raise DeliveryFailed(f"no answer from OBS at {url} within {REQUEST_TIMEOUT_S:g} s") from None
+        except OSError as error:
+            raise DeliveryFailed(f"cannot connect to OBS at {url}: {error}"[:ERROR_TEXT_CHARS]) from None
         except Exception as error:  # websockets' handshake errors (an HTTP answer, a refused subprotocol)
-            raise DeliveryFailed(f"no obs-websocket at {self.config.url}: {error}"[:ERROR_TEXT_CHARS]) from None
-        if not identified:
-            await client.disconnect()
-            raise DeliveryFailed("OBS did not accept the connection: wrong obs-websocket password?")
+            raise DeliveryFailed(f"no obs-websocket at {url}: {error}"[:ERROR_TEXT_CHARS]) from None
+        if not client.is_identified():
+            code = client.ws.close_code
+            await self._drop(client)
+            raise DeliveryFailed("OBS refused the obs-websocket password" if code == AUTHENTICATION_FAILED
+                                 else f"OBS closed the connection (code {code}: {client.ws.close_reason})")
         self._client = client
         return client
 
@@ -108,7 +118,11 @@ class ObsSender:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                await client.disconnect()
-            except Exception:  # already gone: nothing to close
-                log.debug("closing an obs-websocket connection", exc_info=True)
+            await self._drop(client)
+
+    @staticmethod
+    async def _drop(client: simpleobsws.WebSocketClient) -> None:
+        try:
+            await client.disconnect()
+        except Exception:  # already gone: nothing to close
+            log.debug("closing an obs-websocket connection", exc_info=True)
