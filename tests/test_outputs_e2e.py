@@ -11,26 +11,24 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import aiohttp
 import numpy as np
 import pytest
 import websockets
-from aiohttp import web
 from playwright.async_api import Browser
 from playwright.async_api import expect as playwright_expect
 
+from benchmarks.outputs import Destination, seq_rules_kept
 from benchmarks.scoring import word_error_rate
 from livecap.appkeys import ROOMS
 from livecap.asr.engine import Word
+from livecap.captions import CaptionEvent
 from livecap.client import stream_audio
 from livecap.outputs.cea608 import COLUMNS, caption_safe
 from livecap.outputs.formats import SIGNATURE_HEADER
-from livecap.outputs.senders import REQUEST_TIMEOUT_S
 from tests.conftest import LiveServer, fail_on_page_errors, timeout
 from tests.obs_studio import ObsStudio, read_captions
 from tests.speech import audio, recordings
@@ -43,52 +41,11 @@ expect = playwright_expect
 expect.set_options(timeout=timeout(30) * 1000)
 
 
-@dataclass
-class Attempt:
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    ok: bool = False
-
-
-@dataclass
-class Destination:
-    """YouTube, Zoom and a webhook in one loopback server. Until ``failing_until`` every request
-    fails: most with 503, every fourth by hanging past the sender's timeout, every seventh by
-    resetting the connection."""
-
-    attempts: list[Attempt] = field(default_factory=list)
-    failing_until: float = 0.0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        attempt = Attempt(request.path, parse_qs(request.query_string), dict(request.headers), await request.read())
-        self.attempts.append(attempt)
-        if time.monotonic() < self.failing_until:
-            count = len(self.attempts)
-            if count % 4 == 0:
-                await asyncio.sleep(REQUEST_TIMEOUT_S + 2)
-            elif count % 7 == 0 and request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=503, text="try later")
-        attempt.ok = True
-        return web.Response(text="ok")
-
-    def delivered(self, path: str) -> list[Attempt]:
-        return [a for a in self.attempts if a.path == path and a.ok]
-
-
 @pytest.fixture
-async def destination() -> Any:
+async def destination() -> AsyncIterator[tuple[Destination, str]]:
     receiver = Destination()
-    app = web.Application()
-    app.router.add_post("/{name}", receiver.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield receiver, f"http://127.0.0.1:{port}"
+    runner, base = await receiver.serve()
+    yield receiver, base
     await runner.cleanup()
 
 
@@ -105,20 +62,6 @@ async def outputs_of(server: LiveServer, room: str) -> list[dict[str, Any]]:
     return next(r["outputs"] for r in rooms if r["name"] == room)
 
 
-def assert_seq_rules(attempts: list[Attempt]) -> None:
-    """YouTube's and Zoom's rule: seq one more for each new post, the same (and the same body) on a retry."""
-    last: Attempt | None = None
-    for attempt in attempts:
-        seq = int(attempt.query["seq"][0])
-        if last is None:
-            assert seq == 1
-        elif last.ok:
-            assert seq == int(last.query["seq"][0]) + 1
-        else:
-            assert seq == int(last.query["seq"][0]) and attempt.body == last.body, "a retry repeats its post"
-        last = attempt
-
-
 @pytest.mark.slow
 async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_server: LiveServer,
                                                                        destination: Any) -> None:
@@ -128,7 +71,7 @@ async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_se
         {"name": "yt", "kind": "youtube", "url": f"{base}/yt?cid=stream-key"},
         {"name": "zoom", "kind": "zoom", "url": f"{base}/zoom?id=1&ns=abc&signature=x"},
         {"name": "archive", "kind": "webhook", "url": f"{base}/hook", "secret": SECRET}]})
-    receiver.failing_until = time.monotonic() + FAILING_S
+    failing_until = receiver.failing["/"] = time.monotonic() + FAILING_S
     viewer_finals: list[tuple[float, dict[str, Any]]] = []
     states_seen: set[str] = set()
     errors_seen: set[str] = set()
@@ -153,7 +96,7 @@ async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_se
         deadline = time.monotonic() + timeout(FAILING_S + 60)
         while time.monotonic() < deadline:
             outputs = await outputs_of(sphinx_server, room)
-            if time.monotonic() > receiver.failing_until and all(o["queued"] == 0 for o in outputs):
+            if time.monotonic() > failing_until and all(o["queued"] == 0 for o in outputs):
                 break
             await asyncio.sleep(0.5)
         polling.cancel()
@@ -163,7 +106,7 @@ async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_se
 
     lines = [m for _, m in viewer_finals if m["text"]]
     assert len(lines) >= 6, "the recording gives a dozen utterances"
-    during_failure = [t for t, _ in viewer_finals if t < receiver.failing_until]
+    during_failure = [t for t, _ in viewer_finals if t < failing_until]
     assert len(during_failure) >= 4, "viewers got their finals while every destination failed"
 
     youtube, zoom, hook = (receiver.delivered(path) for path in ("/yt", "/zoom", "/hook"))
@@ -177,7 +120,7 @@ async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_se
     for path in ("/yt", "/zoom"):
         attempts = [a for a in receiver.attempts if a.path == path]
         assert len(attempts) > len(lines), "there were retries"
-        assert_seq_rules(attempts)
+        assert seq_rules_kept(attempts), "seq one more for each new post, the same on a retry"
 
     assert "retrying" in states_seen and "failing" in states_seen, "the dashboard showed the failure"
     assert any(error.startswith("HTTP 503") for error in errors_seen)
@@ -211,21 +154,16 @@ async def test_the_dashboard_adds_an_output_and_shows_its_health(sphinx_server: 
         await row.get_by_label("Name").fill("archive")
         await row.get_by_label("Address").fill(f"{base}/hook")
         await row.get_by_label("Password or secret").fill(SECRET)
-        receiver.failing_until = time.monotonic() + 3600
+        receiver.failing["/"] = time.monotonic() + 3600
         await dialog.get_by_role("button", name="Save").click()
         await expect(dialog).to_be_hidden()
 
-        room = server.app[ROOMS].get(room_name)
-        segment = room.captions.new_segment()
-        final = room.captions.final(segment, (Word("hello", 0.0, 0.4, 0.9), Word("outputs", 0.4, 0.9, 0.9)),
-                                    0.0, 0.9, "test", "1", 1.0)
-        assert final is not None
-        room.publish(final)
+        final = say(server, room_name, "hello outputs")
         state = card.locator(".output-state")
         await expect(state.locator(".badge")).to_have_text(re.compile("retrying|failing"))
         await expect(state.locator(".error")).to_have_text(re.compile("HTTP 503"))
         await expect(state).to_have_attribute("data-state", "failing", timeout=timeout(30) * 1000)
-        receiver.failing_until = 0.0
+        receiver.failing.clear()
         await expect(state).to_have_attribute("data-state", "ok", timeout=timeout(30) * 1000)
         await expect(state.locator(".figures")).to_contain_text("1 sent · 0 waiting")
         await expect(state.locator(".error")).to_have_count(0)
@@ -236,6 +174,7 @@ async def test_the_dashboard_adds_an_output_and_shows_its_health(sphinx_server: 
         await expect(secret).to_have_attribute("placeholder", re.compile("kept"))
         await dialog.get_by_role("button", name="Save").click()
         await expect(dialog).to_be_hidden()
+        room = server.app[ROOMS].get(room_name)
         room.publish(room.captions.correction(final.seq, "hello, outputs"))
         await expect(state.locator(".figures")).to_contain_text("2 sent · 0 waiting")
         await page.close()
@@ -280,16 +219,20 @@ async def test_obs_gets_608_stream_captions_and_its_text_source(sphinx_server: L
     RTMP receiver got): rows of at most 32 columns, two on screen rolling up a line at a time,
     every word once; the scene's text source shows the last two lines."""
     room = "obs-stream"
-    await obs.start_stream()
     await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [
         {"name": "stream", "kind": "obs", "url": obs.url, "secret": obs.password, "mode": "captions", "lines": 2},
         {"name": "scene", "kind": "obs", "url": obs.url, "secret": obs.password, "mode": "text", "lines": 2}]})
+    say(sphinx_server, room, "said before the stream started")
+    before = await until(lambda o: o["dropped"] == 1, sphinx_server, room, "stream")
+    assert "not streaming" in before["last_error"] and before["queued"] == 0, "not kept for a stream not started"
+    await obs.start_stream()
     pause = np.zeros(16_000, dtype=np.float32)
     result = await stream_audio(sphinx_server.ingest_url(room),
                                 np.concatenate([part for clip in OBS_CLIPS for part in (audio(clip), pause)]))
     finals = [m["text"] for m in result.finals if m["text"]]
     outputs = {o["name"]: o for o in await drained(sphinx_server, room)}
     assert outputs["stream"]["state"] == "ok" and outputs["scene"]["state"] == "ok", outputs
+    assert outputs["stream"]["dropped"] == 1
     shown = await obs.call("GetInputSettings", {"inputName": "Captions"})
     assert shown["inputSettings"]["text"] == "\n".join(finals[-2:])  # type: ignore[index]
     await asyncio.sleep(1.0)  # the last caption's frame is encoded and sent
@@ -298,7 +241,7 @@ async def test_obs_gets_608_stream_captions_and_its_text_source(sphinx_server: L
     captions = read_captions(obs.received)
     sent = {o["name"]: o["sent"] for o in await outputs_of(sphinx_server, room)}
     assert len(captions) == sent["stream"], f"OBS put every caption into the stream: {captions}"
-    previous: list[str] = []
+    previous = captions[0][:-1]  # the line said before the stream began is still on screen
     for rows in captions:
         assert 1 <= len(rows) <= 2 and all(0 < len(row) <= COLUMNS for row in rows), rows
         assert rows == [*previous, rows[-1]][-2:], "roll-up: a caption adds one line to the one before"
@@ -318,38 +261,40 @@ async def test_obs_output_says_what_is_wrong_and_catches_up_when_obs_comes_back(
     output = {"name": "scene", "kind": "obs", "url": obs.url, "secret": "not-the-password", "mode": "text",
               "lines": 3}
     await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [output]})
-    server_room = sphinx_server.app[ROOMS].get(room)
-
-    def say(text: str) -> str:
-        segment = server_room.captions.new_segment()
-        words = tuple(Word(w, i * 0.3, i * 0.3 + 0.3, 0.9) for i, w in enumerate(text.split()))
-        final = server_room.captions.final(segment, words, 0.0, words[-1].end, "test", "1", 1.0)
-        assert final is not None
-        server_room.publish(final)
-        return text
-
-    lines = [say("the first line")]
+    lines = [say(sphinx_server, room, "the first line").text]
     await until(lambda o: "password" in (o["last_error"] or ""), sphinx_server, room)
     await obs.stop_obs()
     await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings",
                    {"outputs": [{**output, "secret": obs.password}]})
-    lines.append(say("said while OBS was closed"))
+    lines.append(say(sphinx_server, room, "said while OBS was closed").text)
     waiting = await until(lambda o: "cannot connect" in (o["last_error"] or ""), sphinx_server, room)
     assert waiting["queued"] >= 1 and waiting["state"] in ("retrying", "failing")
     await obs.start()
-    lines.append(say("and after it came back"))
+    lines.append(say(sphinx_server, room, "and after it came back").text)
     [state] = await drained(sphinx_server, room)
     assert state["state"] == "ok" and state["dropped"] == 0, state
     shown = await obs.call("GetInputSettings", {"inputName": "Captions"})
     assert shown["inputSettings"]["text"] == "\n".join(lines)  # type: ignore[index]
 
 
-async def until(check: Callable[[dict[str, Any]], bool], server: LiveServer, room: str) -> dict[str, Any]:
-    """The room's only output, once ``check`` holds for it."""
+async def until(check: Callable[[dict[str, Any]], bool], server: LiveServer, room: str,
+                name: str | None = None) -> dict[str, Any]:
+    """The room's output ``name`` (or its only one), once ``check`` holds for it."""
     deadline = time.monotonic() + timeout(30)
-    while time.monotonic() < deadline:
-        [output] = await outputs_of(server, room)
+    while True:
+        outputs = await outputs_of(server, room)
+        [output] = [o for o in outputs if name in (None, o["name"])]
         if check(output):
             return output
+        assert time.monotonic() < deadline, f"output never reached the expected state: {output}"
         await asyncio.sleep(0.2)
-    raise AssertionError(f"output never reached the expected state: {output}")
+
+
+def say(server: LiveServer, name: str, text: str) -> CaptionEvent:
+    """A final of ``text`` in room ``name``, published as the recognizer's would be."""
+    room = server.app[ROOMS].get(name)
+    words = tuple(Word(w, i * 0.3, i * 0.3 + 0.3, 0.9) for i, w in enumerate(text.split()))
+    final = room.captions.final(room.captions.new_segment(), words, 0.0, words[-1].end, "test", "1", 1.0)
+    assert final is not None
+    room.publish(final)
+    return final

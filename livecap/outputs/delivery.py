@@ -19,7 +19,7 @@ from typing import Any, Literal
 MAX_QUEUED = 1000
 """Lines an output holds for a destination that is down: over an hour of speech."""
 FIRST_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 15.0
+MAX_BACKOFF_S = 5.0
 FAILING_AFTER_S = 10.0
 """An output retrying for this long is shown as failing rather than retrying."""
 
@@ -54,7 +54,7 @@ class Outbox:
     failures = 0
     """Attempts that failed (each retry counts)."""
     dropped = 0
-    """Items given up: the queue overflowed."""
+    """Items given up: the queue overflowed, or one could never be delivered (``abandoned``)."""
     last_error: str | None = None
     failing_since: float | None = None
     """When the current run of failures began; None after a success."""
@@ -96,6 +96,12 @@ class Outbox:
         """The head went through."""
         self.sent += 1
         self.failing_since, self.last_success = None, now
+        return self.queue.popleft()
+
+    def abandoned(self, error: str) -> Item:
+        """The head cannot be delivered ever (``senders.Undeliverable``): it is dropped, and counted."""
+        self.dropped += 1
+        self.last_error = error
         return self.queue.popleft()
 
     def failed(self, now: float, error: str) -> float:

@@ -24,7 +24,7 @@ from livecap.metrics import Metrics
 from livecap.outputs.config import OutputConfig
 from livecap.outputs.delivery import Outbox
 from livecap.outputs.formats import Formatter
-from livecap.outputs.senders import DeliveryFailed, HttpSender, ObsSender
+from livecap.outputs.senders import DeliveryFailed, HttpSender, ObsSender, Undeliverable
 
 log = logging.getLogger(__name__)
 HEALTH_LEVELS = {"idle": 0, "ok": 0, "retrying": 1, "failing": 2}
@@ -91,6 +91,10 @@ class OutputWorker:
                 continue
             try:
                 await self.sender.send(item)
+            except Undeliverable as error:
+                outbox.abandoned(str(error))
+                self._count_dropped("undeliverable", 1)
+                continue
             except DeliveryFailed as error:
                 delay = outbox.failed(time.monotonic(), str(error))
                 self.metrics.output_failures.labels(*labels).inc()

@@ -25,10 +25,17 @@ ERROR_TEXT_CHARS = 200
 IDENTIFY_POLL_S = 0.05
 AUTHENTICATION_FAILED = 4009
 """obs-websocket's close code for a wrong password (its WebSocketCloseCode enum)."""
+OUTPUT_NOT_RUNNING = 501
+"""obs-websocket's request status when the output (the stream) is not running (its RequestStatus enum)."""
 
 
 class DeliveryFailed(Exception):
     """The destination did not take an item; the message says why."""
+
+
+class Undeliverable(DeliveryFailed):
+    """The item can never be delivered, and waiting would only make it stale: stream captions
+    while OBS is not streaming (there is no stream to carry them, nor anyone reading one)."""
 
 
 class HttpSender:
@@ -82,6 +89,8 @@ class ObsSender:
             raise DeliveryFailed(f"OBS did not answer: {error}"[:ERROR_TEXT_CHARS]) from None
         if not response.ok():
             status = response.requestStatus
+            if status.code == OUTPUT_NOT_RUNNING:
+                raise Undeliverable("OBS is not streaming: stream captions are not kept for a stream not yet started")
             raise DeliveryFailed(f"OBS refused {request.requestType} (code {status.code}): {status.comment}")
 
     async def _connected(self) -> simpleobsws.WebSocketClient:
