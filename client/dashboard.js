@@ -428,6 +428,10 @@ function outputRow(output = {}) {
   return row;
 }
 
+/** The outputs as the dialog read them (JSON, as readOutputs gives them): sent back only when changed,
+ * so that saving other settings never overwrites another operator's outputs. */
+let readOutputsJson = null;
+
 /** The outputs as the editor holds them; a secret left empty keeps the one the server has. */
 function readOutputs() {
   return [...$("settings-outputs").children].map((row) => {
@@ -482,6 +486,7 @@ async function openSettings(name) {
   }
   $("settings-outputs-field").hidden = !("outputs" in settings);
   $("settings-outputs").replaceChildren(...(settings.outputs ?? []).map(outputRow));
+  readOutputsJson = JSON.stringify(readOutputs());
   $("settings-save").disabled = false;
   $("settings-message").hidden = true;
   $("settings-candidates").replaceChildren();
@@ -557,7 +562,8 @@ $("settings-form").addEventListener("submit", async (event) => {
     recording: $("settings-recording").checked,
     ...languageChanges(),
   };
-  if (!$("settings-outputs-field").hidden) body.outputs = readOutputs();
+  const outputs = readOutputs();
+  if (!$("settings-outputs-field").hidden && JSON.stringify(outputs) !== readOutputsJson) body.outputs = outputs;
   // A new language may take the server a few seconds (the multilingual model loads first).
   $("settings-save").disabled = true;
   const response = await fetch(settingsUrl(dialog.dataset.room), key.authorized({
