@@ -128,6 +128,8 @@ class Settled:
     start: float
     end: float
     model_version: str
+    language: str = "en"
+    """The language the words are in (checkpoints written before it was kept: English)."""
 
 
 class CaptionState:
@@ -232,7 +234,7 @@ class CaptionState:
         self._segments = max(self._segments, settled.segment)
         text = join_words(settled.words)
         event = self._event(settled.segment, "final", text, text, "", settled.start, settled.end, RECOVERED,
-                            settled.model_version, 0.0, settled.words)
+                            settled.model_version, 0.0, settled.words, settled.language)
         self._add_final(event)
         return event
 

@@ -119,7 +119,8 @@ class TranscriptStore:
                     words = tuple(Word(w["w"], w["start"], w["end"], w["conf"]) for w in record["words"])
                     before = settled.get(record["segment"])
                     settled[record["segment"]] = Settled(record["segment"], (before.words if before else ()) + words,
-                                                         record["start"], record["end"], record["model_version"])
+                                                         record["start"], record["end"], record["model_version"],
+                                                         record.get("language", ENGLISH))
                 case _:
                     events.append(CaptionEvent.from_message(record))
         finished = {e.segment for e in events if e.kind == "final"}
@@ -161,7 +162,7 @@ class TranscriptStore:
         """``words`` settled in ``partial`` (its stable words beyond those already settled)."""
         self._write(partial.room, {
             "type": "settled", "segment": partial.segment, "seq": partial.seq, "start": partial.start,
-            "end": partial.end, "model_version": partial.model_version,
+            "end": partial.end, "model_version": partial.model_version, "language": partial.language,
             "words": [{"w": w.text, "start": w.start, "end": w.end, "conf": w.confidence} for w in words]})
 
     def _write(self, room: str, record: dict[str, Any], sync: bool = False) -> None:

@@ -130,6 +130,20 @@ async def test_a_segment_cut_off_becomes_a_final_of_its_settled_words(sphinx_ser
     assert again.captions.seq >= recovered.seq + SEQ_BLOCK - 1, "the next start skips the reserved block"
 
 
+async def test_a_recovered_final_keeps_the_language_of_its_words(sphinx_server: LiveServer, tmp_path: Path) -> None:
+    """A French utterance cut off by a crash becomes a French final (pages set its lang and
+    script, the en track asks for its translation), not an English one."""
+    scheduler, settings = sphinx_server.app[SCHEDULER], sphinx_server.app[ROOMS].defaults
+    room = Room("coupe", scheduler, settings, TranscriptStore(tmp_path))
+    words = tuple(Word(w, i * 0.3, i * 0.3 + 0.25, 0.9) for i, w in enumerate(["nous", "irons", "demain"]))
+    partial = room.captions.partial(room.captions.new_segment(), words[:2], words[2:], 0.0, 0.9, "e", "v", 0.0,
+                                    language="fr")
+    assert partial is not None
+    room.publish(partial)
+    recovered = Room("coupe", scheduler, settings, TranscriptStore(tmp_path)).captions.finals[-1]
+    assert (recovered.engine, recovered.text, recovered.language) == (RECOVERED, "nous irons", "fr")
+
+
 # ---- kill -9 of a real server
 
 
