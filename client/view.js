@@ -100,7 +100,7 @@ function showState(state, error) {
 
 // ---- feedback
 
-const flagged = new Set(); // segments this viewer flagged
+const flagged = new Set(); // lines this viewer flagged: "original:SEGMENT" or "en:SEGMENT" (a translation)
 let pending = null; // the feedback message waiting for its answer: {message, done(answer)}
 let lastSeq = null; // of the track being read
 let track = knownTrack(params.get("track")) ?? knownTrack(prefs.get("track")) ?? "original";
@@ -132,9 +132,9 @@ function reply(answer) {
   done(answer);
 }
 
-// Translations are not offered: the server takes flags on the lines as spoken only.
+// A translation (the English track) is flagged as a line of its own.
 $("log").addEventListener("click", (event) => {
-  const item = event.target.closest(".item.final:not(.translation)");
+  const item = event.target.closest(".item.final");
   if (!item || event.target.closest(".flag")) return;
   const existing = item.querySelector(".flag");
   if (existing) {
@@ -144,15 +144,15 @@ $("log").addEventListener("click", (event) => {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "flag";
-  const segment = Number(item.dataset.segment);
-  button.textContent = flagged.has(segment) ? "Reported. Thank you" : "Caption wrong?";
-  button.disabled = flagged.has(segment);
+  const line = `${item.classList.contains("translation") ? "en" : "original"}:${item.dataset.segment}`;
+  button.textContent = flagged.has(line) ? "Reported. Thank you" : "Caption wrong?";
+  button.disabled = flagged.has(line);
   button.addEventListener("click", () => {
     button.disabled = true;
     button.textContent = "Sending…";
     sendFeedback({ type: "flag", seq: Number(item.dataset.seq) }, (answer) => {
       if (answer.type === "flagged") {
-        flagged.add(segment);
+        flagged.add(line);
         item.classList.add("flagged");
         button.textContent = "Reported. Thank you";
       } else {

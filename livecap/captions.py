@@ -264,6 +264,11 @@ class CaptionState:
             raise UnknownSeq(f"line {version.segment} of room {self.room!r} is no longer in memory")
         return final, self._current.get(version.segment, older[-1])
 
+    def translated(self, seq: int) -> CaptionEvent | None:
+        """The translation that is event ``seq``, if it is one in memory."""
+        version = self._lines.get(seq)
+        return version if version is not None and version.kind == "translation" else None
+
     def correction(self, seq: int, text: str, archived: Sequence[CaptionEvent] = ()) -> CaptionEvent:
         """An editor's text for the line whose version ``seq`` they saw; ``EditConflict``
         if it has been corrected since (``UnknownSeq`` if there is no such line; see ``line``)."""

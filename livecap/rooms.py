@@ -240,9 +240,9 @@ class Room:
         self.publisher_room = False
         """Holds one of the ``max_rooms`` places of publishers (see ``RoomRegistry``)."""
         self._label: str | None = None
-        self.flaggers: dict[int, set[str]] = {}
-        """The viewers who flagged each line (segment) still in memory: a line may be flagged once
-        per viewer, and only while it is in memory."""
+        self.flaggers: dict[tuple[int, bool], set[str]] = {}
+        """The viewers who flagged each line (segment, and whether its translation) still in memory: a
+        line may be flagged once per viewer, and only while it is in memory."""
         self.flags_by_version: collections.Counter[str] = collections.Counter()
         """Flags since the room came into memory, by the model version of the line flagged."""
         self._reading = 0
@@ -434,18 +434,21 @@ class Room:
         (``UnknownSeq`` if no line in memory has that seq: viewers flag what
         they just read, and a flood of flags must not read the transcript
         file); False if it had flagged that line already (one flag per viewer
-        per line)."""
-        final, current = self.captions.line(seq)
+        per line). A translation (the en track) is a line of its own: its flag
+        is a label about the translation and counts for its model version."""
+        translation = self.captions.translated(seq)
+        final, current = (translation, translation) if translation else self.captions.line(seq)
         oldest = self.captions.finals[0].segment
-        self.flaggers = {segment: viewers for segment, viewers in self.flaggers.items() if segment >= oldest}
-        flaggers = self.flaggers.setdefault(final.segment, set())
+        self.flaggers = {line: viewers for line, viewers in self.flaggers.items() if line[0] >= oldest}
+        flaggers = self.flaggers.setdefault((final.segment, final.kind == "translation"), set())
         if viewer in flaggers:
             return False
         flaggers.add(viewer)
-        _, count = self.open_flags.pop(final.segment, (current, 0))
-        self.open_flags[final.segment] = (replace(current, words=()), count + 1)
-        if len(self.open_flags) > MAX_OPEN_FLAGS:  # the line flagged least recently leaves the list
-            del self.open_flags[next(iter(self.open_flags))]
+        if translation is None:  # the editor's list: lines it can correct (a translation is made anew)
+            _, count = self.open_flags.pop(final.segment, (current, 0))
+            self.open_flags[final.segment] = (replace(current, words=()), count + 1)
+            if len(self.open_flags) > MAX_OPEN_FLAGS:  # the line flagged least recently leaves the list
+                del self.open_flags[next(iter(self.open_flags))]
         self.flags_by_version[final.model_version] += 1
         self.scheduler.metrics.flags.labels(final.engine, final.model_version).inc()
         self._keep(Label.about("flag", final, wall, viewer, seq))

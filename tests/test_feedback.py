@@ -160,6 +160,33 @@ async def test_viewers_flag_lines_and_rate_the_captions(server: LiveServer) -> N
     assert status == 200 and room.quality()["flagged"] == [], "corrected: off the editor's list"
 
 
+async def test_a_reader_of_the_english_track_flags_a_translation(server: LiveServer) -> None:
+    """A translation is a line of its own on the en track: its flag counts once per viewer, for
+    the translation's model version, and is kept as a label about the translation; the original
+    line's flags are apart, and only those reach the editor's list (a translation is made anew)."""
+    room = server.app[ROOMS].get("traduction")
+    words = tuple(Word(w, i * 0.4, i * 0.4 + 0.3, 0.9) for i, w in enumerate(["bonjour", "à", "tous"]))
+    final = room.captions.final(room.captions.new_segment(), words, 0.0, 1.2, "test-engine", "v1", 0.0,
+                                language="fr")
+    assert final is not None
+    room.publish(final)
+    translation = room.captions.translation(final, "Hello everyone", "test-engine", "translator", 0.0)
+    room.publish(translation)
+    before = metric(server, "livecap_caption_flags_total", engine="test-engine", model_version="translator")
+    async with websockets.connect(server.captions_url("traduction", after_seq=0, track="en")) as reader:
+        assert (await next_of(reader, "translation"))["seq"] == translation.seq
+        for counted in (True, False):
+            await reader.send(json.dumps({"type": "flag", "seq": translation.seq}))
+            assert await next_of(reader, "flagged") == {"type": "flagged", "seq": translation.seq,
+                                                         "counted": counted}
+        await reader.send(json.dumps({"type": "flag", "seq": final.seq}))
+        assert (await next_of(reader, "flagged"))["counted"] is True, "the original line is another line"
+    assert metric(server, "livecap_caption_flags_total", engine="test-engine", model_version="translator") == \
+        before + 1
+    assert [line["seq"] for line in room.quality()["flagged"]] == [final.seq]
+    assert room.flags_by_version["translator"] == 1
+
+
 @pytest.mark.parametrize(("messages", "code"), [
     ([{"type": "flag", "seq": "3"}], "invalid_request"), ([{"type": "flag"}], "invalid_request"),
     ([{"type": "flag", "seq": -1}], "invalid_request"), ([{"type": "rating", "stars": 6}], "invalid_request"),
@@ -220,7 +247,7 @@ async def test_lines_no_longer_in_memory_still_reach_viewers_editors_and_exports
     async with websockets.connect(server.captions_url("long-day", after_seq=later[-1].seq)) as newcomer:
         await newcomer.send(json.dumps({"type": "flag", "seq": later[0].seq}))
         assert (await next_of(newcomer, "flagged"))["seq"] == later[0].seq
-    assert set(room.flaggers) == {later[0].segment}, "who flagged lines no longer in memory is forgotten"
+    assert set(room.flaggers) == {(later[0].segment, False)}, "who flagged lines no longer in memory is forgotten"
     async with websockets.connect(server.captions_url("long-day", after_seq=finals[4].seq)) as resumed:
         assert (await next_of(resumed, "final"))["seq"] == finals[5].seq, "from memory, in seq order"
     async with aiohttp.ClientSession() as http, http.get(f"{server.base}/rooms/long-day/transcript.txt") as response:

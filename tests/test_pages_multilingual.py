@@ -132,8 +132,11 @@ async def test_phone_view_reads_a_french_room_in_english_or_in_french(server: Li
     assert await languages(lines) == [("en", "ltr")] * len(english)
     assert not words(await page.locator("main").inner_text()) & FRENCH_WORDS
     await page.screenshot(path=artifacts / "phone-view-english-track.png", animations="disabled")
-    await lines.first.click()  # the server takes flags on lines as spoken, not on their translations
-    await expect(page.get_by_role("button", name="Caption wrong?")).to_have_count(0)
+    await lines.first.click()  # a translation is flagged as a line of its own
+    await page.get_by_role("button", name="Caption wrong?").click()
+    await expect(page.get_by_role("button", name="Reported. Thank you")).to_be_visible()
+    first = next(m for m in result.messages if m.get("kind") == "translation" and m["text"])
+    assert (first["segment"], True) in server.app[ROOMS].get(room).flaggers, "the translation's flag reached the room"
     await page.locator("#settings summary").click()
     exported = await download(server, page.locator("#download-txt"))
     assert all(line in exported for line in english) and not words(exported) & FRENCH_WORDS, exported
