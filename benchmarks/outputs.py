@@ -64,6 +64,8 @@ class Destination:
 
     attempts: list[Attempt] = field(default_factory=list)
     failing: dict[str, float] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)
+    """Zoom's ``GET PATH/seq``: the last seq taken at PATH before this destination started."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         attempt = Attempt(request.path, parse_qs(request.query_string), dict(request.headers), await request.read(),
@@ -79,6 +81,12 @@ class Destination:
         attempt.ok = True
         return web.Response(text="ok")
 
+    async def last_seq(self, request: web.Request) -> web.Response:
+        """Zoom's ``GET …/closedcaption/seq``: the seq of the last post taken."""
+        path = request.path.removesuffix("/seq")
+        taken = [int(a.query["seq"][0]) for a in self.delivered(path) if "seq" in a.query]
+        return web.Response(text=str(max(taken, default=self.seqs.get(path, 0))))
+
     def delivered(self, path: str) -> list[Attempt]:
         return [a for a in self.attempts if a.path == path and a.ok]
 
@@ -86,6 +94,7 @@ class Destination:
         """Listen on a free loopback port: (runner to clean up, base URL)."""
         app = web.Application()
         app.router.add_post("/{path:.*}", self.handle)
+        app.router.add_get("/{path:.*}/seq", self.last_seq)
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -132,6 +132,26 @@ async def test_a_failing_destination_gets_every_final_once_it_recovers(sphinx_se
     assert all(o["secret"] in (None, "(kept)") for o in final_states), "the secret is never shown"
 
 
+async def test_zoom_posts_go_on_from_the_seq_zoom_last_took(sphinx_server: LiveServer, destination: Any) -> None:
+    """After a restart of livecap, or with the URL of another meeting, the posts go on from the seq
+    Zoom says it last took (its ``…/closedcaption/seq``), not from 1."""
+    receiver, base = destination
+    room = "zoom-seq"
+    receiver.seqs.update({"/zoom": 41, "/zoom2": 7})
+    output = {"name": "zoom", "kind": "zoom", "url": f"{base}/zoom?id=1&ns=abc"}
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings", {"outputs": [output]})
+    for text in ("first line", "second line"):
+        say(sphinx_server, room, text)
+    await until(lambda o: o["sent"] == 2, sphinx_server, room)
+    await operator(sphinx_server, "PATCH", f"/operator/rooms/{room}/settings",
+                   {"outputs": [{**output, "url": f"{base}/zoom2?id=2&ns=def"}]})
+    say(sphinx_server, room, "in the next meeting")
+    await until(lambda o: o["sent"] == 3, sphinx_server, room)
+    posts = [(a.path, a.query["seq"], a.body.decode()) for a in receiver.attempts]
+    assert posts == [("/zoom", ["42"], "first line"), ("/zoom", ["43"], "second line"),
+                     ("/zoom2", ["8"], "in the next meeting")]
+
+
 @pytest.mark.slow
 async def test_the_dashboard_adds_an_output_and_shows_its_health(sphinx_server: LiveServer, browser: Browser,
                                                                  destination: Any) -> None:

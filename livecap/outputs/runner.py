@@ -83,7 +83,12 @@ class OutputWorker:
 
     async def _run(self) -> None:
         outbox, labels = self.outbox, (self.label, self.config.name, self.config.kind)
+        numbered: HttpSender | ObsSender | None = None
         while True:
+            if numbered is not self.sender and (not outbox.queue or outbox.queue[0].number is None):
+                numbered = self.sender  # a new destination: go on from the number it last took, if it says
+                if (last := await self.sender.last_number()) is not None:
+                    outbox.counter = last
             item = outbox.head()
             if item is None:
                 self._wake.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import simpleobsws
@@ -58,6 +59,21 @@ class HttpSender:
             raise DeliveryFailed(f"no answer within {REQUEST_TIMEOUT_S:g} s") from None
         except aiohttp.ClientError as error:
             raise DeliveryFailed(f"{type(error).__name__}: {error}"[:ERROR_TEXT_CHARS]) from None
+
+    async def last_number(self) -> int | None:
+        """The request number the destination last took: Zoom says it (``GET …/closedcaption/seq``),
+        so that posts after a restart or to a new meeting go on from there; None when it cannot say."""
+        if self.formatter.config.kind != "zoom":
+            return None
+        parts = urlsplit(self.formatter.config.url)
+        try:
+            async with self.session.get(urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/seq")),
+                                        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                        allow_redirects=False) as response:
+                text = (await response.text(errors="replace")).strip()
+                return int(text) if response.status == 200 and text.isdigit() and len(text) < 12 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
 
     def pause_after(self, item: Item) -> float:
         return 0.0
@@ -119,6 +135,9 @@ class ObsSender:
                                  else f"OBS closed the connection (code {code}: {client.ws.close_reason})")
         self._client = client
         return client
+
+    async def last_number(self) -> int | None:
+        return None
 
     def pause_after(self, item: Item) -> float:
         """Stream captions wait for the 608 channel to carry the last one; a text source needs no pause."""
