@@ -249,7 +249,8 @@ function updateCard(entry, room) {
 }
 
 const OUTPUT_KINDS = { obs: "OBS", youtube: "YouTube", zoom: "Zoom", webhook: "Webhook" };
-const OUTPUT_STATES = { idle: "waiting for captions", ok: "ok", retrying: "retrying", failing: "failing" };
+const OUTPUT_STATES = { idle: "waiting for captions", sending: "sending the first line", ok: "ok",
+                        retrying: "retrying", failing: "failing" };
 
 /** One output on a room card: its health, what it delivered, and what went wrong last. */
 function describeOutput(output) {

@@ -129,7 +129,7 @@ async def change_room_settings(request: web.Request) -> web.Response:
             room.speak(new.language, new.translate, new.candidates)
         room.announce()
     if "outputs" in values and rooms.outputs is not None:  # a fixed URL or password is tried at once
-        rooms.outputs.configure(name, room.label if room else "other", new.outputs)
+        rooms.outputs.configure(name, new.outputs)
     return _settings_answer(request, name)
 
 

@@ -396,7 +396,7 @@ class Room:
         if self.outputs is not None:
             epoch = self.epoch if self.epoch is not None else now - self.audio_end
             spoken = time.time() - (now - (epoch + event.start))  # the audio's arrival, as Unix time
-            self.outputs.publish(self.name, label, self.settings.outputs, event, now, spoken)
+            self.outputs.publish(self.name, self.settings.outputs, event, now, spoken)
 
     async def archived(self, seq: int) -> Sequence[CaptionEvent]:
         """The lines stored for the room, read off the event loop, when a question

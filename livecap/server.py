@@ -120,6 +120,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app.cleanup_ctx.append(_engine_lifecycle)
     app.cleanup_ctx.append(_viewer_sweep)
     app.cleanup_ctx.append(_recording_sweep)
+    app.cleanup_ctx.append(_output_settings)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -216,6 +217,21 @@ async def _viewer_sweep(app: web.Application) -> AsyncIterator[None]:
                     viewer.check(now, max_lag_s)
 
     task = asyncio.create_task(sweep(), name="viewer-sweep")
+    yield
+    task.cancel()
+
+
+async def _output_settings(app: web.Application) -> AsyncIterator[None]:
+    """Once a second, the outputs at work follow their rooms' settings files, which ``livecap
+    settings`` may change while the server runs (the operator API applies its changes at once)."""
+    rooms = app[ROOMS]
+
+    async def follow() -> None:
+        while rooms.outputs is not None:
+            await asyncio.sleep(1.0)
+            rooms.outputs.follow(lambda room: rooms.settings_of(room).outputs)
+
+    task = asyncio.create_task(follow(), name="output-settings")
     yield
     task.cancel()
 

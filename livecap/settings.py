@@ -15,6 +15,7 @@ defaults of rooms that do not set their own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, fields, replace
@@ -26,6 +27,7 @@ from livecap.glossary import clean_terms
 from livecap.language import ENGLISH, TRANSLATION_TARGETS, WHISPER_LANGUAGES, supported
 from livecap.outputs.config import OutputConfig, parse_outputs
 
+log = logging.getLogger(__name__)
 NULLABLE = ("glossary", "viewer_keys", "translate")
 """Settings that may be null: the server-wide setting applies."""
 MAX_TERMS = 500
@@ -64,7 +66,16 @@ class RoomSettings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoomSettings:
-        return cls(**changes(data))
+        """Settings as kept in a file. A field that does not validate (a hand edit) keeps its
+        default and is logged: one bad value must not make the room unusable, nor its settings
+        impossible to fix through the API."""
+        valid: dict[str, Any] = {}
+        for name, value in data.items():
+            try:
+                valid |= changes({name: value})
+            except InvalidRequest as error:
+                log.error("room settings: %s ignored: %s", name, error.message)
+        return cls(**valid)
 
 
 def changes(data: dict[str, Any], old: RoomSettings | None = None) -> dict[str, Any]:
@@ -148,7 +159,7 @@ class SettingsStore:
         if not changed:
             return old
         self._write(room, new)
-        with open(self.audit_path, "a") as file:
+        with open(self.audit_path, "a", opener=_private) as file:
             file.write(json.dumps({"time": round(wall, 3), "room": room, "who": who, "changes": changed}) + "\n")
         return new
 
@@ -170,6 +181,11 @@ class SettingsStore:
 
     def _path(self, room: str) -> Path:
         return self.directory / f"{room}.json"
+
+
+def _private(path: str, flags: int) -> int:
+    """Opens a new file readable by the server's user only (as ``tempfile.mkstemp`` makes the settings files)."""
+    return os.open(path, flags, 0o600)
 
 
 def _shown(value: object) -> object:

@@ -3,11 +3,14 @@ real destinations on loopback that fail on demand while a real recording streams
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,19 +18,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livecap.asr.engine import Word
-from livecap.captions import CaptionEvent
+from livecap.captions import CaptionEvent, CaptionKind
 from livecap.errors import InvalidRequest
+from livecap.metrics import Metrics
 from livecap.outputs.cea608 import COLUMNS, RollUp, air_time, caption_safe
 from livecap.outputs.config import SECRET_KEPT, OutputConfig, parse_outputs
 from livecap.outputs.delivery import FAILING_AFTER_S, MAX_BACKOFF_S, Item, Outbox
 from livecap.outputs.formats import SIGNATURE_HEADER, Formatter
+from livecap.outputs.runner import OutputWorker
+from livecap.outputs.senders import DeliveryFailed
+from livecap.settings import RoomSettings
 
 words = st.lists(st.text("abcdefghij", min_size=1, max_size=45), min_size=1, max_size=40)
 
 
-def event(seq: int, kind: str = "final", text: str = "hello world", segment: int = 1, language: str = "en",
+def event(seq: int, kind: CaptionKind = "final", text: str = "hello world", segment: int = 1, language: str = "en",
           stable: str | None = None) -> CaptionEvent:
-    return CaptionEvent("r", seq, segment, kind, text, text if stable is None else stable, "", 1.0, 2.0,  # type: ignore[arg-type]
+    return CaptionEvent("r", seq, segment, kind, text, text if stable is None else stable, "", 1.0, 2.0,
                         "whisper-onnx", "tiny.en", 100.0, tuple(Word(w, 1.0, 2.0, 0.9) for w in text.split()),
                         language=language, source_language="fr" if kind == "translation" else None)
 
@@ -110,8 +117,8 @@ def test_outbox_replaces_a_waiting_text_but_not_the_one_in_flight() -> None:
     assert outbox.queue[1].since == 2.0, "lag counts from the oldest text it replaced"
 
 
-def formatter(**fields: object) -> Formatter:
-    return Formatter(OutputConfig(**{"name": "o", "kind": "youtube", "url": "https://h.test/cc?cid=k", **fields}))  # type: ignore[arg-type]
+def formatter(**fields: Any) -> Formatter:
+    return Formatter(OutputConfig(**{"name": "o", "kind": "youtube", "url": "https://h.test/cc?cid=k", **fields}))
 
 
 def test_youtube_posts_the_time_spoken_and_the_text_with_seq() -> None:
@@ -146,7 +153,8 @@ def test_only_whole_lines_of_the_track_go_to_stream_destinations() -> None:
 def test_webhook_posts_every_line_event_signed() -> None:
     out = formatter(kind="webhook", url="http://h.test/hook", secret="s3cret")
     assert out.items(event(1, "partial"), 0.0, 0.0) == []
-    for seq, kind in ((2, "final"), (3, "correction")):
+    kinds: tuple[tuple[int, CaptionKind], ...] = ((2, "final"), (3, "correction"))
+    for seq, kind in kinds:
         [item] = out.items(event(seq, kind), 0.0, 0.0)
         request = out.request(item)
         assert json.loads(request.body)["seq"] == seq and json.loads(request.body)["kind"] == kind
@@ -184,8 +192,96 @@ def test_outputs_are_validated_and_secrets_kept_hidden() -> None:
         ([{**hook, "offset_s": 1e9}], "offset_s"),
         ([{**hook, "kind": "obs", "url": "ws://o:4455", "lines": 4}], "2 or 3"),
         ([{**hook, "colour": "red"}], "unknown output field"),
+        ([{**hook, "kind": "youtube", "offset_s": 10**400}], "offset_s"),
+        ([{**hook, "url": "http://127.0.0.1:99999/h"}], "url"),
+        ([{**hook, "url": "http://127.0.0.1:abc/h"}], "url"),
+        ([{**hook, "secret": SECRET_KEPT}], "give the secret"),
         ([hook] * 9, "at most"),
         ({"name": "x"}, "list"),
     ):
         with pytest.raises(InvalidRequest, match=why):
             parse_outputs(bad)
+
+
+def test_secrets_and_addresses_are_kept_only_for_the_same_output() -> None:
+    """A secret or an address sent back as shown keeps what the output of that name and kind had;
+    renamed, or of another kind, it is refused rather than silently dropped or moved."""
+    old = parse_outputs([{"name": "zoom", "kind": "zoom", "url": "https://z.test/cc?id=1&signature=abc"},
+                         {"name": "obs", "kind": "obs", "url": "ws://o.test:4455", "secret": "obs-password"}])
+    shown = [output.shown() for output in old]
+    assert shown[0]["url"] == f"https://z.test/cc?id={SECRET_KEPT}&signature={SECRET_KEPT}"
+    assert shown[1]["secret"] == SECRET_KEPT and "obs-password" not in json.dumps(shown)
+    assert parse_outputs(shown, old) == old, "sent back as shown: unchanged"
+    for changed, why in (({**shown[0], "name": "zoom2"}, "give the whole address"),
+                         ({**shown[1], "name": "obs2"}, "give the secret"),
+                         ({**shown[1], "kind": "webhook", "url": "https://h.test/x"}, "give the secret")):
+        with pytest.raises(InvalidRequest, match=why):
+            parse_outputs([changed], old)
+    assert "user:pw" not in OutputConfig("w", "webhook", "https://user:pw@h.test/x").shown()["url"]
+
+
+def test_a_bad_value_in_a_settings_file_leaves_the_rest_usable(caplog: pytest.LogCaptureFixture) -> None:
+    """A hand edit that does not validate keeps that field's default (logged); the room stays usable."""
+    settings = RoomSettings.from_json({"profanity": ["zut"], "outputs": [{"name": "w", "kind": "webhook",
+                                                                         "url": "https://h.test/x", "lines": 0}]})
+    assert settings.profanity == ("zut",) and settings.outputs == ()
+    assert "outputs ignored" in caplog.text
+
+
+class FaultySender:
+    """Fault injector standing in for a destination: ``faults`` says, request by request, what goes
+    wrong (an exception to raise, or None: taken); records what it took."""
+
+    def __init__(self, faults: list[Exception | None]) -> None:
+        self.faults = faults
+        self.taken: list[Any] = []
+
+    async def send(self, item: Item) -> None:
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is not None:
+            raise fault
+        self.taken.append(item.payload)
+
+    async def last_number(self) -> int | None:
+        return None
+
+    def pause_after(self, item: Item) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        pass
+
+
+async def delivered(sender: FaultySender, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(sender.taken) < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_an_error_no_sender_foresaw_is_retried_and_shown_not_the_end_of_the_output() -> None:
+    """Found by a fresh tester: an exception other than DeliveryFailed (a library's KeyError on a
+    strange answer) ended the output's task silently, its lines piling up for ever."""
+    config = OutputConfig("w", "webhook", "https://h.test/x")
+    sender = FaultySender([KeyError("requestStatus"), ValueError("bad digits")])
+    worker = OutputWorker("r", config, Formatter(config), sender, Metrics())
+    worker.publish(event(1), 0.0, 0.0)
+    await delivered(sender, 1)
+    state = worker.state(0.0)
+    assert state["failures"] == 2 and "unexpected error: ValueError: bad digits" in state["last_error"]
+    assert await worker.stop() == 0
+
+
+async def test_a_disabled_output_holds_its_lines_until_enabled() -> None:
+    config = OutputConfig("w", "webhook", "https://h.test/x")
+    sender = FaultySender([DeliveryFailed("HTTP 503")] * 2)
+    worker = OutputWorker("r", config, Formatter(config), sender, Metrics())
+    worker.publish(event(1, text="one"), 0.0, 0.0)
+    await asyncio.sleep(0.2)  # a first attempt failed; the next waits its back-off
+    worker.replace(replace(config, enabled=False), worker.formatter, sender)
+    worker.publish(event(2, text="not queued while off"), 0.0, 0.0)
+    await asyncio.sleep(2.0)  # the back-offs ran out: still nothing is sent
+    assert sender.taken == [] and len(worker.outbox.queue) == 1
+    worker.replace(config, worker.formatter, sender)
+    await delivered(sender, 1)
+    assert [json.loads(body)["seq"] for body in sender.taken] == [1]
+    await worker.stop()

@@ -23,7 +23,7 @@ from playwright.async_api import expect as playwright_expect
 
 from benchmarks.outputs import Destination, seq_rules_kept
 from benchmarks.scoring import word_error_rate
-from livecap.appkeys import ROOMS
+from livecap.appkeys import METRICS, ROOMS
 from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent
 from livecap.client import stream_audio
@@ -150,6 +150,22 @@ async def test_zoom_posts_go_on_from_the_seq_zoom_last_took(sphinx_server: LiveS
     posts = [(a.path, a.query["seq"], a.body.decode()) for a in receiver.attempts]
     assert posts == [("/zoom", ["42"], "first line"), ("/zoom", ["43"], "second line"),
                      ("/zoom2", ["8"], "in the next meeting")]
+    metrics = sphinx_server.app[METRICS]
+    labels = {"room": metrics.room(room), "output": "zoom", "kind": "zoom"}
+    assert (metrics.registry.get_sample_value("livecap_output_sent_total", labels) or 0) >= 3
+    assert metrics.registry.get_sample_value("livecap_output_state", labels) == 0
+
+    # `livecap settings ROOM --set outputs=[]` changes the file: the output stops without a caption,
+    # and leaves no state behind (a removed output is not "failing" for ever).
+    store = sphinx_server.app[ROOMS].settings
+    assert store is not None
+    store.change(room, {"outputs": ()}, "cli", time.time())
+    deadline = time.monotonic() + timeout(10)
+    while metrics.registry.get_sample_value("livecap_output_state", labels) is not None:
+        assert time.monotonic() < deadline, "the removed output is still at work"
+        await asyncio.sleep(0.1)
+    hub = sphinx_server.app[ROOMS].outputs
+    assert hub is not None and room not in hub.workers
 
 
 @pytest.mark.slow

@@ -2,9 +2,11 @@
 
 Outputs are part of the room's settings (``RoomSettings.outputs``), kept and
 audited with them. Secrets (a webhook's signing secret, the obs-websocket
-password) are kept in the settings file, which only the server reads, and
-are never shown back: the API and the audit log show ``SECRET_KEPT``, and an
-output sent back with ``SECRET_KEPT`` keeps the secret it had.
+password, and the query and user parts of a URL: a Zoom API token and a
+YouTube ingestion URL are secrets themselves) are kept in the settings file,
+which only the server reads, and are never shown back: the API, the audit log
+and error messages show ``SECRET_KEPT`` in their place, and an output sent back
+with them so (same name and kind) keeps what it had.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from livecap.captions import TRACKS, Track
 from livecap.errors import InvalidRequest, shown
@@ -59,8 +61,9 @@ class OutputConfig:
     enabled: bool = True
 
     def shown(self) -> dict[str, Any]:
-        """As the API shows it: the secret replaced by ``SECRET_KEPT``."""
+        """As the API shows it: the secret and the URL's secret parts replaced by ``SECRET_KEPT``."""
         data = asdict(self)
+        data["url"] = masked_url(self.url)
         if self.secret is not None:
             data["secret"] = SECRET_KEPT
         return data
@@ -71,12 +74,13 @@ class OutputConfig:
 
 def parse_outputs(value: object, old: tuple[OutputConfig, ...] = ()) -> tuple[OutputConfig, ...]:
     """A room's outputs from a client's JSON list of objects (``InvalidRequest`` naming what is
-    wrong); a secret given as ``SECRET_KEPT`` is taken from the output of that name in ``old``."""
+    wrong); a secret, or a URL, given as shown (``OutputConfig.shown``) is taken from the output of
+    that name and kind in ``old``."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise InvalidRequest("outputs must be a list of objects")
     if len(value) > MAX_OUTPUTS:
         raise InvalidRequest(f"at most {MAX_OUTPUTS} outputs per room")
-    kept = {output.name: output.secret for output in old}
+    kept: dict[tuple[str, str], OutputConfig] = {(output.name, output.kind): output for output in old}
     outputs = [_output(item, kept) for item in value]
     names = [output.name for output in outputs]
     if len(set(names)) < len(names):
@@ -84,7 +88,7 @@ def parse_outputs(value: object, old: tuple[OutputConfig, ...] = ()) -> tuple[Ou
     return tuple(outputs)
 
 
-def _output(item: dict[str, Any], kept: dict[str, str | None]) -> OutputConfig:
+def _output(item: dict[str, Any], kept: dict[tuple[str, str], OutputConfig]) -> OutputConfig:
     allowed = {f.name for f in fields(OutputConfig)}
     if unknown := [key for key in item if key not in allowed]:
         raise InvalidRequest(f"unknown output field {shown(unknown[0])}; fields: {', '.join(sorted(allowed))}")
@@ -93,7 +97,13 @@ def _output(item: dict[str, Any], kept: dict[str, str | None]) -> OutputConfig:
         raise InvalidRequest("output name must be 1-40 letters, digits, '_', '.' or '-'")
     if kind not in OUTPUT_KINDS:
         raise InvalidRequest(f"output {name}: kind must be one of {', '.join(OUTPUT_KINDS)}")
+    before = kept.get((name, kind))
+    if before is not None and url == masked_url(before.url):
+        url = before.url
     schemes = ("ws", "wss") if kind == "obs" else ("http", "https")
+    if isinstance(url, str) and SECRET_KEPT in url:
+        raise InvalidRequest(f"output {name}: its address was shown with parts hidden, and no {kind} output of "
+                             f"this name keeps it; give the whole address")
     if not isinstance(url, str) or len(url) > 2000 or not _url_ok(url, schemes):
         raise InvalidRequest(f"output {name}: url must be a {' or '.join(schemes)} URL with a host")
     values: dict[str, Any] = {}
@@ -116,7 +126,9 @@ def _output(item: dict[str, Any], kept: dict[str, str | None]) -> OutputConfig:
             continue
         value = item[field]
         if field == "secret" and value == SECRET_KEPT:
-            value = kept.get(name)
+            if before is None or before.secret is None:
+                raise InvalidRequest(f"output {name}: no {kind} secret is kept under this name; give the secret")
+            value = before.secret
         elif not check(value):
             raise InvalidRequest(f"output {name}: {field} must be {why}")
         values[field] = float(value) if field == "offset_s" else value
@@ -126,13 +138,30 @@ def _output(item: dict[str, Any], kept: dict[str, str | None]) -> OutputConfig:
     return output
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its user part and query values replaced by ``SECRET_KEPT``: what may be shown."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return SECRET_KEPT
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(f"{key}={SECRET_KEPT}" if value else key
+                     for key, _, value in (pair.partition("=") for pair in parts.query.split("&") if pair))
+    return urlunsplit(parts._replace(netloc=f"{SECRET_KEPT}@{host}" if "@" in parts.netloc else host,
+                                     query=query, fragment=""))
+
+
 def _url_ok(url: str, schemes: tuple[str, ...]) -> bool:
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not one)
         return parts.scheme in schemes and bool(parts.hostname) and url.isprintable() and " " not in url
     except ValueError:
         return False
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False

@@ -23,7 +23,7 @@ MAX_BACKOFF_S = 5.0
 FAILING_AFTER_S = 10.0
 """An output retrying for this long is shown as failing rather than retrying."""
 
-Health = Literal["idle", "ok", "retrying", "failing"]
+Health = Literal["idle", "sending", "ok", "retrying", "failing"]
 
 
 @dataclass(slots=True)
@@ -116,7 +116,9 @@ class Outbox:
     def health(self, now: float) -> Health:
         if self.failing_since is not None:
             return "failing" if now - self.failing_since >= FAILING_AFTER_S else "retrying"
-        return "ok" if self.last_success is not None else "idle"
+        if self.last_success is not None:
+            return "ok"
+        return "sending" if self.queue else "idle"
 
     def state(self, now: float) -> dict[str, Any]:
         """For the dashboard and ``/operator/rooms``."""

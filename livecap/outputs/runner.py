@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -24,10 +24,11 @@ from livecap.metrics import Metrics
 from livecap.outputs.config import OutputConfig
 from livecap.outputs.delivery import Outbox
 from livecap.outputs.formats import Formatter
-from livecap.outputs.senders import DeliveryFailed, HttpSender, ObsSender, Undeliverable
+from livecap.outputs.senders import DeliveryFailed, HttpSender, ObsSender, Sender, Undeliverable
 
 log = logging.getLogger(__name__)
-HEALTH_LEVELS = {"idle": 0, "ok": 0, "retrying": 1, "failing": 2}
+T = TypeVar("T")
+HEALTH_LEVELS = {"idle": 0, "sending": 0, "ok": 0, "retrying": 1, "failing": 2}
 """``livecap_output_state``: 0 fine, 1 retrying, 2 failing."""
 DRAIN_S = 3.0
 """At shutdown, how long outputs may go on delivering what they hold."""
@@ -36,9 +37,11 @@ DRAIN_S = 3.0
 class OutputWorker:
     """Delivers one output's queue in order, one request at a time."""
 
-    def __init__(self, room: str, label: str, config: OutputConfig, formatter: Formatter,
-                 sender: HttpSender | ObsSender, metrics: Metrics) -> None:
-        self.room, self.label, self.config = room, label, config
+    def __init__(self, room: str, config: OutputConfig, formatter: Formatter, sender: Sender,
+                 metrics: Metrics) -> None:
+        self.room, self.config = room, config
+        self.label = metrics.room(room)
+        """The room's metrics label: a room an operator gave outputs is worth a name of its own."""
         self.formatter = formatter
         self.sender = sender
         self.outbox = Outbox()
@@ -55,7 +58,7 @@ class OutputWorker:
         self._wake.set()
 
     def replace(self, config: OutputConfig, formatter: Formatter,
-                sender: HttpSender | ObsSender) -> HttpSender | ObsSender:
+                sender: Sender) -> Sender:
         """The operator changed the output (same kind): what is queued goes to the new destination.
         Returns the old sender, to close."""
         old = self.sender
@@ -72,6 +75,8 @@ class OutputWorker:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self.sender.close()
+        with contextlib.suppress(KeyError):  # an output that is gone has no state (nor a stale "failing")
+            self.metrics.output_state.remove(*self._labels)
         left = len(self.outbox.queue)
         if left:
             self._count_dropped("stopped", left)
@@ -82,27 +87,29 @@ class OutputWorker:
         return {**self.config.shown(), **self.outbox.state(now)}
 
     async def _run(self) -> None:
-        outbox, labels = self.outbox, (self.label, self.config.name, self.config.kind)
-        numbered: HttpSender | ObsSender | None = None
+        outbox = self.outbox
+        numbered: Sender | None = None
         while True:
-            if numbered is not self.sender and (not outbox.queue or outbox.queue[0].number is None):
-                numbered = self.sender  # a new destination: go on from the number it last took, if it says
-                if (last := await self.sender.last_number()) is not None:
-                    outbox.counter = last
-            item = outbox.head()
-            if item is None:
+            if not self.config.enabled or not outbox.queue:  # paused by the operator, or nothing to send
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if numbered is not self.sender and outbox.queue[0].number is None:
+                numbered = self.sender  # a new destination: go on from the number it last took, if it says
+                if (last := await self._guarded(self.sender.last_number())) is not None:
+                    outbox.counter = last
+            item = outbox.head()
+            assert item is not None
             try:
-                await self.sender.send(item)
+                await self._guarded(self.sender.send(item))
             except Undeliverable as error:
                 outbox.abandoned(str(error))
                 self._count_dropped("undeliverable", 1)
+                self._set_state()
                 continue
             except DeliveryFailed as error:
                 delay = outbox.failed(time.monotonic(), str(error))
-                self.metrics.output_failures.labels(*labels).inc()
+                self.metrics.output_failures.labels(*self._labels).inc()
                 self._set_state()
                 if item.attempts == 1:
                     log.warning("output %s of room %s: %s (retrying)", self.config.name, self.room, error)
@@ -112,18 +119,33 @@ class OutputWorker:
                 continue
             now = time.monotonic()
             outbox.delivered(now)
-            self.metrics.output_sent.labels(*labels).inc()
+            self.metrics.output_sent.labels(*self._labels).inc()
             self.metrics.output_lag_seconds.labels(self.config.kind).observe(now - item.since)
             self._set_state()
             if pause := self.sender.pause_after(item):
                 await asyncio.sleep(pause)
 
+    async def _guarded(self, call: Coroutine[Any, Any, T]) -> T:
+        """``call``, with any error a sender did not foresee turned into a failure to retry: the
+        output goes on, and the operator sees the error (a bug in a destination's library must not
+        end its delivery silently)."""
+        try:
+            return await call
+        except (DeliveryFailed, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            log.exception("output %s of room %s: unexpected error", self.config.name, self.room)
+            raise DeliveryFailed(f"unexpected error: {type(error).__name__}: {error}"[:200]) from None
+
+    @property
+    def _labels(self) -> tuple[str, str, str]:
+        return self.label, self.config.name, self.config.kind
+
     def _set_state(self) -> None:
-        health = self.outbox.health(time.monotonic())
-        self.metrics.output_state.labels(self.label, self.config.name, self.config.kind).set(HEALTH_LEVELS[health])
+        self.metrics.output_state.labels(*self._labels).set(HEALTH_LEVELS[self.outbox.health(time.monotonic())])
 
     def _count_dropped(self, reason: str, count: int) -> None:
-        self.metrics.output_dropped.labels(self.label, self.config.name, self.config.kind, reason).inc(count)
+        self.metrics.output_dropped.labels(*self._labels, reason).inc(count)
 
 
 class OutputHub:
@@ -138,15 +160,21 @@ class OutputHub:
         self._closing: set[asyncio.Task[Any]] = set()
         """Stops of removed outputs and closes of replaced senders, under way."""
 
-    def publish(self, room: str, label: str, configs: tuple[OutputConfig, ...], event: CaptionEvent, now: float,
+    def publish(self, room: str, configs: tuple[OutputConfig, ...], event: CaptionEvent, now: float,
                 spoken: float) -> None:
         """Queue ``event`` (its first word spoken at Unix time ``spoken``) for each of the room's
         outputs (``configs``, as its settings say now)."""
         if configs or room in self.workers:
-            for worker in self.configure(room, label, configs).values():
+            for worker in self.configure(room, configs).values():
                 worker.publish(event, now, spoken)
 
-    def configure(self, room: str, label: str, configs: tuple[OutputConfig, ...]) -> dict[str, OutputWorker]:
+    def follow(self, settings: Callable[[str], tuple[OutputConfig, ...]]) -> None:
+        """Apply what the settings say now (``settings``: a room's outputs) to every room with
+        outputs at work: a change made with ``livecap settings`` takes effect without a caption."""
+        for room in list(self.workers):
+            self.configure(room, settings(room))
+
+    def configure(self, room: str, configs: tuple[OutputConfig, ...]) -> dict[str, OutputWorker]:
         """Make the room's workers match ``configs``: start new outputs, hand changed ones their new
         destination (their queue kept unless the kind changed), stop removed ones."""
         workers = self.workers.setdefault(room, {})
@@ -160,7 +188,7 @@ class OutputHub:
         for name, config in wanted.items():
             if name not in workers:
                 formatter = Formatter(config)
-                workers[name] = OutputWorker(room, label, config, formatter, self._sender(config, formatter),
+                workers[name] = OutputWorker(room, config, formatter, self._sender(config, formatter),
                                              self.metrics)
             elif workers[name].config != config:
                 formatter = workers[name].formatter.changed(config)
@@ -180,7 +208,7 @@ class OutputHub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _sender(self, config: OutputConfig, formatter: Formatter) -> HttpSender | ObsSender:
+    def _sender(self, config: OutputConfig, formatter: Formatter) -> Sender:
         if config.kind == "obs":
             return ObsSender(config)
         if self._session is None:

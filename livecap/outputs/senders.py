@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import simpleobsws
 
 from livecap.outputs.cea608 import air_time
-from livecap.outputs.config import OutputConfig
+from livecap.outputs.config import OutputConfig, masked_url
 from livecap.outputs.delivery import Item
 from livecap.outputs.formats import Formatter
 
@@ -23,11 +24,27 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 """A request without an answer by then is given up and retried (Zoom asks for a timeout)."""
 ERROR_TEXT_CHARS = 200
+ERROR_BODY_BYTES = 1024
 IDENTIFY_POLL_S = 0.05
 AUTHENTICATION_FAILED = 4009
 """obs-websocket's close code for a wrong password (its WebSocketCloseCode enum)."""
 OUTPUT_NOT_RUNNING = 501
 """obs-websocket's request status when the output (the stream) is not running (its RequestStatus enum)."""
+
+
+class Sender(Protocol):
+    """What an output's worker needs of a destination's I/O."""
+
+    async def send(self, item: Item) -> None:
+        """Deliver ``item``, or raise ``DeliveryFailed`` saying why not."""
+
+    async def last_number(self) -> int | None:
+        """The request number the destination last took, where it can say (Zoom); else None."""
+
+    def pause_after(self, item: Item) -> float:
+        """Seconds to wait after ``item`` before the next (a channel's pace)."""
+
+    async def close(self) -> None: ...
 
 
 class DeliveryFailed(Exception):
@@ -37,6 +54,12 @@ class DeliveryFailed(Exception):
 class Undeliverable(DeliveryFailed):
     """The item can never be delivered, and waiting would only make it stale: stream captions
     while OBS is not streaming (there is no stream to carry them, nor anyone reading one)."""
+
+
+async def _start_of(response: aiohttp.ClientResponse) -> str:
+    """The first bytes of an answer's body, as text: enough to say what went wrong, and never
+    a gigabyte read into memory."""
+    return (await response.content.read(ERROR_BODY_BYTES)).decode("utf-8", "replace")[:ERROR_TEXT_CHARS].strip()
 
 
 class HttpSender:
@@ -53,12 +76,17 @@ class HttpSender:
                                          timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                          allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
-                    text = (await response.text(errors="replace"))[:ERROR_TEXT_CHARS].strip()
+                    text = await _start_of(response)
+                    if location := response.headers.get("Location"):
+                        text = f"redirected to {masked_url(location)}; give that address instead"
                     raise DeliveryFailed(f"HTTP {response.status}" + (f": {text}" if text else ""))
         except TimeoutError:
             raise DeliveryFailed(f"no answer within {REQUEST_TIMEOUT_S:g} s") from None
+        except aiohttp.ClientResponseError as error:
+            raise DeliveryFailed(f"the answer is not HTTP: {error.message}"[:ERROR_TEXT_CHARS]) from None
         except aiohttp.ClientError as error:
-            raise DeliveryFailed(f"{type(error).__name__}: {error}"[:ERROR_TEXT_CHARS]) from None
+            message = str(error).replace(self.formatter.config.url, masked_url(self.formatter.config.url))
+            raise DeliveryFailed(f"{type(error).__name__}: {message}"[:ERROR_TEXT_CHARS]) from None
 
     async def last_number(self) -> int | None:
         """The request number the destination last took: Zoom says it (``GET …/closedcaption/seq``),
@@ -70,8 +98,9 @@ class HttpSender:
             async with self.session.get(urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/seq")),
                                         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                         allow_redirects=False) as response:
-                text = (await response.text(errors="replace")).strip()
-                return int(text) if response.status == 200 and text.isdigit() and len(text) < 12 else None
+                text = await _start_of(response)
+                digits = text.isascii() and text.isdigit() and len(text) < 12
+                return int(text) if response.status == 200 and digits else None
         except (aiohttp.ClientError, TimeoutError):
             return None
 
@@ -103,6 +132,10 @@ class ObsSender:
         except (simpleobsws.MessageTimeout, simpleobsws.NotIdentifiedError, OSError) as error:
             await self.close()
             raise DeliveryFailed(f"OBS did not answer: {error}"[:ERROR_TEXT_CHARS]) from None
+        except (KeyError, TypeError, ValueError) as error:  # an answer that is not obs-websocket's
+            await self.close()
+            raise DeliveryFailed(f"not an obs-websocket answer ({type(error).__name__}: {error})"[
+                :ERROR_TEXT_CHARS]) from None
         if not response.ok():
             status = response.requestStatus
             if status.code == OUTPUT_NOT_RUNNING:
@@ -129,10 +162,10 @@ class ObsSender:
         except Exception as error:  # websockets' handshake errors (an HTTP answer, a refused subprotocol)
             raise DeliveryFailed(f"no obs-websocket at {url}: {error}"[:ERROR_TEXT_CHARS]) from None
         if not client.is_identified():
-            code = client.ws.close_code
+            code, reason = client.ws.close_code, client.ws.close_reason
             await self._drop(client)
             raise DeliveryFailed("OBS refused the obs-websocket password" if code == AUTHENTICATION_FAILED
-                                 else f"OBS closed the connection (code {code}: {client.ws.close_reason})")
+                                 else f"OBS closed the connection (code {code}: {reason})"[:ERROR_TEXT_CHARS])
         self._client = client
         return client
 
