@@ -44,7 +44,7 @@ class Keys:
         if role == "viewer" and not self.viewers_need_keys(viewer_keys):
             return
         if presented is None:
-            raise Unauthorized(f"a {role} key is required")
+            raise Unauthorized(f"{'an' if role[0] in 'aeiou' else 'a'} {role} key is required")
         accepted = [self.key(role, room)] + ([self.key("operator")] if role != "operator" else [])
         if not any(hmac.compare_digest(presented.encode(), key.encode()) for key in accepted):
             raise Unauthorized(f"wrong {role} key for room {room!r}")

@@ -21,7 +21,7 @@ from livecap.asr.engine import Word
 from livecap.captions import CaptionEvent, CaptionKind
 from livecap.errors import InvalidRequest
 from livecap.metrics import Metrics
-from livecap.outputs.cea608 import COLUMNS, RollUp, air_time, caption_safe
+from livecap.outputs.cea608 import COLUMNS, RowMaker, air_time, caption_safe, roll_up
 from livecap.outputs.config import SECRET_KEPT, OutputConfig, parse_outputs
 from livecap.outputs.delivery import FAILING_AFTER_S, MAX_BACKOFF_S, Item, Outbox
 from livecap.outputs.formats import SIGNATURE_HEADER, Formatter
@@ -40,31 +40,31 @@ def event(seq: int, kind: CaptionKind = "final", text: str = "hello world", segm
 
 
 @given(words, st.sampled_from([2, 3]))
-def test_rollup_sends_every_word_once_in_order_in_lines_of_32(sentence: list[str], rows: int) -> None:
-    """However the words come (settled words of partials growing, then the final), each caption
-    is at most ``rows`` lines of at most 32 columns, it adds one line to the previous caption,
-    and the new lines together hold every word once, in order."""
-    rollup, text, new_lines = RollUp(rows), " ".join(sentence), []
-    captions = []
+def test_rows_hold_every_word_once_in_order_in_32_columns(sentence: list[str], rows: int) -> None:
+    """However the words come (settled words of partials growing, then the final), each row holds
+    at most 32 columns, the rows together hold every word once, in order, and rolled up each
+    caption adds one row to the one before and shows at most ``rows``."""
+    maker, text, made = RowMaker(), " ".join(sentence), []
     for cut in range(1, len(sentence)):
-        captions += rollup.words(7, " ".join(sentence[:cut]), final=False)
-    captions += rollup.words(7, text, final=True)
-    previous: list[str] = []
-    for caption in captions:
-        lines = caption.split("\n")
-        assert 1 <= len(lines) <= rows and all(0 < len(line) <= COLUMNS for line in lines)
-        assert lines == [*previous, lines[-1]][-rows:], "roll-up: the earlier lines move up"
-        previous = lines
-        new_lines.append(lines[-1])
-    assert "".join(new_lines).replace(" ", "") == text.replace(" ", "")
-    assert rollup.words(7, text, final=True) == [], "a final seen twice adds nothing"
+        made += maker.rows(7, " ".join(sentence[:cut]), final=False)
+    made += maker.rows(7, text, final=True)
+    assert all(0 < len(row) <= COLUMNS for row in made)
+    assert "".join(made).replace(" ", "") == text.replace(" ", "")
+    assert maker.rows(7, text, final=True) == [], "a final seen twice adds nothing"
+    shown: list[str] = []
+    for row in made:
+        caption = roll_up(shown, row, rows)
+        assert caption[-1] == row and caption[:-1] == shown[-(rows - 1):] and len(caption) <= rows
+        shown = caption
 
 
-def test_rollup_keeps_lines_across_utterances_and_shows_at_most_rows() -> None:
-    rollup = RollUp(2)
-    first = rollup.words(1, "the quick brown fox jumps over the lazy dog", final=True)
-    assert first == ["the quick brown fox jumps over", "the quick brown fox jumps over\nthe lazy dog"]
-    assert rollup.words(2, "and then it slept", final=True) == ["the lazy dog\nand then it slept"]
+def test_each_utterance_starts_a_row_of_its_own() -> None:
+    maker = RowMaker()
+    assert maker.rows(1, "the quick brown fox jumps over the lazy dog", final=True) == [
+        "the quick brown fox jumps over", "the lazy dog"]
+    assert maker.rows(2, "and then it slept", final=True) == ["and then it slept"]
+    assert roll_up(["the quick brown fox jumps over", "the lazy dog"], "and then it slept", 2) == [
+        "the lazy dog", "and then it slept"]
 
 
 def test_caption_text_is_608_safe() -> None:

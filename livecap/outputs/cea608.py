@@ -66,32 +66,32 @@ def air_time(caption: str) -> float:
 
 
 @dataclass
-class RollUp:
-    """The captions to send as an utterance's words come: one per completed line, showing the
-    last ``rows`` lines. Words are only ever added (finals, and the settled words of partials,
-    which a later partial keeps), so a line once sent is never taken back."""
+class RowMaker:
+    """The rows of 608 captions as an utterance's words come: a row once it is full, and at the
+    final the last, partly filled one. Words are only ever added (finals, and the settled words of
+    partials, which a later partial keeps), so a row once made is never taken back; each utterance
+    starts a row of its own."""
 
-    rows: int = 2
     columns: int = COLUMNS
 
     def __post_init__(self) -> None:
-        self._shown: list[str] = []
-        """The lines on screen, oldest first (at most ``rows``)."""
         self._segment: int | None = None
-        self._sent_words = 0
-        """Words of the current segment already in a sent line."""
+        self._used = 0
+        """Words (pieces) of the current segment already in a row."""
 
-    def words(self, segment: int, text: str, final: bool) -> list[str]:
-        """Captions (rows joined by newlines) for the words of ``segment`` so far: the lines
-        completed since the last call; with ``final``, the last, partly filled line too."""
+    def rows(self, segment: int, text: str, final: bool) -> list[str]:
+        """The rows completed by the words of ``segment`` so far (``text``); with ``final``, the
+        last, partly filled row too."""
         if segment != self._segment:
-            self._segment, self._sent_words = segment, 0
-        lines = wrap(pieces(caption_safe(text), self.columns)[self._sent_words:], self.columns)
+            self._segment, self._used = segment, 0
+        lines = wrap(pieces(caption_safe(text), self.columns)[self._used:], self.columns)
         if not final:
-            lines = lines[:-1]  # the last line may still grow
-        captions = []
-        for line in lines:
-            self._sent_words += len(line)
-            self._shown = [*self._shown, " ".join(line)][-self.rows:]
-            captions.append("\n".join(self._shown))
-        return captions
+            lines = lines[:-1]  # the last row may still grow
+        self._used += sum(map(len, lines))
+        return [" ".join(line) for line in lines]
+
+
+def roll_up(shown: list[str], row: str, rows: int) -> list[str]:
+    """The caption on screen once ``row`` is added below ``shown`` (the rows on screen, oldest
+    first): the last ``rows`` of them, as roll-up captions read."""
+    return [*shown, row][-rows:]

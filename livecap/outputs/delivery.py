@@ -102,6 +102,7 @@ class Outbox:
         """The head cannot be delivered ever (``senders.Undeliverable``): it is dropped, and counted."""
         self.dropped += 1
         self.last_error = error
+        self.failing_since = None  # the destination answered: it works, it only cannot use this
         return self.queue.popleft()
 
     def failed(self, now: float, error: str) -> float:

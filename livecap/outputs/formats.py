@@ -13,8 +13,9 @@
 - **Webhook**: a POST of each line event (final, correction, translation) as
   the JSON caption event of the protocol; with a secret, ``X-Livecap-Signature:
   sha256=HEX``, the HMAC-SHA256 of the body (as GitHub's webhooks).
-- **OBS** stream captions: 608 roll-up captions (``cea608.RollUp``); OBS text
-  source: the last lines as one text, a newer text replacing a waiting one.
+- **OBS** stream captions: 608 rows (``cea608.RowMaker``), rolled up by the sender
+  over the rows OBS took; OBS text source: the last lines as one text, a newer text
+  replacing a waiting one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from livecap.captions import LINE_KINDS, CaptionEvent
-from livecap.outputs.cea608 import RollUp
+from livecap.outputs.cea608 import RowMaker
 from livecap.outputs.config import OutputConfig
 from livecap.outputs.delivery import Item
 
@@ -50,7 +51,7 @@ class Formatter:
 
     def __init__(self, config: OutputConfig) -> None:
         self.config = config
-        self._rollup = RollUp(rows=config.lines)
+        self._rows = RowMaker()
         self._lines: deque[str] = deque(maxlen=config.lines)
 
     def changed(self, config: OutputConfig) -> Formatter:
@@ -79,10 +80,10 @@ class Formatter:
             if line and event.text:
                 self._lines.append(event.text)
             return [Item("\n".join(shown[-config.lines:]), seqs, now, replaces="text")]
-        if config.kind == "obs":
+        if config.kind == "obs":  # one item per 608 row; the sender rolls them up (``cea608.roll_up``)
             if event.kind == "partial" and config.partials:
-                return [Item(c, seqs, now) for c in self._rollup.words(event.segment, event.stable, final=False)]
-            return [Item(c, seqs, now) for c in self._rollup.words(event.segment, event.text, final=True)] if line \
+                return [Item(row, seqs, now) for row in self._rows.rows(event.segment, event.stable, final=False)]
+            return [Item(row, seqs, now) for row in self._rows.rows(event.segment, event.text, final=True)] if line \
                 else []
         if not line or not event.text:
             return []

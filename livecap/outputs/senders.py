@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import simpleobsws
 
-from livecap.outputs.cea608 import air_time
+from livecap.outputs.cea608 import air_time, roll_up
 from livecap.outputs.config import OutputConfig, masked_url
 from livecap.outputs.delivery import Item
 from livecap.outputs.formats import Formatter
@@ -119,11 +119,14 @@ class ObsSender:
     def __init__(self, config: OutputConfig) -> None:
         self.config = config
         self._client: simpleobsws.WebSocketClient | None = None
+        self._shown: list[str] = []
+        """Stream captions: the rows on screen, as OBS took them."""
 
     async def send(self, item: Item) -> None:
         client = await self._connected()
+        screen = roll_up(self._shown, item.payload, self.config.lines)
         if self.config.mode == "captions":
-            request = simpleobsws.Request("SendStreamCaption", {"captionText": item.payload})
+            request = simpleobsws.Request("SendStreamCaption", {"captionText": "\n".join(screen)})
         else:
             request = simpleobsws.Request("SetInputSettings", {"inputName": self.config.source,
                                                                "inputSettings": {"text": item.payload}})
@@ -141,6 +144,8 @@ class ObsSender:
             if status.code == OUTPUT_NOT_RUNNING:
                 raise Undeliverable("OBS is not streaming: stream captions are not kept for a stream not yet started")
             raise DeliveryFailed(f"OBS refused {request.requestType} (code {status.code}): {status.comment}")
+        if self.config.mode == "captions":
+            self._shown = screen  # rows OBS did not take never show up in a later caption
 
     async def _connected(self) -> simpleobsws.WebSocketClient:
         client = self._client
@@ -174,7 +179,7 @@ class ObsSender:
 
     def pause_after(self, item: Item) -> float:
         """Stream captions wait for the 608 channel to carry the last one; a text source needs no pause."""
-        return air_time(item.payload) if self.config.mode == "captions" else 0.0
+        return air_time("\n".join(self._shown)) if self.config.mode == "captions" else 0.0
 
     async def close(self) -> None:
         client, self._client = self._client, None
