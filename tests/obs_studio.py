@@ -19,23 +19,17 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import simpleobsws
 
+from benchmarks.live import free_port
+
 PROFILE = "livecap"
 CANVAS = (320, 240)
 FPS = 10
 """Small and slow: the picture does not matter, and x264 at 320x240, 10 fps costs ~4% of a core."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_config(home: Path, websocket_port: int, password: str) -> None:
