@@ -95,10 +95,12 @@ def join_words(words: Iterable[Word]) -> str:
 class SeqCounter:
     """A room's ``seq``, never repeated, even across a ``kill -9``.
 
-    Before it hands out a seq above its ceiling, it has ``reserve`` record a
-    ceiling ``block`` higher, durably; a restart starts above the last
-    ceiling recorded. Seqs sent as partials, which are not stored, are below
-    it too. Gaps (at most ``block`` per restart) are fine; repeats never.
+    Half a block before it reaches its ceiling, it has ``reserve`` record a
+    ceiling ``block`` higher, durably (and, with ``--redis``, soon in Redis
+    too, long before a seq above the old ceiling leaves); a restart or a
+    take-over starts above the last ceiling recorded. Seqs sent as partials,
+    which are not stored, are below it too. Gaps (at most 1.5 ``block`` per
+    restart) are fine; repeats never.
     """
 
     def __init__(self, last: int = 0, reserve: Callable[[int], None] = lambda ceiling: None,
@@ -110,12 +112,18 @@ class SeqCounter:
         self._reserve = reserve
 
     def next(self) -> int:
-        if self.last >= self.ceiling:
-            ceiling = self.last + self.block
+        if self.last >= self.ceiling - self.block // 2:  # half a block ahead: a copy kept elsewhere
+            ceiling = max(self.ceiling, self.last) + self.block  # (Redis) has it before the ceiling is reached
             self._reserve(ceiling)  # durable before any seq above the old ceiling leaves
             self.ceiling = ceiling
         self.last += 1
         return self.last
+
+    def skip_to(self, last: int) -> None:
+        """Go on after ``last``, a seq another node handed out or reserved (``CaptionState.apply``,
+        a take-over); the next seq reserves a block above it."""
+        if last > self.last:
+            self.last = self.ceiling = last
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +245,29 @@ class CaptionState:
                             settled.model_version, 0.0, settled.words, settled.language)
         self._add_final(event)
         return event
+
+    def apply(self, event: CaptionEvent) -> bool:
+        """An event of this room another node made (``cluster``): kept as if made here; False (and
+        nothing changes) for one this state holds already."""
+        if event.seq <= self.seqs.last:
+            return False
+        self.seqs.skip_to(event.seq)
+        self._segments = max(self._segments, event.segment)
+        if event.kind == "partial":
+            self.current_partial = event
+        elif event.kind == "final":
+            if self.current_partial is not None and self.current_partial.segment == event.segment:
+                self.current_partial = None
+            self._add_final(event)
+        elif event.kind == "correction":
+            self._add_correction(event)
+        elif event.kind == "translation":
+            self._add_translation(event)
+        return True
+
+    def has_final(self, segment: int) -> bool:
+        """Whether the segment's final is in memory."""
+        return segment in self._final
 
     def needs_archive(self, seq: int) -> bool:
         """Whether a question about event ``seq`` or those after it (``line``,

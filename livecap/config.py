@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import ssl
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -118,6 +119,16 @@ class ServerOptions:
                                              "is cut off as long again later (seconds)")
     heartbeat_s: float = _setting(20.0, "WebSocket ping interval when a peer sends nothing; one that does not answer "
                                         "within half of it is dropped (seconds)")
+    # scale-out
+    redis: str = _setting("", "Redis URL (redis://host:6379/0) shared by several livecap nodes: rooms, seqs and "
+                              "captions are shared, a publisher may stream to any node and viewers watch from "
+                              "any node (README.md, Scale-out); empty: this node alone")
+    node: str = _setting("", "this node's name in the cluster, unique among the nodes (default: host name and port)")
+    lease_s: float = _setting(3.0, "how long a room's owner holds its lease in Redis unrenewed (it renews it 5 times "
+                                   "a second): a dead node's rooms go to a publisher reconnecting elsewhere at most "
+                                   "this long after (seconds)")
+    redis_retention_days: float = _setting(30.0, "a room's finals, corrections and translations stay in Redis this "
+                                                 "long after its last line (partials: only the latest events)")
     # fault injection (tests and demos of the latency budget only)
     inject_primary_delay_s: float = _setting(0.0, "fault injector: delay added to every primary decoding step "
                                              f"(0-{MAX_DELAY_S:g} s)")
@@ -129,6 +140,12 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         Faults(self.inject_primary_delay_s, self.inject_primary_failure_rate)  # ValueError when out of range
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in a cluster: ``node``, else the host's name and the port (and, for
+        port 0, the process id)."""
+        return self.node or f"{socket.gethostname()}:{self.port or os.getpid()}"
 
     @property
     def vad(self) -> VadOptions:

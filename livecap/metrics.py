@@ -11,12 +11,16 @@ took ask for a name (``Room.take_publisher_place``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.metrics_core import Metric
 
 from livecap import __version__
 
 MAX_ROOM_LABELS = 50
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -121,6 +125,21 @@ class Metrics:
         self.output_lag_seconds = Histogram("livecap_output_lag_seconds",
                                             "Caption published to its destination accepting it", ["kind"],
                                             buckets=LATENCY_BUCKETS, registry=registry)
+        # scale-out (--redis)
+        self.cluster_reachable = Gauge("livecap_cluster_redis_reachable",
+                                       "1 while this node reaches the cluster's Redis", registry=registry)
+        self.cluster_pending = Gauge("livecap_cluster_pending_writes",
+                                     "Events and seq reservations this node owes Redis (it is out or slow)",
+                                     registry=registry)
+        self.cluster_events_written = Counter("livecap_cluster_events_written_total",
+                                              "Caption events this node wrote to the shared log", registry=registry)
+        self.cluster_events_skipped = Counter("livecap_cluster_events_skipped_total",
+                                              "Events not written because the log held their seq already (a retry "
+                                              "that had got through, or a node that had lost its lease)",
+                                              registry=registry)
+        self.cluster_hop_seconds = Histogram("livecap_cluster_hop_seconds",
+                                             "From an event made on its room's node to its arrival on this one",
+                                             buckets=HOP_BUCKETS, registry=registry)
         self.build_info = Gauge("livecap_build_info", "Always 1; the version in a label", ["version"],
                                 registry=registry)
         self.build_info.labels(__version__).set(1)
@@ -133,3 +152,18 @@ class Metrics:
             self._rooms.add(name)
             return name
         return "other"
+
+
+class NodeLabelled:
+    """A registry's metrics with a ``node`` label on every sample (``--redis``): one scrape
+    configuration, or a federating Prometheus, sums the nodes without relabelling."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self.registry = registry
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            family.samples = [sample._replace(labels={**sample.labels, "node": self.node})
+                              for sample in family.samples]
+            yield family

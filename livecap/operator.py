@@ -20,6 +20,7 @@ history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -28,10 +29,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from livecap.appkeys import KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER
 from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.auth import presented_key
+from livecap.cluster import merged
 from livecap.errors import InvalidRequest, LivecapError, Refused, json_object
 from livecap.glossary import propose_terms
 from livecap.labels import key_id
@@ -83,14 +86,16 @@ async def correct_line(request: web.Request) -> web.Response:
     transcript and into the labels; the answer is that event. Refusals are
     JSON ``error`` bodies: 400 ``invalid_request``, 404 ``unknown_seq``, 409
     ``edit_conflict`` (another editor corrected the line first; ``current``
-    is the line now, to edit again)."""
+    is the line now, to edit again), 409 ``room_elsewhere`` (``--redis``:
+    another node captions the room now)."""
     keys = request.app[KEYS]
     keys.require_operator(request)
     name = room_name(request)
     try:
         seq, text = _correction(await json_request(request))
         room = request.app[ROOMS].get(name)
-        event = room.correct(seq, text, key_id(presented_key(request)), time.time(), await room.archived(seq))
+        async with room.owning():
+            event = room.correct(seq, text, key_id(presented_key(request)), time.time(), await room.archived(seq))
     except Refused as refusal:
         return _refusal(request, refusal)
     except LivecapError as error:  # the registry is full (ServerBusy)
@@ -245,6 +250,13 @@ async def operator_rooms(request: web.Request) -> web.Response:
     else:
         status = "ready" if primary is not None and scheduler.health.healthy(mono) else "degraded"
     rooms = sorted(app[ROOMS].rooms.values(), key=lambda r: (r.session is None, -len(r.viewers), r.name))
+    shown = [room_state(app, room, mono, wall, fallback.name if fallback else None) for room in rooms]
+    cluster = app[ROOMS].cluster
+    nodes: list[dict[str, Any]] = []
+    if cluster is not None:
+        with contextlib.suppress(RedisError, OSError):  # Redis out: this node's rooms only ("cluster" says so)
+            nodes = await cluster.nodes()
+        shown = merged(shown, nodes, cluster.node)
     return web.json_response({
         "time": wall,
         "window_s": WINDOW_S,
@@ -254,7 +266,12 @@ async def operator_rooms(request: web.Request) -> web.Response:
                    "publishers": app[ROOMS].publishers,
                    "capacity": scheduler.capacity_state(app[ROOMS].publishers),
                    "viewers": sum(len(r.viewers) for r in rooms)},
-        "rooms": [room_state(request, room, mono, wall, fallback.name if fallback else None) for room in rooms],
+        "rooms": shown,
+        "cluster": None if cluster is None else {
+            "node": cluster.node, "redis": "reachable" if cluster.reachable else "unreachable",
+            "error": cluster.last_error, "pending_writes": len(cluster.pending),
+            "nodes": [{"node": n["node"], "rooms": len(n["rooms"]), "age_s": round(wall - n["time"], 1)}
+                      for n in nodes]},
         "models": model_quality(rooms),
     }, headers={"Cache-Control": "no-store"})
 
@@ -284,7 +301,7 @@ def model_quality(rooms: list[Room]) -> list[dict[str, Any]]:
             for version, f in sorted(figures.items())]
 
 
-def room_state(request: web.Request, room: Room, mono: float, wall: float, fallback: str | None) -> dict[str, Any]:
+def room_state(app: web.Application, room: Room, mono: float, wall: float, fallback: str | None) -> dict[str, Any]:
     """A room as the dashboard shows it. Times in the chart series are Unix
     seconds; latencies are seconds over the last minute."""
     session = room.session
@@ -323,7 +340,7 @@ def room_state(request: web.Request, room: Room, mono: float, wall: float, fallb
         "degraded": degraded(room, mono, fallback),
         "outputs": room.outputs.state(room.name, room.settings.outputs) if room.outputs is not None else [],
         "series": series,
-        "links": _links(request, room.name),
+        "links": _links(app, room.name),
     }
 
 
@@ -344,10 +361,10 @@ def degraded(room: Room, mono: float, fallback: str | None) -> str | None:
     return None
 
 
-def _links(request: web.Request, room: str) -> dict[str, str]:
+def _links(app: web.Application, room: str) -> dict[str, str]:
     """Pages of the room, with the viewer key when viewers need one."""
-    keys = request.app[KEYS]
-    needed = keys.viewers_need_keys(request.app[ROOMS].settings_of(room).viewer_keys)
+    keys = app[KEYS]
+    needed = keys.viewers_need_keys(app[ROOMS].settings_of(room).viewer_keys)
     query = f"?{urlencode({'token': keys.key('viewer', room)})}" if needed else ""
     name = quote(room)
     return {"view": f"/view/{name}{query}", "overlay": f"/overlay/{name}{query}", "qr": f"/qr/{name}{query}",

@@ -22,12 +22,13 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from livecap.asr.engine import SAMPLE_RATE, Word
 from livecap.asr.guardrails import TRANSLATION_GUARDRAILS, suppression_reason
@@ -35,6 +36,7 @@ from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
 from livecap.captions import LINE_KINDS, CaptionEvent, CaptionState, Settled, Track
+from livecap.cluster import Cluster
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
@@ -61,6 +63,8 @@ MAX_OPEN_FLAGS = 100
 """Flagged lines the dashboard lists for the editor (the most recently flagged)."""
 MOST_HEARD_TERMS = 8
 """Glossary terms listed with their counts on the dashboard."""
+FOLLOW_WAIT_S = 2.0
+"""How long a viewer's connection waits for its node to catch up on a room another node captions."""
 
 Disconnect = Callable[[LivecapError], Awaitable[None]]
 """Closes a publisher's connection with an error event and the error's close code."""
@@ -127,9 +131,10 @@ class TranscriptStore:
         return StoredRoom(tuple(events), reserved,
                           tuple(s for segment, s in sorted(settled.items()) if segment not in finished))
 
-    def append(self, event: CaptionEvent) -> None:
-        """A final or a correction, with the wall-clock time it was made (``time``, Unix seconds)."""
-        self._write(event.room, {**event.to_message(), "time": round(time.time(), 3)})
+    def append(self, event: CaptionEvent, made: float | None = None) -> None:
+        """A final or a correction, with the wall-clock time it was ``made`` (``time``, Unix
+        seconds; default: now)."""
+        self._write(event.room, {**event.to_message(), "time": round(time.time() if made is None else made, 3)})
 
     def finals(self, room: str | None = None, since: float | None = None) -> list[CaptionEvent]:
         """The finals with text stored for ``room`` (every room if None), made
@@ -181,17 +186,25 @@ class TranscriptStore:
                 os.close(directory)
 
 
-def restore(name: str, store: TranscriptStore | None, write: bool = True) -> CaptionState:
+def restore(name: str, store: TranscriptStore | None, write: bool = True,
+            cluster: Cluster | None = None) -> CaptionState:
     """A room's caption state from its file. A segment cut off by a crash
     ends in a final of its settled words (``CaptionState.recovered``),
     appended to the file when ``write``; a transcript download shows it
-    without writing."""
+    without writing. With a ``cluster``, seq ceilings are recorded in Redis
+    too, and a segment cut off is left to the room's next owner (``Room.acquire``):
+    another node may be finishing it."""
     stored = store.load(name) if store else StoredRoom()
     keep = store if write else None
-    state = CaptionState(name, stored.events, stored.reserved,
-                         (lambda ceiling: keep.reserve(name, ceiling)) if keep else lambda ceiling: None,
-                         KEPT_LINES if keep else None)
-    for settled in stored.unfinished:
+
+    def reserve(ceiling: int) -> None:
+        if keep is not None:
+            keep.reserve(name, ceiling)
+        if cluster is not None:
+            cluster.reserved(name, ceiling)
+
+    state = CaptionState(name, stored.events, stored.reserved, reserve, KEPT_LINES if keep else None)
+    for settled in stored.unfinished if cluster is None else ():
         final = state.recovered(settled)
         if keep is not None:
             keep.append(final)
@@ -214,8 +227,15 @@ class RoomDefaults:
 class Room:
     def __init__(self, name: str, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
                  labels: LabelStore | None = None, settings: SettingsStore | None = None,
-                 recordings: RecordingStore | None = None, outputs: OutputHub | None = None) -> None:
+                 recordings: RecordingStore | None = None, outputs: OutputHub | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.name = name
+        self.cluster = cluster
+        self.owned = cluster is None
+        """Whether this node makes the room's captions: always without a cluster; with one, while
+        it holds the room's lease (``acquire``). Otherwise it follows the node that does."""
+        self._follower: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()
         self.scheduler = scheduler
         self.defaults = defaults
         self.store = store
@@ -224,7 +244,9 @@ class Room:
         self.recordings = recordings
         self.outputs = outputs
         self._writes: set[asyncio.Future[Path]] = set()
-        self.captions = restore(name, store)
+        self.captions = restore(name, store, cluster=cluster)
+        self.log_seq = self.captions.seq
+        """The last seq of the room's log this node holds (made or followed)."""
         self._settled = (-1, 0)
         """(segment, how many of its stable words) the store holds."""
         self.broadcaster = Broadcaster()
@@ -370,6 +392,8 @@ class Room:
                 subscriber.notify(state)
 
     def publish(self, event: CaptionEvent) -> None:
+        """An event this node made: kept, sent to this node's viewers, owed to the cluster's log and
+        handed to the room's outputs."""
         self.announce()
         if self.store is not None:
             if event.kind in LINE_KINDS:
@@ -380,9 +404,10 @@ class Room:
                 if len(event.words) > settled:
                     self.store.settle(event, event.words[settled:])
                     self._settled = (event.segment, len(event.words))
+        if self.cluster is not None:
+            self.cluster.append(event)
         metrics, label, now = self.scheduler.metrics, self.label, time.monotonic()
         published = self.latency.published(event, now)
-        metrics.captions_sent.labels(label, event.kind).inc()
         if event.kind == "final":
             metrics.utterances.labels(label, event.engine).inc()
             word_lag = metrics.word_lag_seconds.labels(label, event.engine)
@@ -390,13 +415,125 @@ class Room:
                 word_lag.observe(lag)
         if published.final_lag is not None:
             metrics.final_lag_seconds.labels(label, event.engine).observe(published.final_lag)
-        self.last_event = event
-        if coalesced := self.broadcaster.publish(event, now):
-            metrics.partials_coalesced.labels(label).inc(coalesced)
+        self._send(event, now)
         if self.outputs is not None:
             epoch = self.epoch if self.epoch is not None else now - self.audio_end
             spoken = time.time() - (now - (epoch + event.start))  # the audio's arrival, as Unix time
             self.outputs.publish(self.name, self.settings.outputs, event, now, spoken)
+
+    def _send(self, event: CaptionEvent, now: float) -> None:
+        metrics, label = self.scheduler.metrics, self.label
+        metrics.captions_sent.labels(label, event.kind).inc()
+        self.last_event = event
+        self.log_seq = max(self.log_seq, event.seq)
+        if coalesced := self.broadcaster.publish(event, now):
+            metrics.partials_coalesced.labels(label).inc(coalesced)
+
+    def mirror(self, event: CaptionEvent, made: float) -> None:
+        """An event the room's owner on another node made at Unix time ``made``: kept (lines in
+        the transcript file, for resume and export here) and sent to this node's viewers."""
+        if not self.captions.apply(event):
+            return
+        if self.store is not None and event.kind in LINE_KINDS:
+            self.store.append(event, made)
+        self.audio_end = max(self.audio_end, event.end)
+        self.scheduler.metrics.cluster_hop_seconds.observe(max(0.0, time.time() - made))
+        self._send(event, time.monotonic())
+
+    async def follow(self) -> None:
+        """Follow the room's owner (``cluster``) unless this node owns the room: returns once this
+        node holds what the shared log holds (or after ``FOLLOW_WAIT_S``, Redis being out), while
+        a task applies what comes next."""
+        if self.cluster is None or self.owned or self._follower is not None:
+            if self._follower is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._caught_up.wait(), FOLLOW_WAIT_S)
+            return
+        self._caught_up.clear()
+        self._follower = asyncio.create_task(self._follow(self.cluster), name=f"follow-{self.name}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), FOLLOW_WAIT_S)
+
+    async def _follow(self, cluster: Cluster) -> None:
+        while True:  # lines first (the live stream keeps only the latest events), then what comes
+            try:
+                for event, made in await cluster.lines_after(self.name, self.log_seq):
+                    self.mirror(event, made)
+            except (RedisError, OSError) as error:
+                cluster.failed(error)
+                await asyncio.sleep(1.0)
+                continue
+            self._caught_up.set()
+            await cluster.follow(self.name, self.log_seq, self.mirror, lambda: not self.owned)
+            return
+
+    def unfollow(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
+
+    async def acquire(self, take: bool = True) -> None:
+        """Make this node the room's owner (``Cluster.acquire``): it stops following, takes what
+        the last owner wrote, ends in a final the segment a dead owner left open (the words
+        viewers saw settle, as after a ``kill -9`` of a single node), and goes on above every
+        seq handed out before."""
+        if self.cluster is None or self.owned:
+            return
+        cluster = self.cluster
+        ceiling = await cluster.acquire(self.name, take)
+        self.unfollow()
+        try:
+            for event, made in await cluster.lines_after(self.name, self.log_seq):
+                self.mirror(event, made)
+            left_open = await cluster.left_open(self.name)
+            self.captions.seqs.skip_to(max(ceiling, self.captions.seq))
+            self.captions.seqs.next()  # a reservation (and its record in Redis) ahead of what follows
+            await cluster.reserve(self.name, self.captions.seqs.ceiling)
+        except (RedisError, OSError) as error:
+            await cluster.release(self.name)
+            raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
+        self.owned = True
+        cluster.own(self.name, self._lost)
+        if left_open is not None and not self.captions.has_final(left_open.segment):
+            final = self.captions.recovered(Settled(left_open.segment, left_open.words, left_open.start,
+                                                    left_open.end, left_open.model_version, left_open.language))
+            log.warning("room %s: the last owner left segment %d open; its %d settled words are its final "
+                        "(seq %d)", self.name, final.segment, len(final.words), final.seq, extra={"room": self.name})
+            self.publish(final)
+
+    async def release(self) -> None:
+        """The publisher left: let go of the room (its lines written), and follow it if viewers stay."""
+        if self.cluster is None or not self.owned or self.session is not None:
+            return
+        self.owned = False
+        await self.cluster.release(self.name)
+        if self.viewers:
+            await self.follow()
+
+    async def _lost(self, room: str, node: str) -> None:
+        """Another node took the room (a newer publisher there): the open utterance becomes final
+        here, the publisher is told (``PublisherReplaced``), and this node follows the new owner."""
+        self.owned = False
+        if (session := self.session) is not None:
+            await session.stop(time.monotonic())
+            await session.disconnect(PublisherReplaced(f"another publisher took over this room (on node {node})"))
+        assert self.cluster is not None
+        await self.cluster.release(self.name)
+        if self.viewers:
+            await self.follow()
+
+    @contextlib.asynccontextmanager
+    async def owning(self) -> AsyncIterator[None]:
+        """Hold the room for an operator's change (a correction takes a seq): on a node that follows
+        it, the room's lease for the while, if no other node has it (else ``RoomElsewhere``)."""
+        if self.owned:
+            yield
+            return
+        await self.acquire(take=False)
+        try:
+            yield
+        finally:
+            await self.release()
 
     async def archived(self, seq: int) -> Sequence[CaptionEvent]:
         """The lines stored for the room, read off the event loop, when a question
@@ -701,8 +838,9 @@ class RoomRegistry:
     def __init__(self, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
                  max_rooms: int, max_viewer_rooms: int, labels: LabelStore | None = None,
                  settings: SettingsStore | None = None, recordings: RecordingStore | None = None,
-                 outputs: OutputHub | None = None) -> None:
+                 outputs: OutputHub | None = None, cluster: Cluster | None = None) -> None:
         self.scheduler = scheduler
+        self.cluster = cluster
         self.outputs = outputs
         self.defaults = defaults
         self.store = store
@@ -750,7 +888,7 @@ class RoomRegistry:
         room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
             room = Room(name, self.scheduler, self.defaults, self.store, self.labels, self.settings, self.recordings,
-                        self.outputs)
+                        self.outputs, self.cluster)
             if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
                 raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
                                  "neither a publisher nor a transcript; try again later")
@@ -771,7 +909,11 @@ class RoomRegistry:
         room = self.rooms.get(name)
         if room is not None:
             return room.captions.transcript(await room.archived(0), track)
-        return restore(name, self.store, write=False).transcript(track=track)
+        state = restore(name, self.store, write=False)
+        if self.cluster is not None:  # what other nodes made since this one last held the room
+            for event, _ in await self.cluster.lines_after(name, state.seq):
+                state.apply(event)
+        return state.transcript(track=track)
 
     def _publisher_places(self) -> int:
         return sum(room.publisher_room for room in self.rooms.values())
@@ -781,6 +923,7 @@ class RoomRegistry:
         are on disk; without a store, only rooms that have none)."""
         for name, room in list(self.rooms.items()):
             if room.idle and not room.publisher_room and (self.store is not None or not room.captions.finals):
+                room.unfollow()
                 del self.rooms[name]
 
     def _empty_rooms(self) -> int:
@@ -796,11 +939,15 @@ class RoomRegistry:
         try:
             return await room.end(time.monotonic())
         finally:
+            room.unfollow()
+            await room.release()
             if self.rooms.get(name) is room:
                 del self.rooms[name]
 
     async def close(self) -> None:
         """Server shutdown: every open utterance becomes final, and subscribers get it (see ``drain``)."""
+        for room in self.rooms.values():
+            room.unfollow()
         await asyncio.gather(*(room.session.stop(time.monotonic()) for room in self.rooms.values() if room.session),
                              return_exceptions=True)
         await asyncio.gather(*(room.drain() for room in self.rooms.values()))

@@ -34,6 +34,7 @@ from livecap.asr.scheduler import Scheduler, warm_up
 from livecap.audio import read_wav
 from livecap.auth import Keys, Role, presented_key
 from livecap.captions import TRACKS
+from livecap.cluster import Cluster
 from livecap.config import ServerOptions
 from livecap.demo import DEMO_AUDIO
 from livecap.errors import (
@@ -55,8 +56,8 @@ from livecap.fanout import Outgoing, Subscriber, ViewerAck, ViewerFlag, ViewerIn
 from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.labels import LabelStore
-from livecap.metrics import Metrics
-from livecap.operator import add_operator_routes
+from livecap.metrics import Metrics, NodeLabelled
+from livecap.operator import add_operator_routes, room_state
 from livecap.outputs.runner import OutputHub
 from livecap.pages import add_page_routes, room_name
 from livecap.recordings import SWEEP_INTERVAL_S, RecordingStore
@@ -104,12 +105,14 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app[METRICS] = metrics = Metrics()
     app[SCHEDULER] = scheduler = Scheduler(options.scheduler("cpu"), metrics)
     defaults = RoomDefaults(options.vad, options.streaming, options.viewer_backlog, Glossary.parse(options.glossary))
+    cluster = Cluster.connect(options.redis, options.node_name, metrics, options.lease_s,
+                              options.redis_retention_days * 86400) if options.redis else None
     app[ROOMS] = rooms = RoomRegistry(scheduler, defaults, TranscriptStore(options.data_dir / "transcripts"),
                                       options.max_rooms, options.max_viewer_rooms,
                                       LabelStore(options.data_dir / "labels"),
                                       SettingsStore(options.data_dir / "settings"),
                                       RecordingStore(options.data_dir / "recordings", options.recording_retention_days),
-                                      OutputHub(metrics))
+                                      OutputHub(metrics), cluster)
     metrics.rooms.set_function(lambda: len(rooms.rooms))
     metrics.publishers.set_function(lambda: rooms.publishers)
     metrics.publisher_capacity.set_function(lambda: scheduler.capacity)
@@ -121,6 +124,7 @@ def create_app(options: ServerOptions, keys: Keys) -> web.Application:
     app.cleanup_ctx.append(_viewer_sweep)
     app.cleanup_ctx.append(_recording_sweep)
     app.cleanup_ctx.append(_output_settings)
+    app.cleanup_ctx.append(_cluster_lifecycle)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -236,6 +240,26 @@ async def _output_settings(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
 
 
+async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """With ``--redis``: write the shared log, keep the leases, and publish this node's rooms for
+    the operators of every node; at shutdown (after the rooms' last finals), write what is owed
+    and let the rooms go."""
+    cluster = app[ROOMS].cluster
+    if cluster is None:
+        yield
+        return
+
+    def rooms() -> list[dict[str, Any]]:
+        mono, wall, fallback = time.monotonic(), time.time(), app[SCHEDULER].fallback
+        return [room_state(app, room, mono, wall, fallback.name if fallback else None)
+                for room in app[ROOMS].rooms.values() if room.owned and room.session is not None]
+
+    cluster.start(rooms)
+    log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
+    yield
+    await cluster.close()
+
+
 async def _recording_sweep(app: web.Application) -> AsyncIterator[None]:
     """Recordings past their retention are deleted at start and every hour."""
     recordings = app[ROOMS].recordings
@@ -294,8 +318,11 @@ async def readyz(request: web.Request) -> web.Response:
                                  status=503)
     primary, fallback = scheduler.primary, scheduler.fallback
     healthy = primary is not None and scheduler.health.healthy(time.monotonic())
+    cluster = request.app[ROOMS].cluster
     return web.json_response({
-        "status": "ready" if healthy else "degraded",
+        "status": "ready" if healthy and (cluster is None or cluster.reachable) else "degraded",
+        "cluster": None if cluster is None else {"node": cluster.node, "redis_reachable": cluster.reachable,
+                                                 "pending_writes": len(cluster.pending)},
         "engine": primary.name if primary else None, "model_version": primary.model_version if primary else None,
         "device": primary.device if primary else None,
         "primary_healthy": healthy, "fallback": fallback.name if fallback else None,
@@ -305,7 +332,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
+    registry, cluster = request.app[METRICS].registry, request.app[ROOMS].cluster
+    return web.Response(body=generate_latest(registry if cluster is None else NodeLabelled(registry, cluster.node)),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -487,6 +515,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         candidates = room.settings.candidates if stream.candidates is None else stream.candidates
                         request.app[ROOMS].admit(room, language)
                         await scheduler.prepare(language, translate)
+                        await room.acquire()  # --redis: the room moves to this node
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
                                                            language, translate, candidates)
                         log.info("room %s: publisher session %s started", room.name, session.id,
@@ -499,6 +528,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         await session.stop(now)
                         _log_session_end(room, session, "stop")
                         session = None
+                        await room.release()  # --redis: another node may take the room at once
                         await subscriber.wait_sent(room.captions.seq)
                         await _answer(ws, room, {"type": "stopped"})
                     case PublisherWarning() as warning:
@@ -522,6 +552,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
+        await room.release()
 
 
 async def _tell_state(ws: web.WebSocketResponse, room: Room) -> None:
@@ -625,6 +656,7 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     except LivecapError as error:
         await _close_with(ws, error, metrics)
         return
+    await room.follow()  # --redis: a room another node captions
     # Lines no longer in memory are read first; then the history is snapshot and the viewer
     # subscribed in one step (no await between): every final is either replayed or queued
     # live, never both.

@@ -1,0 +1,454 @@
+"""Scale-out: livecap nodes sharing rooms through Redis (``--redis``).
+
+Each room has at most one *owner*, the node its publisher streams to: it
+holds the room's lease in Redis, runs the room's VAD and recognition, and is
+the only node that gives out the room's seqs. It appends every caption event
+to the room's Redis streams. Every other node with viewers of the room
+*follows* it: it reads the live stream and publishes the events to its own
+viewers as if it had made them, keeping its own copy of the room's lines in
+its transcript file, so that resume (``after_seq``), export and a take-over
+work on any node. A node whose Redis is unreachable serves its own rooms on
+and keeps what it owes Redis in order, to write when Redis is back.
+
+Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
+
+- ``livecap:{room}:live``: every event, stream id ``SEQ-0``, about the last
+  ``LIVE_EVENTS`` kept (partials are transient);
+- ``livecap:{room}:lines``: finals, corrections and translations, id
+  ``SEQ-0``; kept ``retention`` after the room's last line;
+- ``livecap:{room}:seq``: the highest seq ceiling reserved (``captions.SeqCounter``);
+- ``livecap:{room}:owner``: the owner's node id, with a lease (``lease_s``);
+- ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
+- ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring.
+
+Stream ids are the seqs, so Redis itself refuses an event whose seq is not
+above every seq the room's log holds: a node that lost its lease without
+knowing it cannot write over its successor's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from livecap.captions import LINE_KINDS, CaptionEvent
+from livecap.errors import PublisherReplaced, RoomElsewhere, ServerBusy
+from livecap.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LIVE_EVENTS = 2000
+"""Events kept in a room's live stream: minutes of partials, far more than a follower lags."""
+WRITE_BATCH = 500
+"""Events written to Redis in one round trip."""
+TICK_S = 0.2
+"""How often an owner renews its leases and looks for claims: a publisher moving to another node
+waits about this long for the room to be let go."""
+MAX_BACKOFF_S = 2.0
+"""Longest wait between two tries to reach an unreachable Redis."""
+CLAIM_WAIT_S = 2.0
+"""Past the lease, how long a claiming node waits for an owner that neither renews nor lets go."""
+NODE_STATE_S = 1.0
+"""How often a node publishes its rooms for the operators (they expire after 5 times that)."""
+
+_RENEW = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not owner then
+  if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return {0, redis.call('GET', KEYS[2])}
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  return {0, owner}
+end
+return {1, redis.call('GET', KEYS[2]) or false}
+"""
+"""Renew the lease KEYS[1] of node ARGV[1] for ARGV[2] ms, or take it again if it lapsed (a Redis
+outage) and no other node claims the room (KEYS[2]); {1, claimer or false} or {0, the node that has it}."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RESERVE = """
+local ceiling = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > ceiling then redis.call('SET', KEYS[1], ARGV[1]) return tonumber(ARGV[1]) end
+return ceiling
+"""
+"""Raise the room's reserved seq ceiling KEYS[1] to ARGV[1] (never lower it); the ceiling now."""
+
+
+def key(room: str, what: str) -> str:
+    return f"livecap:{{{room}}}:{what}"
+
+
+def node_key(node: str) -> str:
+    return f"livecap:node:{node}"
+
+
+def entry_id(seq: int) -> str:
+    return f"{seq}-0"
+
+
+Entries = list[tuple[str, dict[str, str]]]
+"""Stream entries as the client returns them (``decode_responses``): (id, fields)."""
+
+
+def entries(value: Any) -> Entries:
+    """Entries of XRANGE, XREVRANGE or one stream of XREAD (redis-py leaves them untyped)."""
+    return cast(Entries, value or [])
+
+
+def seq_of(entry: str) -> int:
+    return int(entry.split("-")[0])
+
+
+def encode(event: CaptionEvent, wall: float) -> dict[Any, Any]:
+    """A stream entry's fields: the event as viewers get it, and the Unix time it was made."""
+    return {"m": json.dumps(event.to_message()), "t": f"{wall:.3f}"}
+
+
+def decode(fields: dict[str, str]) -> tuple[CaptionEvent, float]:
+    return CaptionEvent.from_message(json.loads(fields["m"])), float(fields.get("t", "0"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Something a node owes Redis, in the order it happened."""
+
+    room: str
+    kind: Literal["event", "reserve"]
+    seq: int
+    """The event's seq, or the ceiling reserved."""
+    fields: dict[Any, Any] | None = None
+    line: bool = False
+    """A final, correction or translation: kept in the lines stream too."""
+
+
+Lost = Callable[[str, str], Coroutine[Any, Any, None]]
+"""Called with (room, the node that has it now) when this node lost a room it owned."""
+
+
+class Cluster:
+    """This node's link to the others: the log it writes, the leases it holds, the rooms it follows.
+
+    ``redis``: a client with ``decode_responses=True``; ``node``: this node's id, unique in the
+    cluster; ``lease_s``: how long an owner's lease lasts without renewal (the longest a publisher
+    waits for a dead owner's room); ``retention_s``: how long a room's lines are kept after its last.
+    """
+
+    def __init__(self, redis: aioredis.Redis, node: str, metrics: Metrics, lease_s: float = 3.0,
+                 retention_s: float = 30 * 86400) -> None:
+        self.redis = redis
+        self.node = node
+        self.metrics = metrics
+        self.lease_s = lease_s
+        self.retention_s = retention_s
+        self.owned: dict[str, Lost] = {}
+        """Rooms whose lease this node holds, with what to do when it loses one."""
+        self.pending: collections.deque[Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()
+        self.reachable = True
+        """Whether the last call to Redis got through."""
+        self.last_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._losing: set[asyncio.Task[None]] = set()
+        self._reserve = redis.register_script(_RESERVE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        metrics.cluster_pending.set_function(lambda: len(self.pending))
+        metrics.cluster_reachable.set_function(lambda: 1.0 if self.reachable else 0.0)
+
+    @classmethod
+    def connect(cls, url: str, node: str, metrics: Metrics, lease_s: float, retention_s: float) -> Cluster:
+        """A cluster link to the Redis at ``url`` (``redis://host:port/db``); nothing is sent yet."""
+        redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0,
+                                        socket_connect_timeout=2.0, health_check_interval=10)
+        return cls(redis, node, metrics, lease_s, retention_s)
+
+    def start(self, rooms: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        """Start writing the log, renewing leases and publishing ``rooms()`` for the operators."""
+        self._tasks = [asyncio.create_task(self._write(), name="cluster-writer"),
+                       asyncio.create_task(self._keep_leases(), name="cluster-leases"),
+                       asyncio.create_task(self._publish_rooms(rooms), name="cluster-rooms")]
+
+    async def close(self, drain_s: float = 3.0) -> None:
+        """Write what is owed (for at most ``drain_s``), let go of the rooms, stop."""
+        if self.pending:
+            await self.flush(None, drain_s)
+        for task in self._tasks:
+            task.cancel()
+        for room in list(self.owned):
+            await self.release(room)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(node_key(self.node))
+        await self.redis.aclose()
+
+    # ---- the log (owner)
+
+    def append(self, event: CaptionEvent) -> None:
+        """Owe Redis ``event`` (this node made it): written in order, retried until Redis takes it."""
+        self._owe(Pending(event.room, "event", event.seq, encode(event, time.time()), event.kind in LINE_KINDS))
+
+    def reserved(self, room: str, ceiling: int) -> None:
+        """Owe Redis the room's new seq ceiling."""
+        self._owe(Pending(room, "reserve", ceiling))
+
+    def _owe(self, item: Pending) -> None:
+        self.pending.append(item)
+        self._wake.set()
+
+    async def flush(self, room: str | None, limit_s: float) -> bool:
+        """Wait until what is owed for ``room`` (None: every room) is written, for at most ``limit_s``."""
+        deadline = time.monotonic() + limit_s
+        while any(room is None or p.room == room for p in self.pending):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._written.clear()
+            try:
+                await asyncio.wait_for(self._written.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _write(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = [self.pending[i] for i in range(min(WRITE_BATCH, len(self.pending)))]
+                try:
+                    await self._send(batch)
+                except (RedisError, OSError) as error:
+                    self.failed(error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                backoff = 0.05
+                self.reached()
+                for _ in batch:
+                    self.pending.popleft()
+                self._written.set()
+
+    async def _send(self, batch: Sequence[Pending]) -> None:
+        """One round trip. An event Redis already holds (a retry of a write that got through) or
+        whose seq is not above the log's last (a successor wrote it) is left out, and counted."""
+        pipe = self.redis.pipeline(transaction=False)
+        retention_ms = int(self.retention_s * 1000)
+        for item in batch:
+            if item.kind == "reserve":
+                await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
+                continue
+            assert item.fields is not None
+            pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,
+                      approximate=True)
+            if item.line:
+                pipe.xadd(key(item.room, "lines"), item.fields, id=entry_id(item.seq))
+                pipe.pexpire(key(item.room, "lines"), retention_ms)
+        for result in await pipe.execute(raise_on_error=False):  # the pipeline loads the scripts Redis lacks
+            if isinstance(result, ResponseError):
+                if "equal or smaller" in str(result):
+                    self.metrics.cluster_events_skipped.inc()
+                else:
+                    log.error("Redis refused a write: %s", result)
+        self.metrics.cluster_events_written.inc(sum(item.kind == "event" for item in batch))
+
+    def failed(self, error: BaseException) -> None:
+        if self.reachable:
+            log.warning("Redis is unreachable (%s): serving this node's rooms on; %d writes owed", error,
+                        len(self.pending))
+        self.reachable, self.last_error = False, str(error) or type(error).__name__
+
+    def reached(self) -> None:
+        if not self.reachable:
+            log.warning("Redis is back; writing the %d events owed", len(self.pending))
+        self.reachable, self.last_error = True, None
+
+    # ---- ownership
+
+    async def acquire(self, room: str, take: bool = True) -> int:
+        """Take the room's lease for this node; returns the highest seq the room's log holds or
+        reserved. With ``take`` the room goes to the newest claimant: an owner elsewhere lets go
+        when it sees the claim (``TICK_S``), a dead one's lease runs out (``lease_s``); raises
+        ``PublisherReplaced`` when a newer publisher claims it meanwhile. Without, a room another
+        node has is ``RoomElsewhere``. ``ServerBusy`` when Redis is unreachable or the owner never
+        lets go."""
+        lease_ms = int(self.lease_s * 1000)
+        deadline = time.monotonic() + self.lease_s + CLAIM_WAIT_S
+        try:
+            if take:
+                await self.redis.set(key(room, "claim"), self.node, px=lease_ms + int(CLAIM_WAIT_S * 1000))
+            while True:
+                if await self.redis.set(key(room, "owner"), self.node, nx=True, px=lease_ms) \
+                        or await self.redis.get(key(room, "owner")) == self.node:
+                    break
+                if not take:
+                    raise RoomElsewhere(f"room {room!r} is captioned by another node now; correct it there")
+                if await self.redis.get(key(room, "claim")) != self.node:
+                    raise PublisherReplaced("another publisher took over this room")
+                if time.monotonic() > deadline:
+                    raise ServerBusy("the node that has this room neither renews it nor lets it go; try again")
+                await asyncio.sleep(0.05)
+            if await self.redis.get(key(room, "claim")) == self.node:
+                await self.redis.delete(key(room, "claim"))
+            ceiling = int(await self.redis.get(key(room, "seq")) or 0)
+            top = await self.redis.xrevrange(key(room, "live"), count=1)
+        except RedisError as error:
+            self.failed(error)
+            raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
+        self.reached()
+        newest = entries(top)
+        return max(ceiling, seq_of(newest[0][0]) if newest else 0)
+
+    def own(self, room: str, lost: Lost) -> None:
+        """Keep the lease of a room ``acquire`` got, calling ``lost`` if it goes to another node."""
+        self.owned[room] = lost
+
+    async def release(self, room: str) -> None:
+        """Let go of the room, once what is owed for it is written (a successor reads it)."""
+        self.owned.pop(room, None)
+        await self.flush(room, self.lease_s)
+        try:
+            await self._release(keys=[key(room, "owner")], args=[self.node])
+        except RedisError as error:
+            self.failed(error)  # the lease runs out by itself
+
+    async def reserve(self, room: str, ceiling: int) -> None:
+        """Record a seq ceiling in Redis before any seq above the last one leaves (take-over)."""
+        await self._reserve(keys=[key(room, "seq")], args=[ceiling])
+
+    async def _keep_leases(self) -> None:
+        lease_ms = int(self.lease_s * 1000)
+        while True:
+            await asyncio.sleep(TICK_S)
+            rooms = list(self.owned)
+            if not rooms:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for room in rooms:
+                    await self._renew(keys=[key(room, "owner"), key(room, "claim")], args=[self.node, lease_ms],
+                                client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as error:
+                self.failed(error)  # nobody else can take the rooms either: serve on
+                continue
+            self.reached()
+            for room, result in zip(rooms, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("renewing the lease of room %s failed: %s", room, result)
+                    continue
+                held, other = int(result[0]), result[1]
+                if room not in self.owned:
+                    continue
+                if not held or (other and other != self.node):
+                    lost = self.owned.pop(room)
+                    log.info("room %s: node %s takes it over", room, other, extra={"room": room})
+                    task = asyncio.create_task(lost(room, str(other)))
+                    self._losing.add(task)
+                    task.add_done_callback(self._losing.discard)
+
+    async def left_open(self, room: str) -> CaptionEvent | None:
+        """The last partial of the room's newest segment that has no final in the log: what a
+        dead owner showed of the utterance it was decoding (its ``words`` are those that settled)."""
+        finished: set[int] = set()
+        for _, fields in entries(await self.redis.xrevrange(key(room, "live"), count=100)):
+            event, _ = decode(fields)
+            if event.kind == "partial" and event.segment not in finished:
+                return event
+            if event.kind == "final":
+                finished.add(event.segment)
+        return None
+
+    # ---- following
+
+    async def lines_after(self, room: str, seq: int) -> list[tuple[CaptionEvent, float]]:
+        """The room's finals, corrections and translations after ``seq`` in the shared log, in order,
+        with the Unix time each was made."""
+        found: list[tuple[CaptionEvent, float]] = []
+        start = f"({entry_id(seq)}"
+        while True:
+            page = entries(await self.redis.xrange(key(room, "lines"), min=start, count=1000))
+            found.extend(decode(fields) for _, fields in page)
+            if len(page) < 1000:
+                return found
+            start = f"({page[-1][0]}"
+
+    async def follow(self, room: str, after: int, apply: Callable[[CaptionEvent, float], None],
+                     following: Callable[[], bool]) -> None:
+        """Apply the room's events after seq ``after`` (``apply(event, made)``, Unix time) as they
+        come, while ``following()``. Partials a follower missed while Redis was out are not sent
+        again; lines missed are (``lines_after``)."""
+        last = after
+        backoff = 0.05
+        while following():
+            try:
+                found = cast(list[tuple[str, Any]],
+                             await self.redis.xread({key(room, "live"): entry_id(last)}, count=200, block=500))
+            except (RedisError, OSError) as error:
+                self.failed(error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 0.05
+            self.reached()
+            for _, stream in found or []:
+                for entry, fields in entries(stream):
+                    if not following():
+                        return
+                    seq = seq_of(entry)
+                    if seq <= last:
+                        continue
+                    event, made = decode(fields)
+                    apply(event, made)
+                    last = seq
+
+    # ---- the operators' view
+
+    async def _publish_rooms(self, rooms: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        while True:
+            try:
+                state = {"node": self.node, "time": time.time(), "rooms": list(rooms())}
+                await self.redis.set(node_key(self.node), json.dumps(state), px=int(NODE_STATE_S * 5000))
+                self.reached()
+            except (RedisError, OSError) as error:
+                self.failed(error)
+            await asyncio.sleep(NODE_STATE_S)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every live node's last published state (this one's included)."""
+        names = [name async for name in self.redis.scan_iter(match=node_key("*"), count=100)]
+        values = await self.redis.mget(names) if names else []
+        return sorted((json.loads(v) for v in values if v), key=lambda n: str(n["node"]))
+
+
+def merged(mine: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]], node: str) -> list[dict[str, Any]]:
+    """The rooms the dashboard lists: this node's, each marked with its node, then those only other
+    nodes hold; a room held by several is shown as its owner (the node with its publisher) sees it."""
+    shown: dict[str, dict[str, Any]] = {}
+    for room in mine:
+        shown[room["name"]] = {**room, "node": node}
+    for state in nodes:
+        if state["node"] == node:
+            continue
+        for room in state["rooms"]:
+            held = shown.get(room["name"])
+            if held is None or (room.get("session") and not held.get("session")):
+                shown[room["name"]] = {**room, "node": state["node"]}
+    return list(shown.values())

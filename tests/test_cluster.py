@@ -1,0 +1,176 @@
+"""Scale-out through a real Redis (``--redis``): three real nodes on loopback share their rooms.
+
+A publisher on one node, viewers on the others: the same seqs and finals everywhere; a publisher
+moving to another node takes the room over; resume, export and corrections from any node; Redis
+restarted or unreachable mid-stream loses no final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+
+from benchmarks.cluster import RedisServer
+from livecap.appkeys import ROOMS
+from livecap.audio import float_to_s16le
+from livecap.auth import Keys
+from livecap.client import stream_audio
+from livecap.config import ServerOptions
+from livecap.server import create_app
+from tests.conftest import LiveServer, start_server, timeout
+from tests.speech import audio
+from tests.test_server import check_invariants, collect, drain
+
+SPEECH = ["librispeech-2412-153948-0000", "librispeech-1988-24833-0001"]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def nodes(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> AsyncIterator[
+        list[LiveServer]]:
+    """Three nodes (PocketSphinx, lenient on rate so tests stream faster than real time), one Redis."""
+    started = [await start_server(tmp_path_factory.mktemp(f"node-{name}"), engine="pocketsphinx",
+                                  fallback_engine="none", max_audio_rate=50.0, redis=redis_server.url, node=name,
+                                  lease_s=1.5)
+               for name in "abc"]
+    yield started
+    for node in started:
+        await node.runner.cleanup()
+
+
+def captions(messages: list[dict[str, Any]], kinds: tuple[str, ...] = ("final", "correction")) -> list[
+        tuple[int, str, str]]:
+    return [(m["seq"], m["kind"], m["text"]) for m in messages if m.get("type") == "caption" and m["kind"] in kinds]
+
+
+async def test_viewers_on_other_nodes_get_the_publishers_captions(nodes: list[LiveServer]) -> None:
+    a, b, c = nodes
+    room, done = "shared", asyncio.Event()
+    on_b: list[dict[str, Any]] = []
+    on_c: list[dict[str, Any]] = []
+    viewers = [asyncio.create_task(collect(b.captions_url(room), done, on_b)),
+               asyncio.create_task(collect(c.captions_url(room), done, on_c))]
+    await asyncio.sleep(0.3)
+    result = await stream_audio(a.ingest_url(room), np.concatenate([audio(r) for r in SPEECH]), speed=3.0)
+    done.set()
+    await asyncio.gather(*viewers)
+    finals = captions(result.messages)
+    assert len(finals) >= 2
+    assert captions(on_b) == finals and captions(on_c) == finals, "the same finals with the same seqs"
+    for seen in (on_b, on_c):
+        check_invariants(seen)
+        partial_seqs = {m["seq"] for m in result.messages if m.get("kind") == "partial"}
+        assert {m["seq"] for m in seen if m.get("kind") == "partial"} <= partial_seqs
+    # resume and export from any node
+    first = finals[0][0]
+    async with websockets.connect(c.captions_url(room, after_seq=first)) as ws:
+        resumed = [json.loads(await asyncio.wait_for(ws.recv(), timeout(10))) for _ in finals[1:]]
+    assert captions(resumed) == finals[1:]
+    async with aiohttp.ClientSession() as http:
+        texts = []
+        for node in nodes:
+            async with http.get(f"{node.base}/rooms/{room}/transcript.txt") as response:
+                texts.append(await response.text())
+    assert texts[0] == texts[1] == texts[2] and texts[0].strip()
+
+
+async def test_a_publisher_on_another_node_takes_the_room_over(nodes: list[LiveServer]) -> None:
+    a, b, c = nodes
+    room, done = "moving", asyncio.Event()
+    on_c: list[dict[str, Any]] = []
+    viewer = asyncio.create_task(collect(c.captions_url(room), done, on_c))
+    first = await websockets.connect(a.ingest_url(room))
+    await first.send(json.dumps({"type": "start"}))
+    assert json.loads(await first.recv())["type"] == "ready"
+    await first.send(float_to_s16le(audio("librispeech-2412-153948-0002")))
+    await asyncio.sleep(1.0)
+    second = await stream_audio(b.ingest_url(room), audio("librispeech-3752-4944-0001"), speed=4.0)
+    assert second.finals
+    messages = await drain(first)
+    assert any(m.get("kind") == "final" for m in messages), "the replaced publisher's speech was finalised"
+    assert messages[-1]["code"] == "publisher_replaced" and first.close_code == 4409
+    done.set()
+    await viewer
+    check_invariants(on_c)
+    seen = captions(on_c)
+    assert [s for s, _, _ in seen] == sorted({s for s, _, _ in seen}), "seq strictly increasing, no repeats"
+    assert set(captions(second.messages)) <= set(seen), "the new owner's finals reach the other node"
+    assert captions(messages) and set(captions(messages)) <= set(seen), "and so did the first one's"
+
+
+async def test_corrections_go_to_the_node_that_captions(nodes: list[LiveServer], redis_server: RedisServer) -> None:
+    a, b, _ = nodes
+    room = "edited"
+    result = await stream_audio(a.ingest_url(room), audio(SPEECH[0]), speed=3.0)
+    final = result.finals[0]
+    headers = {"Authorization": f"Bearer {b.keys.key('operator')}"}
+    async with aiohttp.ClientSession() as http, websockets.connect(a.captions_url(room)) as viewer:
+        # the publisher has gone: node B may take the room for the edit
+        async with http.post(f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
+                             json={"seq": final["seq"], "text": "corrected on b"}) as response:
+            assert response.status == 200, await response.text()
+            correction = await response.json()
+        assert correction["seq"] > max(m["seq"] for m in result.messages if m.get("type") == "caption")
+        while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["seq"] != correction["seq"]:
+            pass
+        assert message["text"] == "corrected on b", "the viewer on node A got node B's correction"
+        # while a publisher streams to A, B refuses: only A gives out the room's seqs
+        publisher = await websockets.connect(a.ingest_url(room))
+        await publisher.send(json.dumps({"type": "start"}))
+        assert json.loads(await publisher.recv())["type"] == "ready"
+        async with http.post(f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
+                             json={"seq": correction["seq"], "text": "again"}) as response:
+            assert response.status == 409
+            assert (await response.json())["code"] == "room_elsewhere"
+        await publisher.close()
+
+
+async def test_redis_restarted_mid_stream_loses_no_final(nodes: list[LiveServer], redis_server: RedisServer) -> None:
+    a, b, c = nodes
+    room, done = "redis-restart", asyncio.Event()
+    on_b: list[dict[str, Any]] = []
+    viewer = asyncio.create_task(collect(b.captions_url(room), done, on_b))
+    await asyncio.sleep(0.3)
+    publishing = asyncio.create_task(stream_audio(a.ingest_url(room), np.concatenate([audio(r) for r in SPEECH]),
+                                                  speed=1.5))
+    while not any(m.get("kind") == "final" for m in on_b):
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.sleep(2.0)  # A serves on while Redis is out; what it owes waits
+    cluster = a.app[ROOMS].cluster
+    assert cluster is not None and cluster.pending
+    await asyncio.to_thread(redis_server.start)
+    result = await publishing
+    for _ in range(100):
+        if not cluster.pending:
+            break
+        await asyncio.sleep(0.1)
+    done.set()
+    await viewer
+    finals = captions(result.messages)
+    assert captions(on_b) == finals, "every final reached node B once Redis was back"
+    async with aiohttp.ClientSession() as http, http.get(f"{c.base}/rooms/{room}/transcript.json") as response:
+        exported = await response.json()
+    assert [line["text"] for line in exported] == [text for _, _, text in finals if text]
+
+
+def test_single_node_mode_needs_no_redis(tmp_path: Path) -> None:
+    """Without --redis nothing of the cluster runs (the whole suite is that mode)."""
+    options = ServerOptions(data_dir=tmp_path, secret="s")
+    app = create_app(options, Keys(options.secret, False))
+    assert app[ROOMS].cluster is None
