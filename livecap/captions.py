@@ -265,6 +265,10 @@ class CaptionState:
             self._add_translation(event)
         return True
 
+    def current_version(self, segment: int) -> CaptionEvent | None:
+        """The version of the line shown now (its final, or its last correction), if in memory."""
+        return self._current.get(segment)
+
     def has_final(self, segment: int) -> bool:
         """Whether the segment's final is in memory."""
         return segment in self._final

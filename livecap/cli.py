@@ -23,7 +23,7 @@ from aiohttp import web
 from livecap import __version__
 from livecap.audio import Downmix, read_wav
 from livecap.auth import Keys, load_or_create_secret
-from livecap.client import Backoff, StreamResult, ingest_url, stream_audio
+from livecap.client import ingest_url, stream_audio
 from livecap.config import ServerOptions, add_arguments, load_options
 from livecap.ingest import CHANNELS_CANCEL
 from livecap.logs import configure
@@ -31,7 +31,8 @@ from livecap.settings import SettingsStore, changes
 
 log = logging.getLogger("livecap")
 STREAM_TRIES = 5
-"""How often ``livecap stream`` tries a start the server refuses for now (server_busy, rate_limited)."""
+"""Connections in a row ``livecap stream`` tries, when the server refuses a start for now (server_busy,
+rate_limited) or the connection is lost (a node of a cluster goes away, say)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     stream = commands.add_parser("stream", help="play a WAV file into a room and print its captions")
     stream.add_argument("file")
     stream.add_argument("--room", required=True)
-    stream.add_argument("--url", default="ws://127.0.0.1:8765", help="server WebSocket base URL")
+    stream.add_argument("--url", default="ws://127.0.0.1:8765",
+                        help="server WebSocket base URL; several, comma-separated (nodes of one --redis cluster): "
+                             "a lost connection goes on at the next")
     stream.add_argument("--key", help="publisher key of the room (see 'livecap keys')")
     stream.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     stream.add_argument("--json", action="store_true", help="print every message as a JSON line")
@@ -306,19 +309,11 @@ def _stream(arguments: argparse.Namespace) -> int:
             elif message["kind"] != "partial":
                 print(f"\r\x1b[2K{message['text']}" if interactive else message["text"], flush=True)
 
-    async def play() -> StreamResult:
-        """A refused start (server busy, rate limited) is tried again, after the back-off and the server's hint."""
-        backoff, url, tries = Backoff(), ingest_url(arguments.url, arguments.room, arguments.key), 1
-        while (result := await stream_audio(url, samples, speed=arguments.speed, on_message=show,
-                                                language=arguments.language, translate=arguments.translate)).refused \
-                and tries < STREAM_TRIES:
-            delay = backoff.next(result.error)
-            print(f"trying again in {delay:.1f} s", file=sys.stderr)
-            await asyncio.sleep(delay)
-            tries += 1
-        return result
-
-    result = asyncio.run(play())
+    urls = [ingest_url(base.strip(), arguments.room, arguments.key) for base in arguments.url.split(",")]
+    result = asyncio.run(stream_audio(urls, samples, speed=arguments.speed, on_message=show,
+                                      language=arguments.language, translate=arguments.translate,
+                                      reconnect=STREAM_TRIES - 1,
+                                      on_retry=lambda delay: print(f"trying again in {delay:.1f} s", file=sys.stderr)))
     if result.error is None and result.close_code not in (None, 1000):
         print(f"connection lost (close code {result.close_code})", file=sys.stderr)
     return 1 if result.error or result.close_code not in (None, 1000) else 0

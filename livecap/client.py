@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -41,6 +42,12 @@ class StreamResult:
     ``audio_started + t`` is at room time ``offset + t`` in captions."""
     close_code: int | None = None
     """1006 when the connection ended without a close frame (the server is gone)."""
+    reconnects: list[float] = field(default_factory=list)
+    """Monotonic times at which a lost connection was opened again (``reconnect``)."""
+    sent_samples: int = 0
+    """How far into the audio sending got."""
+    resent_samples: int = 0
+    """Audio sent again after reconnections: what the server had not acknowledged."""
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -48,8 +55,9 @@ class StreamResult:
 
     @property
     def error(self) -> dict[str, Any] | None:
-        """The error event the server closed with, if any."""
-        return next((m for m in self.messages if m.get("type") == "error"), None)
+        """The error event the server closed the last connection with, if any."""
+        last = next((m for m in reversed(self.messages) if m.get("type") in ("error", "ready", "stopped")), None)
+        return last if last is not None and last["type"] == "error" else None
 
     @property
     def refused(self) -> bool:
@@ -110,45 +118,100 @@ async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable
     raise TimeoutError(f"{base} not ready after {limit_s:.0f} s")
 
 
-async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+"""Close codes after which a reconnecting publisher tries again (going away, gone without a close,
+internal error, restart, try again later); any other close is the server's answer."""
+
+
+async def stream_audio(url: str | Sequence[str], samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
                        on_message: Callable[[dict[str, Any]], None] | None = None,
                        language: str | None = None, translate: str | None = None,
-                       candidates: Sequence[str] | None = None) -> StreamResult:
+                       candidates: Sequence[str] | None = None, reconnect: int = 0,
+                       on_retry: Callable[[float], None] | None = None) -> StreamResult:
     """Send 16 kHz mono ``samples`` as s16le frames to an ingest ``url``, then
     ``stop``; returns after ``stopped``, an error or the end of the connection
     with everything received. ``language`` (a Whisper code or "auto") and
     ``translate`` ("en") and ``candidates`` (of ``auto``) go into ``start``;
-    None: the room's settings."""
+    None: the room's settings. A connection lost or closed for a reason worth
+    retrying (``RECONNECT_CODES``, ``RETRYABLE``) is opened again, to the next
+    of the ``url``s (nodes of one cluster), after a back-off (``on_retry(delay)``),
+    up to ``reconnect`` times in a row without the server acknowledging audio;
+    the audio it had not acknowledged (``ack``) is sent again first."""
+    urls = [url] if isinstance(url, str) else list(url)
     result = StreamResult()
+    backoff = Backoff(base_s=0.2, cap_s=5.0)
+    acked = 0
+    """Samples the server acknowledged (from the first)."""
+    tries = reconnect
+    """Reconnections left: ``reconnect`` again after each connection on which the server acknowledged audio."""
+    for attempt in itertools.count():
+        before = acked
+        acked, done = await _play(urls[attempt % len(urls)], samples, acked, result, speed, frame_ms, on_message,
+                                  {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
+                                   "language": language, "translate": translate,
+                                   "candidates": list(candidates) if candidates is not None else None,
+                                   "resend": True if attempt else None})
+        if acked > before:
+            tries = reconnect
+            backoff.reset()
+        error = result.error
+        if done or tries == 0 or (error is None and result.close_code not in RECONNECT_CODES) \
+                or (error is not None and error["code"] not in RETRYABLE):
+            return result
+        tries -= 1
+        delay = backoff.next(error)
+        if on_retry is not None:
+            on_retry(delay)
+        await asyncio.sleep(delay)
+        result.reconnects.append(time.monotonic())
+    raise AssertionError("unreachable")
+
+
+async def _play(url: str, samples: np.ndarray, acked: int, result: StreamResult, speed: float, frame_ms: int,
+                on_message: Callable[[dict[str, Any]], None] | None, start: dict[str, Any]) -> tuple[int, bool]:
+    """One connection of ``stream_audio``, sending from sample ``acked`` on; returns the samples
+    acknowledged at its end, and whether the stream ended (``stopped``)."""
     frame = TARGET_RATE * frame_ms // 1000
-    async with websockets.connect(url, max_size=2**22) as ws:
+    first = acked
+    stopped = False
+    try:
+        ws = await websockets.connect(url, max_size=2**22)
+    except (OSError, websockets.InvalidHandshake, TimeoutError):
+        result.close_code = 1006
+        return acked, False
+    async with ws:
 
         async def receive() -> None:
+            nonlocal acked, stopped
             with contextlib.suppress(websockets.ConnectionClosed):  # a lost connection: close_code says so
                 async for raw in ws:
                     message = json.loads(raw)
                     result.messages.append(message)
                     result.arrivals.append(time.monotonic())
-                    if message.get("type") == "ready":
+                    if message.get("type") == "ready" and not result.reconnects:
                         result.offset = float(message["offset"])
+                    elif message.get("type") == "ack":
+                        acked = max(acked, first + int(message["audio_ms"]) * TARGET_RATE // 1000)
                     if on_message is not None:
                         on_message(message)
                     if message.get("type") in ("stopped", "error"):
+                        stopped = message["type"] == "stopped"
                         return
 
         receiver = asyncio.create_task(receive())
         try:
             with contextlib.suppress(websockets.ConnectionClosed):
-                start_message = {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
-                                 "language": language, "translate": translate,
-                                 "candidates": list(candidates) if candidates is not None else None}
-                await ws.send(json.dumps({k: v for k, v in start_message.items() if v is not None}))
-                result.audio_started = start = time.monotonic()
-                for i in range(0, len(samples), frame):
-                    await asyncio.sleep(max(0.0, start + i / TARGET_RATE / speed - time.monotonic()))
+                await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
+                if not result.audio_started:
+                    result.audio_started = time.monotonic()
+                clock = result.audio_started
+                result.resent_samples += result.sent_samples - first
+                for i in range(first, len(samples), frame):
+                    await asyncio.sleep(max(0.0, clock + i / TARGET_RATE / speed - time.monotonic()))
                     if receiver.done():
                         break
                     await ws.send(float_to_s16le(samples[i : i + frame]))
+                    result.sent_samples = max(result.sent_samples, i + frame)
                 if not receiver.done():
                     await ws.send(json.dumps({"type": "stop"}))
             await receiver
@@ -158,4 +221,4 @@ async def stream_audio(url: str, samples: np.ndarray, *, speed: float = 1.0, fra
         finally:
             receiver.cancel()
     result.close_code = ws.close_code
-    return result
+    return acked, stopped

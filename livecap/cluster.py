@@ -162,6 +162,8 @@ class Cluster:
         self.pending: collections.deque[Pending] = collections.deque()
         self._wake = asyncio.Event()
         self._written = asyncio.Event()
+        self.written: dict[str, int] = {}
+        """The highest seq of each room Redis holds from this node (or held already)."""
         self.reachable = True
         """Whether the last call to Redis got through."""
         self.last_error: str | None = None
@@ -242,8 +244,10 @@ class Cluster:
                     continue
                 backoff = 0.05
                 self.reached()
-                for _ in batch:
+                for item in batch:
                     self.pending.popleft()
+                    if item.kind == "event":
+                        self.written[item.room] = max(self.written.get(item.room, 0), item.seq)
                 self._written.set()
 
     async def _send(self, batch: Sequence[Pending]) -> None:

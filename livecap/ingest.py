@@ -55,6 +55,8 @@ class StreamFormat:
     """``en``: an English translation track; None: the room's setting."""
     candidates: tuple[str, ...] | None = None
     """The languages an ``auto`` stream may be in; None: the room's setting."""
+    resend: bool = False
+    """The client lost its connection and sends again the audio the server had not acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class IngestProtocol:
         language = message.get("language")
         translate = message.get("translate")
         candidates = message.get("candidates")
+        resend = message.get("resend", False)
         if not isinstance(sample_format, str) or sample_format not in get_args(SampleFormat):
             raise UnsupportedFormat(f"format must be one of {', '.join(get_args(SampleFormat))}")
         if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
@@ -160,8 +163,10 @@ class IngestProtocol:
                 isinstance(c, str) and c in WHISPER_LANGUAGES for c in candidates)):
             raise UnsupportedFormat("candidates must be a list of Whisper language codes: "
                                     + ", ".join(WHISPER_LANGUAGES))
+        if not isinstance(resend, bool):
+            raise ProtocolError("resend must be true or false")
         self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language, translate,
-                                   tuple(dict.fromkeys(candidates)) if candidates is not None else None)
+                                   tuple(dict.fromkeys(candidates)) if candidates is not None else None, resend)
         self._downmix = Downmix(channels, sample_rate)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]

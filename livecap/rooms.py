@@ -35,7 +35,7 @@ from livecap.asr.guardrails import TRANSLATION_GUARDRAILS, suppression_reason
 from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
-from livecap.captions import LINE_KINDS, CaptionEvent, CaptionState, Settled, Track
+from livecap.captions import LINE_KINDS, RECOVERED, CaptionEvent, CaptionState, Settled, Track
 from livecap.cluster import Cluster
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
@@ -421,6 +421,20 @@ class Room:
             spoken = time.time() - (now - (epoch + event.start))  # the audio's arrival, as Unix time
             self.outputs.publish(self.name, self.settings.outputs, event, now, spoken)
 
+    @property
+    def durable_seq(self) -> int:
+        """The last seq of the room's log that survives this node: written to the transcript file
+        at once; with ``--redis``, once Redis has it."""
+        return self.captions.seq if self.cluster is None else self.cluster.written.get(self.name, 0)
+
+    def resent(self) -> None:
+        """A publisher reconnected and sends again what was not acknowledged: a line recovered from
+        the settled words of the utterance its lost connection cut (``recovered``) will be said again
+        in full, so it is emptied (a correction) instead of shown twice."""
+        last = self.captions.finals[-1] if self.captions.finals else None
+        if last is not None and last.engine == RECOVERED and self.captions.current_version(last.segment) is last:
+            self.publish(self.captions.correction(last.seq, ""))
+
     def _send(self, event: CaptionEvent, now: float) -> None:
         metrics, label = self.scheduler.metrics, self.label
         metrics.captions_sent.labels(label, event.kind).inc()
@@ -713,6 +727,10 @@ class PublisherSession:
         self.transcriber = Transcriber(room.scheduler, room.name, self._on_update, room.prompt, room.terms,
                                        room.defaults.streaming, language=room.language)
         self._segments: dict[int, int] = {}
+        self._unfinished: dict[int, int] = {}
+        """Utterances without a final yet: the sample their audio starts at (in this session)."""
+        self._unwritten: collections.deque[tuple[int, int]] = collections.deque()
+        """Finals not yet in the room's log (``Room.durable_seq``): (seq, the sample their audio starts at)."""
         self.samples = 0
         self.speaking = False
         """Inside an utterance, by the VAD."""
@@ -727,7 +745,20 @@ class PublisherSession:
         for event in events:
             if isinstance(event, UtteranceStarted | UtteranceEnded):
                 self.speaking = isinstance(event, UtteranceStarted)
+            if isinstance(event, UtteranceStarted):
+                self._unfinished[event.utterance] = event.start
         self.transcriber.submit(events)
+
+    @property
+    def acknowledged_ms(self) -> int:
+        """Audio of this session (milliseconds from its first sample) that the publisher need not
+        send again after a lost connection: every utterance in it has its final in the room's log
+        (durable), and no utterance can still begin in it. The ``ack`` the publisher gets."""
+        durable = self.room.durable_seq
+        while self._unwritten and self._unwritten[0][0] <= durable:
+            self._unwritten.popleft()
+        needed = min((self.vad.undecided_from, *self._unfinished.values(), *(start for _, start in self._unwritten)))
+        return max(0, needed) * 1000 // SAMPLE_RATE
 
     async def stop(self, arrival: float) -> None:
         """End of audio: the open utterance becomes final before this returns."""
@@ -777,6 +808,11 @@ class PublisherSession:
                 if event is not None and event.text:
                     self.room.record(segment, update.audio)
                 del self._segments[update.utterance]
+                began = self._unfinished.pop(update.utterance, start)
+                for later in self._unfinished:  # at a cut, the audio after ``end`` went to the next utterance
+                    self._unfinished[later] = min(self._unfinished[later], end)
+                if event is not None:
+                    self._unwritten.append((event.seq, began))
         if event is not None:
             self.room.publish(event)
             if isinstance(update, FinalUpdate) and event.kind == "final" and event.text \

@@ -19,7 +19,7 @@ import sys
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,8 @@ PUBLISHER_READ_AHEAD = 4096
 """Messages read from a publisher ahead of the handler (80 s of 20 ms frames, which the rate limit
 bounds in bytes); past it reading pauses, so a flood of control messages cannot grow memory."""
 LOADING_RETRY_S = 5.0
+ACK_INTERVAL_S = 0.25
+"""How often a publisher is told what audio it need not send again (when that changed)."""
 """Retry hint while the models load (seconds to a minute; longer on the first start, which builds them)."""
 LINGER_S = 2.0
 """How long a connection closed for a broken frame waits for its peer to close (``ExplainingWebSocket``)."""
@@ -496,6 +498,7 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
     room.broadcaster.subscribers.add(subscriber)
     await _tell_state(ws, room)
     writer = asyncio.create_task(_write_captions(ws, subscriber))
+    acker = asyncio.create_task(_acknowledge(ws, room, lambda: session))
     inbox: asyncio.Queue[_Received] = asyncio.Queue(PUBLISHER_READ_AHEAD)
     reader = asyncio.create_task(_read_publisher(request, ws, IngestProtocol(options.ingest_limits), inbox,
                                                  options.idle_timeout_s))
@@ -518,6 +521,8 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         await room.acquire()  # --redis: the room moves to this node
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
                                                            language, translate, candidates)
+                        if stream.resend:
+                            room.resent()
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
                         await _answer(ws, room, {"type": "ready", "session": session.id,
@@ -552,7 +557,24 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
             _log_session_end(room, session, "disconnect")
         room.broadcaster.subscribers.discard(subscriber)
         writer.cancel()
+        acker.cancel()
         await room.release()
+
+
+async def _acknowledge(ws: web.WebSocketResponse, room: Room,
+                       current: Callable[[], PublisherSession | None]) -> None:
+    """Tell the publisher, each ``ACK_INTERVAL_S`` it changed, how much of the audio of its session
+    (``current()``) it need not send again after a lost connection (``acknowledged_ms``)."""
+    told: tuple[str | None, int] = (None, 0)
+    while not ws.closed:
+        await asyncio.sleep(ACK_INTERVAL_S)
+        session = current()
+        if session is None or room.session is not session or ws.closed:  # nothing after a close frame
+            continue
+        acknowledged = (session.id, session.acknowledged_ms)
+        if acknowledged != told and acknowledged[1] > 0:
+            told = acknowledged
+            await _answer(ws, room, {"type": "ack", "session": session.id, "audio_ms": acknowledged[1]})
 
 
 async def _tell_state(ws: web.WebSocketResponse, room: Room) -> None:

@@ -156,6 +156,14 @@ class VadSegmenter:
         self._utterance_start = 0
         self._last_voiced_arrival = 0.0
 
+    @property
+    def undecided_from(self) -> int:
+        """Sample index from which audio may still become part of an utterance: the open
+        utterance's start, else the start of the frames an onset would reach back to."""
+        if self._active:
+            return self._utterance_start
+        return self._position - len(self._history) * self._frame
+
     def feed(self, samples: np.ndarray, arrival: float) -> list[VadEvent]:
         """Consume audio; return the events it completes."""
         self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
