@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import websockets
 
-from benchmarks.cluster import RedisServer
+from benchmarks.cluster import Node, RedisServer, failover
+from benchmarks.scoring import word_error_rate
 from livecap.appkeys import ROOMS
 from livecap.audio import float_to_s16le
 from livecap.auth import Keys
@@ -26,8 +27,8 @@ from livecap.client import stream_audio
 from livecap.config import ServerOptions
 from livecap.server import create_app
 from tests.conftest import LiveServer, start_server, timeout
-from tests.speech import audio
-from tests.test_server import check_invariants, collect, drain
+from tests.speech import audio, recordings
+from tests.test_server import POCKETSPHINX_WER_BOUND, check_invariants, collect, drain
 
 SPEECH = ["librispeech-2412-153948-0000", "librispeech-1988-24833-0001"]
 
@@ -174,3 +175,27 @@ def test_single_node_mode_needs_no_redis(tmp_path: Path) -> None:
     options = ServerOptions(data_dir=tmp_path, secret="s")
     app = create_app(options, Keys(options.secret, False))
     assert app[ROOMS].cluster is None
+
+
+@pytest.mark.slow
+async def test_kill_9_of_the_owner_loses_no_final(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Three node processes; the publisher's node is killed (``kill -9``) mid-stream: the publisher
+    goes on at another node, sending again what was not acknowledged; viewers on any node end with
+    every line of the transcript, seqs strictly increasing."""
+    nodes = [Node(name, redis_server.url, tmp_path / name, ["--engine", "pocketsphinx", "--fallback-engine", "none",
+                                                            "--lease-s", "1.5"]) for name in ("p", "q", "r")]
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        samples = np.concatenate([audio(r) for r in (*SPEECH, "ljspeech-LJ050-0160", "vctk-p226_003")])
+        figures = await failover(nodes, redis_server.url, "killed", samples, kills=1, first_kill_s=6.0)
+    finally:
+        for node in nodes:
+            node.stop()
+    assert figures["kills"] == 1 and figures["reconnects"] >= 1 and figures["publisher_error"] is None
+    assert figures["seq_strictly_increasing"]
+    assert figures["viewers_with_every_line"] == figures["viewers"], figures
+    assert 0 < figures["resent_audio_s"] < 10, "what was not acknowledged is sent again, no more"
+    assert figures["gaps"][0]["to_next_caption_s"] < 15
+    assert word_error_rate([" ".join(recordings()[r].text for r in (*SPEECH, "ljspeech-LJ050-0160",
+                                                                     "vctk-p226_003"))],
+                           [figures["text"]]) < POCKETSPHINX_WER_BOUND, "nothing lost at the kill"
