@@ -183,6 +183,8 @@ function updateCard(entry, room) {
     language.textContent = `${text}${translated}`;
     language.title = translated ? `${title}; translated into ${languageName(room.translate)}` : title;
   }
+  field(".node-stat").hidden = !room.node;
+  field(".node").textContent = room.node ?? "";
   card.dataset.degraded = Boolean(room.degraded);
   field(".degraded").hidden = !room.degraded;
   setText(field(".degraded"), room.degraded ? `⚠ ${room.degraded}` : "");
@@ -287,6 +289,15 @@ function render(snapshot) {
   const count = (n, one, many) => `${n} ${n === 1 ? one : many}`;
   $("server-totals").textContent = `${count(snapshot.rooms.length, "room", "rooms")} · ` +
     `${count(server.publishers, "speaker", "speakers")} · ${count(server.viewers, "viewer", "viewers")}`;
+  const { cluster } = snapshot;
+  $("server-cluster").hidden = !cluster;
+  if (cluster) {
+    const nodes = cluster.nodes.length;
+    $("server-cluster").textContent = `· node ${cluster.node} of ${count(Math.max(nodes, 1), "node", "nodes")} · ` +
+      (cluster.redis === "reachable" ? "Redis reachable"
+        : `⚠ Redis unreachable (${cluster.error}); ${count(cluster.pending_writes, "event", "events")} to write`);
+    if (cluster.redis !== "reachable") $("server").dataset.status = "degraded";
+  }
   $("empty").hidden = snapshot.rooms.length > 0;
   $("models").hidden = !snapshot.models.length;
   $("models").tBodies[0].replaceChildren(...snapshot.models.map((model) => {

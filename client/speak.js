@@ -9,7 +9,9 @@ import {
 
 const $ = (id) => document.getElementById(id);
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
-const MAX_QUEUED = 500; // 20 ms frames: 10 s, what the server accepts as a catch-up burst
+const MAX_QUEUED = 1500; // 20 ms frames kept while the connection is down (30 s), sent paced after it
+const CATCH_UP_BURST = 400; // frames sent at once after a reconnection: 8 s, within the server's 10 s burst
+const CATCH_UP_STEP = 20; // then frames every 250 ms: 1.6× real time, under the server's sustained 2×
 
 document.title = `Speak · ${room} · livecap`;
 $("room").textContent = room;
@@ -98,14 +100,16 @@ async function start() {
   status("connecting", "Starting…");
   const constraints = Object.fromEntries(PROCESSING.map((name) => [name, $(name).checked]));
   if ($("device").value) constraints.deviceId = { exact: $("device").value };
-  const begin = JSON.stringify(startMessage()); // the same after a reconnection
+  const begin = startMessage(); // the same after a reconnection, which sends again what was not acknowledged
   // The socket opens while the browser asks for the microphone: a wrong key
   // shows at once, and speech from the first moment is queued, not lost.
-  const current = session = { queue: [], ready: false, level: 0 };
+  // Frames sent wait in `unacked` until the server says their captions are
+  // safe (`ack`); after a lost connection they go first, with "resend".
+  const current = session = { queue: [], unacked: [], sent: 0, acked: 0, ready: false, resend: null, level: 0 };
   current.connection = new Connection(
     () => socketUrl(`/ws/ingest/${encodeURIComponent(room)}`, { token: key }),
     {
-      onOpen: (ws) => ws.send(begin),
+      onOpen: (ws) => ws.send(JSON.stringify(current.resend ? { ...begin, resend: current.resend } : begin)),
       onMessage: (message) => received(current, message),
       onState: (state, error) => connectionState(current, state, error),
     },
@@ -140,20 +144,60 @@ async function start() {
 }
 
 function send(current, pcm) {
-  if (current.ready && current.connection.open) {
-    current.connection.send(pcm);
+  if (current.ready && current.connection.open && !current.queue.length) {
+    transmit(current, pcm);
     return;
   }
   current.queue.push(pcm);
   if (current.queue.length > MAX_QUEUED) current.queue.shift();
 }
 
+/** Send what waited while there was no connection: a burst, then faster than real time until caught up. */
+function catchUp(current, budget = CATCH_UP_BURST) {
+  if (session !== current || !current.ready || !current.connection.open) return;
+  for (const pcm of current.queue.splice(0, budget)) transmit(current, pcm);
+  if (current.queue.length) setTimeout(() => catchUp(current, CATCH_UP_STEP), 250);
+}
+
+/** Send a frame, keeping it (and where it ends in the session's audio) until the server acknowledges it. */
+function transmit(current, pcm) {
+  current.connection.send(pcm);
+  current.sent += pcm.byteLength / 2;
+  current.unacked.push({ pcm, end: current.sent });
+  if (current.unacked.length > MAX_QUEUED) current.unacked.shift();
+}
+
+function acknowledged(current, samples) {
+  current.acked = Math.max(current.acked, samples);
+  while (current.unacked.length && current.unacked[0].end <= samples) current.unacked.shift();
+}
+
+/** Drop from the front of the queue the audio the server says it has already (`skip_ms` of `ready`). */
+function skip(current, samples) {
+  while (samples > 0 && current.queue.length) {
+    const frame = current.queue[0];
+    const length = frame.byteLength / 2;
+    if (length <= samples) {
+      current.queue.shift();
+    } else {
+      current.queue[0] = frame.slice(samples * 2);
+    }
+    samples -= length;
+  }
+}
+
 function received(current, message) {
   if (message.type === "ready") {
     current.connection.healthy();
     current.ready = true;
+    if (current.resend) skip(current, (message.skip_ms ?? 0) * 16);
+    current.resend = null;
+    current.session = message.session;
+    current.sent = current.acked = 0; // acks count from the session's first sample
     status("open", "Sending audio");
-    for (const pcm of current.queue.splice(0)) current.connection.send(pcm);
+    catchUp(current);
+  } else if (message.type === "ack" && message.session === current.session) {
+    acknowledged(current, message.audio_ms * 16);
   } else if (message.type === "stopped") {
     current.stopped?.();
   } else if (message.type === "caption" && message.kind !== "translation") {
@@ -165,6 +209,11 @@ function received(current, message) {
 
 function connectionState(current, state, error) {
   if (state === "reconnecting") {
+    if (current.ready) { // what the lost session may not have made safe goes first
+      current.queue = [...current.unacked.map((frame) => frame.pcm), ...current.queue].slice(-MAX_QUEUED);
+      current.unacked = [];
+      current.resend = { session: current.session, from_ms: Math.floor(current.acked / 16) };
+    }
     current.ready = false;
     status("reconnecting", `Reconnecting${error ? ` (${error.message})` : ""}… audio is kept for 10 s`);
   } else if (state === "failed" && session === current) {

@@ -118,9 +118,31 @@ async def wait_until_ready(base: str, limit_s: float = math.inf, alive: Callable
     raise TimeoutError(f"{base} not ready after {limit_s:.0f} s")
 
 
+CATCH_UP_BURST_S = 8.0
+"""Audio sent at once after a reconnection: within the server's burst allowance (10 s by default)."""
+CATCH_UP = 1.6
+"""Then the rest of what waited, at this many times real time: under the server's sustained 2×."""
 RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
 """Close codes after which a reconnecting publisher tries again (going away, gone without a close,
 internal error, restart, try again later); any other close is the server's answer."""
+
+
+@dataclass
+class _Position:
+    """Where a reconnecting publisher stands in its audio (sample indices from the first)."""
+
+    acked: int = 0
+    """Samples the server acknowledged."""
+    session: str | None = None
+    """The server's session the last ``ready`` named."""
+    base: int = 0
+    """The sample that session began with."""
+
+    def resend(self) -> dict[str, Any] | None:
+        """``start``'s ``resend`` after a lost connection: the session, and where in its audio the resent begins."""
+        if self.session is None:
+            return None
+        return {"session": self.session, "from_ms": (self.acked - self.base) * 1000 // TARGET_RATE}
 
 
 async def stream_audio(url: str | Sequence[str], samples: np.ndarray, *, speed: float = 1.0, frame_ms: int = 20,
@@ -136,22 +158,22 @@ async def stream_audio(url: str | Sequence[str], samples: np.ndarray, *, speed: 
     retrying (``RECONNECT_CODES``, ``RETRYABLE``) is opened again, to the next
     of the ``url``s (nodes of one cluster), after a back-off (``on_retry(delay)``),
     up to ``reconnect`` times in a row without the server acknowledging audio;
-    the audio it had not acknowledged (``ack``) is sent again first."""
+    the audio it had not acknowledged (``ack``) is sent again first, less what
+    the server says it has (``ready``'s ``skip_ms``)."""
     urls = [url] if isinstance(url, str) else list(url)
     result = StreamResult()
     backoff = Backoff(base_s=0.2, cap_s=5.0)
-    acked = 0
-    """Samples the server acknowledged (from the first)."""
+    position = _Position()
     tries = reconnect
     """Reconnections left: ``reconnect`` again after each connection on which the server acknowledged audio."""
     for attempt in itertools.count():
-        before = acked
-        acked, done = await _play(urls[attempt % len(urls)], samples, acked, result, speed, frame_ms, on_message,
-                                  {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
-                                   "language": language, "translate": translate,
-                                   "candidates": list(candidates) if candidates is not None else None,
-                                   "resend": True if attempt else None})
-        if acked > before:
+        before = position.acked
+        done = await _play(urls[attempt % len(urls)], samples, position, result, speed, frame_ms, on_message,
+                           {"type": "start", "format": "s16le", "sample_rate": TARGET_RATE, "channels": 1,
+                            "language": language, "translate": translate,
+                            "candidates": list(candidates) if candidates is not None else None,
+                            "resend": position.resend()})
+        if position.acked > before:
             tries = reconnect
             backoff.reset()
         error = result.error
@@ -167,31 +189,37 @@ async def stream_audio(url: str | Sequence[str], samples: np.ndarray, *, speed: 
     raise AssertionError("unreachable")
 
 
-async def _play(url: str, samples: np.ndarray, acked: int, result: StreamResult, speed: float, frame_ms: int,
-                on_message: Callable[[dict[str, Any]], None] | None, start: dict[str, Any]) -> tuple[int, bool]:
-    """One connection of ``stream_audio``, sending from sample ``acked`` on; returns the samples
-    acknowledged at its end, and whether the stream ended (``stopped``)."""
+async def _play(url: str, samples: np.ndarray, position: _Position, result: StreamResult, speed: float,
+                frame_ms: int, on_message: Callable[[dict[str, Any]], None] | None, start: dict[str, Any]) -> bool:
+    """One connection of ``stream_audio``, sending from ``position`` on (after ``ready`` when it
+    resends); returns whether the stream ended (``stopped``)."""
     frame = TARGET_RATE * frame_ms // 1000
-    first = acked
     stopped = False
+    ready = asyncio.Event()
+    first = position.acked
     try:
         ws = await websockets.connect(url, max_size=2**22)
     except (OSError, websockets.InvalidHandshake, TimeoutError):
         result.close_code = 1006
-        return acked, False
+        return False
     async with ws:
 
         async def receive() -> None:
-            nonlocal acked, stopped
+            nonlocal stopped, first
             with contextlib.suppress(websockets.ConnectionClosed):  # a lost connection: close_code says so
                 async for raw in ws:
                     message = json.loads(raw)
                     result.messages.append(message)
                     result.arrivals.append(time.monotonic())
-                    if message.get("type") == "ready" and not result.reconnects:
-                        result.offset = float(message["offset"])
-                    elif message.get("type") == "ack":
-                        acked = max(acked, first + int(message["audio_ms"]) * TARGET_RATE // 1000)
+                    if message.get("type") == "ready":
+                        if not result.reconnects:
+                            result.offset = float(message["offset"])
+                        first += int(message.get("skip_ms", 0)) * TARGET_RATE // 1000
+                        position.session, position.base = str(message["session"]), first
+                        ready.set()
+                    elif message.get("type") == "ack" and message.get("session") == position.session:
+                        position.acked = max(position.acked, position.base + int(message["audio_ms"]) * TARGET_RATE
+                                             // 1000)
                     if on_message is not None:
                         on_message(message)
                     if message.get("type") in ("stopped", "error"):
@@ -202,12 +230,20 @@ async def _play(url: str, samples: np.ndarray, acked: int, result: StreamResult,
         try:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await ws.send(json.dumps({k: v for k, v in start.items() if v is not None}))
+                if start["resend"] is not None:  # the server may have some of it: ``skip_ms``
+                    waiting = asyncio.ensure_future(ready.wait())
+                    await asyncio.wait({receiver, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
                 if not result.audio_started:
                     result.audio_started = time.monotonic()
-                clock = result.audio_started
-                result.resent_samples += result.sent_samples - first
+                clock, opened, resent_from = result.audio_started, time.monotonic(), first
+                result.resent_samples += max(0, result.sent_samples - first)
                 for i in range(first, len(samples), frame):
-                    await asyncio.sleep(max(0.0, clock + i / TARGET_RATE / speed - time.monotonic()))
+                    due = clock + i / TARGET_RATE / speed
+                    if start["resend"] is not None:  # what waited goes in a burst, then faster than real time
+                        due = max(due, opened + max(0.0, (i - resent_from) / TARGET_RATE - CATCH_UP_BURST_S)
+                                  / CATCH_UP)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
                     if receiver.done():
                         break
                     await ws.send(float_to_s16le(samples[i : i + frame]))
@@ -221,4 +257,4 @@ async def _play(url: str, samples: np.ndarray, acked: int, result: StreamResult,
         finally:
             receiver.cancel()
     result.close_code = ws.close_code
-    return acked, stopped
+    return stopped

@@ -17,6 +17,7 @@ Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 - ``livecap:{room}:lines``: finals, corrections and translations, id
   ``SEQ-0``; kept ``retention`` after the room's last line;
 - ``livecap:{room}:seq``: the highest seq ceiling reserved (``captions.SeqCounter``);
+- ``livecap:{room}:covered``: how much of each publisher session's audio its finals cover;
 - ``livecap:{room}:owner``: the owner's node id, with a lease (``lease_s``);
 - ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
 - ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring.
@@ -58,6 +59,8 @@ MAX_BACKOFF_S = 2.0
 """Longest wait between two tries to reach an unreachable Redis."""
 CLAIM_WAIT_S = 2.0
 """Past the lease, how long a claiming node waits for an owner that neither renews nor lets go."""
+COVERED_MS = 3_600_000
+"""How long Redis remembers what a publisher session's finals cover: a reconnection comes within seconds."""
 NODE_STATE_S = 1.0
 """How often a node publishes its rooms for the operators (they expire after 5 times that)."""
 
@@ -130,9 +133,11 @@ class Pending:
     """Something a node owes Redis, in the order it happened."""
 
     room: str
-    kind: Literal["event", "reserve"]
+    kind: Literal["event", "reserve", "cover"]
     seq: int
-    """The event's seq, or the ceiling reserved."""
+    """The event's seq, the ceiling reserved, or the milliseconds a session's finals cover."""
+    session: str = ""
+    """Of ``cover``: the publisher session."""
     fields: dict[Any, Any] | None = None
     line: bool = False
     """A final, correction or translation: kept in the lines stream too."""
@@ -204,11 +209,20 @@ class Cluster:
 
     def append(self, event: CaptionEvent) -> None:
         """Owe Redis ``event`` (this node made it): written in order, retried until Redis takes it."""
-        self._owe(Pending(event.room, "event", event.seq, encode(event, time.time()), event.kind in LINE_KINDS))
+        self._owe(Pending(event.room, "event", event.seq, fields=encode(event, time.time()),
+                          line=event.kind in LINE_KINDS))
 
     def reserved(self, room: str, ceiling: int) -> None:
         """Owe Redis the room's new seq ceiling."""
         self._owe(Pending(room, "reserve", ceiling))
+
+    def cover(self, room: str, session: str, ms: int) -> None:
+        """Owe Redis how much of a publisher session's audio its finals cover (``Room.covered``)."""
+        self._owe(Pending(room, "cover", ms, session=session))
+
+    async def covered(self, room: str, session: str) -> int | None:
+        value = await self.redis.hget(key(room, "covered"), session)
+        return int(value) if value is not None else None
 
     def _owe(self, item: Pending) -> None:
         self.pending.append(item)
@@ -258,6 +272,10 @@ class Cluster:
         for item in batch:
             if item.kind == "reserve":
                 await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
+                continue
+            if item.kind == "cover":
+                pipe.hset(key(item.room, "covered"), item.session, item.seq)
+                pipe.pexpire(key(item.room, "covered"), COVERED_MS)
                 continue
             assert item.fields is not None
             pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,

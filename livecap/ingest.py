@@ -45,6 +45,15 @@ class IngestLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class Resend:
+    """``start``'s ``resend``: the audio that follows is sent again from ``from_ms`` of the audio of
+    publisher session ``session`` (its last ``ack``), whose connection was lost."""
+
+    session: str
+    from_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamFormat:
     sample_format: SampleFormat
     sample_rate: int
@@ -55,7 +64,7 @@ class StreamFormat:
     """``en``: an English translation track; None: the room's setting."""
     candidates: tuple[str, ...] | None = None
     """The languages an ``auto`` stream may be in; None: the room's setting."""
-    resend: bool = False
+    resend: Resend | None = None
     """The client lost its connection and sends again the audio the server had not acknowledged."""
 
 
@@ -147,7 +156,7 @@ class IngestProtocol:
         language = message.get("language")
         translate = message.get("translate")
         candidates = message.get("candidates")
-        resend = message.get("resend", False)
+        resend = message.get("resend")
         if not isinstance(sample_format, str) or sample_format not in get_args(SampleFormat):
             raise UnsupportedFormat(f"format must be one of {', '.join(get_args(SampleFormat))}")
         if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
@@ -163,10 +172,9 @@ class IngestProtocol:
                 isinstance(c, str) and c in WHISPER_LANGUAGES for c in candidates)):
             raise UnsupportedFormat("candidates must be a list of Whisper language codes: "
                                     + ", ".join(WHISPER_LANGUAGES))
-        if not isinstance(resend, bool):
-            raise ProtocolError("resend must be true or false")
         self.format = StreamFormat(cast(SampleFormat, sample_format), sample_rate, channels, language, translate,
-                                   tuple(dict.fromkeys(candidates)) if candidates is not None else None, resend)
+                                   tuple(dict.fromkeys(candidates)) if candidates is not None else None,
+                                   _resend(resend))
         self._downmix = Downmix(channels, sample_rate)
         self._resampler = Resampler(sample_rate)
         return [Started(self.format)]
@@ -193,3 +201,13 @@ class IngestProtocol:
         self._rate_tokens -= seconds
         if self._rate_tokens < 0:
             raise RateLimited(f"audio arrives faster than {self.limits.max_audio_rate:g}× real time")
+
+
+def _resend(value: object) -> Resend | None:
+    """``start``'s ``resend``: absent/null, or ``{"session": "<id of an ack>", "from_ms": N}``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"session", "from_ms"} or not isinstance(value["session"], str) \
+            or len(value["session"]) > 64 or type(value["from_ms"]) is not int or value["from_ms"] < 0:
+        raise ProtocolError('resend must be null or {"session": "<the session of the last ack>", "from_ms": N}')
+    return Resend(value["session"], value["from_ms"])

@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from livecap.cluster import Cluster
 from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
+from livecap.ingest import Resend
 from livecap.labels import Label, LabelStore
 from livecap.language import AUTO, ENGLISH, LanguageLock
 from livecap.latency import RoomLatency
@@ -59,6 +60,9 @@ KEPT_LINES = 200
 """Lines a room keeps in memory (``CaptionState``): about a quarter of an hour of speech, far
 more than a new viewer (20), the prompt (10) or the dashboard needs. Older ones are read back
 from its transcript file when asked for."""
+KEPT_SESSIONS = 16
+"""Publisher sessions of a room whose coverage (``Room.covered``) is remembered: a reconnecting
+publisher names the one its connection lost."""
 MAX_OPEN_FLAGS = 100
 """Flagged lines the dashboard lists for the editor (the most recently flagged)."""
 MOST_HEARD_TERMS = 8
@@ -86,6 +90,8 @@ class StoredRoom:
     """The highest seq ceiling reserved (see ``SeqCounter``)."""
     unfinished: tuple[Settled, ...] = ()
     """Segments with settled words and no final: cut off by a crash."""
+    covered: dict[str, int] = field(default_factory=dict)
+    """How much of each publisher session's audio its finals cover (milliseconds; ``Room.covered``)."""
 
 
 class TranscriptStore:
@@ -114,11 +120,14 @@ class TranscriptStore:
         events: list[CaptionEvent] = []
         reserved = 0
         settled: dict[int, Settled] = {}
+        covered: dict[str, int] = {}
         for line in data.decode().splitlines():
             record = json.loads(line)
             match record.get("type"):
                 case "reserved":
                     reserved = max(reserved, record["seq"])
+                case "covered":
+                    covered[record["session"]] = record["ms"]
                 case "settled":
                     words = tuple(Word(w["w"], w["start"], w["end"], w["conf"]) for w in record["words"])
                     before = settled.get(record["segment"])
@@ -129,7 +138,8 @@ class TranscriptStore:
                     events.append(CaptionEvent.from_message(record))
         finished = {e.segment for e in events if e.kind == "final"}
         return StoredRoom(tuple(events), reserved,
-                          tuple(s for segment, s in sorted(settled.items()) if segment not in finished))
+                          tuple(s for segment, s in sorted(settled.items()) if segment not in finished),
+                          dict(list(covered.items())[-KEPT_SESSIONS:]))
 
     def append(self, event: CaptionEvent, made: float | None = None) -> None:
         """A final or a correction, with the wall-clock time it was ``made`` (``time``, Unix
@@ -159,6 +169,10 @@ class TranscriptStore:
         data = path.read_bytes()
         return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].decode().splitlines()]
 
+    def cover(self, room: str, session: str, ms: int) -> None:
+        """The finals of publisher ``session`` now cover its audio up to ``ms``."""
+        self._write(room, {"type": "covered", "session": session, "ms": ms})
+
     def reserve(self, room: str, ceiling: int) -> None:
         """Seqs up to ``ceiling`` may be handed out: on disk before this returns."""
         self._write(room, {"type": "reserved", "seq": ceiling}, sync=True)
@@ -187,7 +201,7 @@ class TranscriptStore:
 
 
 def restore(name: str, store: TranscriptStore | None, write: bool = True,
-            cluster: Cluster | None = None) -> CaptionState:
+            cluster: Cluster | None = None, covered: dict[str, int] | None = None) -> CaptionState:
     """A room's caption state from its file. A segment cut off by a crash
     ends in a final of its settled words (``CaptionState.recovered``),
     appended to the file when ``write``; a transcript download shows it
@@ -195,6 +209,8 @@ def restore(name: str, store: TranscriptStore | None, write: bool = True,
     too, and a segment cut off is left to the room's next owner (``Room.acquire``):
     another node may be finishing it."""
     stored = store.load(name) if store else StoredRoom()
+    if covered is not None:
+        covered.update(stored.covered)
     keep = store if write else None
 
     def reserve(ceiling: int) -> None:
@@ -244,7 +260,10 @@ class Room:
         self.recordings = recordings
         self.outputs = outputs
         self._writes: set[asyncio.Future[Path]] = set()
-        self.captions = restore(name, store, cluster=cluster)
+        self.covered: dict[str, int] = {}
+        """How much of each recent publisher session's audio its finals cover (ms): what a
+        publisher that reconnects need not send again (``skip``)."""
+        self.captions = restore(name, store, cluster=cluster, covered=self.covered)
         self.log_seq = self.captions.seq
         """The last seq of the room's log this node holds (made or followed)."""
         self._settled = (-1, 0)
@@ -426,6 +445,24 @@ class Room:
         """The last seq of the room's log that survives this node: written to the transcript file
         at once; with ``--redis``, once Redis has it."""
         return self.captions.seq if self.cluster is None else self.cluster.written.get(self.name, 0)
+
+    def cover(self, session: str, ms: int) -> None:
+        """The finals of publisher ``session`` cover its audio up to ``ms`` (kept with them)."""
+        self.covered[session] = ms
+        self.covered = dict(list(self.covered.items())[-KEPT_SESSIONS:])
+        if self.store is not None:
+            self.store.cover(self.name, session, ms)
+        if self.cluster is not None:
+            self.cluster.cover(self.name, session, ms)
+
+    async def skip(self, resend: Resend) -> int:
+        """How much of the audio a reconnecting publisher sends again the room has captioned
+        already (ms): the finals of its lost session cover it (it lost the acknowledgement)."""
+        covered = self.covered.get(resend.session)
+        if self.cluster is not None:
+            with contextlib.suppress(RedisError, OSError):
+                covered = await self.cluster.covered(self.name, resend.session)
+        return max(0, (covered or 0) - resend.from_ms)
 
     def resent(self) -> None:
         """A publisher reconnected and sends again what was not acknowledged: a line recovered from
@@ -815,11 +852,13 @@ class PublisherSession:
                     self._unwritten.append((event.seq, began))
         if event is not None:
             self.room.publish(event)
-            if isinstance(update, FinalUpdate) and event.kind == "final" and event.text \
+        if isinstance(update, FinalUpdate):  # after its final: kept (and in Redis) in that order
+            self.room.cover(self.id, update.end * 1000 // SAMPLE_RATE)
+        if event is not None and isinstance(update, FinalUpdate) and event.kind == "final" and event.text \
                     and self.translate not in (None, event.language):
-                task = asyncio.ensure_future(self._translation(event, update.audio, time.monotonic()))
-                self._translations.add(task)
-                task.add_done_callback(self._translations.discard)
+            task = asyncio.ensure_future(self._translation(event, update.audio, time.monotonic()))
+            self._translations.add(task)
+            task.add_done_callback(self._translations.discard)
 
     async def _translation(self, final: CaptionEvent, audio: np.ndarray, began: float) -> None:
         """Publish the translation of ``final`` (whose utterance's audio is ``audio``). Only finals

@@ -521,12 +521,15 @@ async def _publish(request: web.Request, ws: web.WebSocketResponse, room: Room) 
                         await room.acquire()  # --redis: the room moves to this node
                         session = await room.start_session(now, lambda error: _close_with(ws, error, metrics),
                                                            language, translate, candidates)
-                        if stream.resend:
+                        skip_ms = 0
+                        if stream.resend is not None:
+                            skip_ms = await room.skip(stream.resend)
                             room.resent()
                         log.info("room %s: publisher session %s started", room.name, session.id,
                                  extra={"room": room.name, "session": session.id, "peer": request.remote})
                         await _answer(ws, room, {"type": "ready", "session": session.id,
-                                           "offset": round(session.offset, 3)})
+                                                 "offset": round(session.offset, 3),
+                                                 **({"skip_ms": skip_ms} if stream.resend is not None else {})})
                     case AudioReceived(samples, arrival) if session is not None and room.session is session:
                         session.push_audio(samples, arrival)
                     case Stopped() if session is not None:

@@ -1,0 +1,106 @@
+"""A publisher whose connection is cut mid-sentence reconnects and sends again what the server had
+not acknowledged, less what the server says it has (``skip_ms``): nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.scoring import normalize, word_error_rate
+from livecap.client import stream_audio
+from livecap.errors import ProtocolError
+from livecap.ingest import IngestLimits, IngestProtocol
+from tests.conftest import LiveServer
+from tests.speech import audio, recordings
+from tests.test_server import POCKETSPHINX_WER_BOUND
+
+SPEECH = ["librispeech-2412-153948-0000", "librispeech-1988-24833-0001", "ljspeech-LJ050-0160"]
+
+
+class CuttingProxy:
+    """Fault injector: a TCP proxy in front of the server whose connections can be cut (a network
+    that drops, a laptop changing Wi-Fi); new connections get through."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def proxy(sphinx_server: LiveServer) -> AsyncIterator[tuple[CuttingProxy, str]]:
+    port = int(sphinx_server.base.rsplit(":", 1)[1])
+    cutter = CuttingProxy(port)
+    mine = await cutter.start()
+    yield cutter, sphinx_server.ingest_url("cut-publisher").replace(f":{port}/", f":{mine}/")
+    await cutter.close()
+
+
+async def test_a_cut_publisher_resends_what_was_not_acknowledged_and_nothing_twice(
+        sphinx_server: LiveServer, proxy: tuple[CuttingProxy, str]) -> None:
+    cutter, url = proxy
+    samples = np.concatenate([np.concatenate([audio(r), np.zeros(16000, np.float32)]) for r in SPEECH])
+    messages: list[dict[str, Any]] = []
+    cut_at = len(audio(SPEECH[0])) / 16000 + 2.5  # in the second sentence, after the first one's final
+
+    async def cut_mid_sentence() -> None:
+        while not any(m.get("type") == "ack" for m in messages) or not any(
+                m.get("kind") == "final" and m["text"] for m in messages):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(max(0.0, cut_at / 1.5 - 4.0))
+        cutter.cut()
+
+    cutting = asyncio.create_task(cut_mid_sentence())
+    result = await stream_audio(url, samples, speed=1.5, on_message=messages.append, reconnect=3)
+    await cutting
+    assert result.reconnects and result.error is None and result.messages[-1]["type"] == "stopped"
+    ready = [m for m in result.messages if m.get("type") == "ready"]
+    assert len(ready) == 2 and "skip_ms" in ready[1], "the second start resent, and was told what to skip"
+    assert result.resent_samples > 0
+    lines = [m["text"] for m in result.finals if m["text"]]
+    said = " ".join(recordings()[r].text for r in SPEECH)
+    assert word_error_rate([said], [" ".join(lines)]) < POCKETSPHINX_WER_BOUND, lines
+    words = normalize(" ".join(lines)).split()
+    assert len(words) <= len(normalize(said).split()) * 1.15, f"words said twice: {lines}"
+
+
+@pytest.mark.parametrize("resend", [True, "x", {"session": "s"}, {"session": 1, "from_ms": 0},
+                                    {"session": "s", "from_ms": -1}, {"session": "s", "from_ms": 1.5},
+                                    {"session": "s" * 65, "from_ms": 0}, {"session": "s", "from_ms": 0, "x": 1}])
+def test_a_malformed_resend_is_a_protocol_error(resend: object) -> None:
+    protocol = IngestProtocol(IngestLimits())
+    with pytest.raises(ProtocolError, match="resend"):
+        protocol.receive_text(json.dumps({"type": "start", "resend": resend}), 0.0)
