@@ -5,8 +5,9 @@ arrives with the seqs and finals of a single node; the extra delay of the hop th
 ``python -m benchmarks.cluster failover``: ``kill -9`` of the owning node mid-stream, N times; the
 publisher reconnects to another node; what viewers on the surviving nodes lost (nothing, asked),
 the gap in captions and the audio lost.
-``python -m benchmarks.cluster viewers``: many viewers spread over 3 nodes: every viewer gets every
-final; fan-out delay per node; server RSS per node.
+``python -m benchmarks.cluster viewers --viewers 5000``: viewers spread over 3 nodes, in client
+processes: every viewer gets every final; fan-out delay per node (from the publisher's own copy of
+the final); server RSS per node.
 
 Results are written as JSON to benchmarks/results/.
 """
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,6 +321,71 @@ async def hop(nodes: Sequence[Node], room: str, samples: np.ndarray, viewers_per
     }
 
 
+def watch(urls: Sequence[str], until: float, connect_per_s: float) -> list[dict[str, Any]]:
+    """A client process: one viewer per URL (connections spread at ``connect_per_s``), each noting
+    when every final with words arrived, until monotonic time ``until``."""
+    return asyncio.run(_watch(urls, until, connect_per_s))
+
+
+async def _watch(urls: Sequence[str], until: float, connect_per_s: float) -> list[dict[str, Any]]:
+    async def view(url: str, delay: float) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        finals: dict[int, float] = {}
+        connected = False
+        while time.monotonic() < until and not connected:
+            with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
+                async with websockets.connect(url, compression=None, open_timeout=30) as ws:
+                    connected = True
+                    while (left := until - time.monotonic()) > 0:
+                        with contextlib.suppress(TimeoutError):
+                            message = json.loads(await asyncio.wait_for(ws.recv(), left))
+                            if message.get("kind") == "final" and message["text"]:
+                                finals[message["seq"]] = time.monotonic()
+            if not connected:
+                await asyncio.sleep(1.0)
+        return {"url": url, "connected": connected, "finals": finals}
+
+    return list(await asyncio.gather(*(view(url, i / connect_per_s) for i, url in enumerate(urls))))
+
+
+async def fan_out(nodes: Sequence[Node], room: str, samples: np.ndarray, viewers: int,
+                  processes: int) -> dict[str, Any]:
+    """``viewers`` viewers spread over ``nodes`` (in ``processes`` client processes), a publisher on
+    the first node: does every viewer get every final, and how long after the publisher did."""
+    connect_per_s = 400.0 / processes
+    connecting_s = viewers / processes / connect_per_s + 10.0
+    audio_s = len(samples) / TARGET_RATE
+    until = time.monotonic() + connecting_s + audio_s + 15.0
+    urls = [nodes[i % len(nodes)].captions_url(room) for i in range(viewers)]
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(processes) as pool:
+        watching = [loop.run_in_executor(pool, watch, urls[p::processes], until, connect_per_s)
+                    for p in range(processes)]
+        await asyncio.sleep(connecting_s)
+        result = await stream_audio(nodes[0].ingest_url(room), samples)
+        rss = {n.name: n.rss_mb() for n in nodes}
+        seen = [v for part in await asyncio.gather(*watching) for v in part]
+    published = {m["seq"]: t for m, t in zip(result.messages, result.arrivals, strict=True)
+                 if m.get("kind") == "final" and m["text"]}
+    delays: dict[str, list[float]] = {}
+    for viewer in seen:
+        node = next(n.name for n in nodes if viewer["url"].startswith(n.captions_url("").rsplit("/", 1)[0]))
+        delays.setdefault(node, []).extend(t - published[s] for s, t in viewer["finals"].items() if s in published)
+    return {
+        "viewers": viewers,
+        "client_processes": processes,
+        "connected": sum(v["connected"] for v in seen),
+        "finals": len(published),
+        "viewers_with_every_final": sum(set(v["finals"]) >= set(published) for v in seen),
+        "fan_out_delay_ms": {node: {"p50": percentile([1000 * d for d in values], 50),
+                                    "p95": percentile([1000 * d for d in values], 95),
+                                    "max": round(1000 * max(values), 1) if values else None}
+                             for node, values in sorted(delays.items())},
+        "rss_mb_at_end_of_speech": rss,
+        "text": " ".join(m["text"] for m in result.finals),
+    }
+
+
 def speech(seconds: float) -> tuple[np.ndarray, list[str]]:
     """Recordings of the evaluation set back to back, 1 s apart, about ``seconds`` long."""
     parts, references, total = [], [], 0.0
@@ -332,7 +399,8 @@ def speech(seconds: float) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(parts), references
 
 
-async def run(mode: str, seconds: float, kills: int, viewers: int, server_args: Sequence[str]) -> dict[str, Any]:
+async def run(mode: str, seconds: float, kills: int, viewers: int, processes: int,
+              server_args: Sequence[str]) -> dict[str, Any]:
     samples, references = speech(seconds)
     with tempfile.TemporaryDirectory() as directory, redis_server() as store:
         nodes = [Node(name, store.url, Path(directory) / name, server_args) for name in "abc"]
@@ -340,6 +408,8 @@ async def run(mode: str, seconds: float, kills: int, viewers: int, server_args: 
             await asyncio.gather(*(n.start() for n in nodes))
             if mode == "hop":
                 figures = await hop(nodes, "hop", samples, viewers)
+            elif mode == "viewers":
+                figures = await fan_out(nodes, "crowd", samples, viewers, processes)
             else:
                 figures = await failover(nodes, store.url, "failover", samples, kills, viewers)
             figures["rss_mb"] = {n.name: n.rss_mb() for n in nodes}
@@ -353,16 +423,17 @@ async def run(mode: str, seconds: float, kills: int, viewers: int, server_args: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["hop", "failover"])
+    parser.add_argument("mode", choices=["hop", "failover", "viewers"])
     parser.add_argument("--seconds", type=float, default=120.0, help="speech streamed")
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--viewers", type=int, default=2, help="viewers per node")
+    parser.add_argument("--viewers", type=int, default=2, help="viewers per node (viewers: in all)")
+    parser.add_argument("--processes", type=int, default=4, help="client processes of the viewers mode")
     parser.add_argument("--label", default="tiny.en-int8-cpu2")
     parser.add_argument("server_args", nargs="*", help="flags passed to 'livecap serve' (after --)")
     arguments = parser.parse_args(argv)
     report = {"mode": arguments.mode, "server_args": arguments.server_args, "cpu_count": os.cpu_count(),
               **asyncio.run(run(arguments.mode, arguments.seconds, arguments.kills, arguments.viewers,
-                                arguments.server_args))}
+                                arguments.processes, arguments.server_args))}
     print(json.dumps(report), flush=True)
     write_results(RESULTS / f"cluster-{arguments.mode}-{arguments.label}.json", report)
     return 0

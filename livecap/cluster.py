@@ -437,9 +437,12 @@ class Cluster:
                     seq = seq_of(entry)
                     if seq <= last:
                         continue
-                    event, made = decode(fields)
-                    apply(event, made)
                     last = seq
+                    try:
+                        event, made = decode(fields)
+                        apply(event, made)
+                    except Exception:  # one event this node cannot read or apply is no reason to stop
+                        log.exception("room %s: event %s of the shared log skipped", room, entry)
 
     # ---- the operators' view
 

@@ -495,6 +495,8 @@ class Room:
         """Follow the room's owner (``cluster``) unless this node owns the room: returns once this
         node holds what the shared log holds (or after ``FOLLOW_WAIT_S``, Redis being out), while
         a task applies what comes next."""
+        if self._follower is not None and self._follower.done():
+            self._follower = None
         if self.cluster is None or self.owned or self._follower is not None:
             if self._follower is not None:
                 with contextlib.suppress(TimeoutError):
@@ -506,17 +508,19 @@ class Room:
             await asyncio.wait_for(self._caught_up.wait(), FOLLOW_WAIT_S)
 
     async def _follow(self, cluster: Cluster) -> None:
-        while True:  # lines first (the live stream keeps only the latest events), then what comes
+        while not self.owned:  # lines first (the live stream keeps only the latest events), then what comes
             try:
                 for event, made in await cluster.lines_after(self.name, self.log_seq):
                     self.mirror(event, made)
+                self._caught_up.set()
+                await cluster.follow(self.name, self.log_seq, self.mirror, lambda: not self.owned)
             except (RedisError, OSError) as error:
                 cluster.failed(error)
                 await asyncio.sleep(1.0)
-                continue
-            self._caught_up.set()
-            await cluster.follow(self.name, self.log_seq, self.mirror, lambda: not self.owned)
-            return
+            except Exception:  # a line this node cannot read or apply
+                log.exception("room %s: catching up with the room's log failed; trying again", self.name,
+                              extra={"room": self.name})
+                await asyncio.sleep(5.0)
 
     def unfollow(self) -> None:
         if self._follower is not None:

@@ -170,6 +170,33 @@ async def test_redis_restarted_mid_stream_loses_no_final(nodes: list[LiveServer]
     assert [line["text"] for line in exported] == [text for _, _, text in finals if text]
 
 
+async def test_operators_see_every_nodes_rooms_and_each_node_labels_its_metrics(nodes: list[LiveServer]) -> None:
+    a, b, c = nodes
+    room = "seen-everywhere"
+    publisher = await websockets.connect(a.ingest_url(room))
+    await publisher.send(json.dumps({"type": "start"}))
+    assert json.loads(await publisher.recv())["type"] == "ready"
+    headers = {"Authorization": f"Bearer {c.keys.key('operator')}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):  # nodes publish their rooms every second
+            async with http.get(f"{c.base}/operator/rooms", headers=headers) as response:
+                snapshot = await response.json()
+            if any(r["name"] == room for r in snapshot["rooms"]):
+                break
+            await asyncio.sleep(0.1)
+        shown = next(r for r in snapshot["rooms"] if r["name"] == room)
+        assert shown["node"] == "a" and shown["session"] is not None
+        assert snapshot["cluster"]["node"] == "c" and snapshot["cluster"]["redis"] == "reachable"
+        assert {n["node"] for n in snapshot["cluster"]["nodes"]} >= {"a"}
+        async with http.get(f"{b.base}/readyz") as response:
+            assert (await response.json())["cluster"] == {"node": "b", "redis_reachable": True, "pending_writes": 0}
+        async with http.get(f"{b.base}/metrics") as response:
+            exposition = await response.text()
+    samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]
+    assert samples and all('node="b"' in line for line in samples), "every sample says which node it is from"
+    await publisher.close()
+
+
 def test_single_node_mode_needs_no_redis(tmp_path: Path) -> None:
     """Without --redis nothing of the cluster runs (the whole suite is that mode)."""
     options = ServerOptions(data_dir=tmp_path, secret="s")
