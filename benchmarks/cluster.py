@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -422,15 +423,18 @@ async def run(mode: str, seconds: float, kills: int, viewers: int, processes: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="flags after -- go to 'livecap serve'")
     parser.add_argument("mode", choices=["hop", "failover", "viewers"])
     parser.add_argument("--seconds", type=float, default=120.0, help="speech streamed")
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--viewers", type=int, default=2, help="viewers per node (viewers: in all)")
     parser.add_argument("--processes", type=int, default=4, help="client processes of the viewers mode")
     parser.add_argument("--label", default="tiny.en-int8-cpu2")
-    parser.add_argument("server_args", nargs="*", help="flags passed to 'livecap serve' (after --)")
-    arguments = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    server_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    arguments = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    arguments.server_args = server_args
     report = {"mode": arguments.mode, "server_args": arguments.server_args, "cpu_count": os.cpu_count(),
               **asyncio.run(run(arguments.mode, arguments.seconds, arguments.kills, arguments.viewers,
                                 arguments.processes, arguments.server_args))}

@@ -167,6 +167,8 @@ class Cluster:
         self.pending: collections.deque[Pending] = collections.deque()
         self._wake = asyncio.Event()
         self._written = asyncio.Event()
+        self._sending = 0
+        """How many of the first ``pending`` are being written now."""
         self.written: dict[str, int] = {}
         """The highest seq of each room Redis holds from this node (or held already)."""
         self.reachable = True
@@ -197,10 +199,10 @@ class Cluster:
         """Write what is owed (for at most ``drain_s``), let go of the rooms, stop."""
         if self.pending:
             await self.flush(None, drain_s)
-        for task in self._tasks:
-            task.cancel()
         for room in list(self.owned):
             await self.release(room)
+        for task in self._tasks:
+            task.cancel()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(node_key(self.node))
         await self.redis.aclose()
@@ -225,6 +227,8 @@ class Cluster:
         return int(value) if value is not None else None
 
     def _owe(self, item: Pending) -> None:
+        if not self.reachable and len(self.pending) > self._sending and _superseded(self.pending[-1], item):
+            self.pending.pop()  # Redis is out: a partial the next one replaces need not wait with the finals
         self.pending.append(item)
         self._wake.set()
 
@@ -249,9 +253,11 @@ class Cluster:
             self._wake.clear()
             while self.pending:
                 batch = [self.pending[i] for i in range(min(WRITE_BATCH, len(self.pending)))]
+                self._sending = len(batch)
                 try:
                     await self._send(batch)
                 except (RedisError, OSError) as error:
+                    self._sending = 0
                     self.failed(error)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -262,6 +268,7 @@ class Cluster:
                     self.pending.popleft()
                     if item.kind == "event":
                         self.written[item.room] = max(self.written.get(item.room, 0), item.seq)
+                self._sending = 0
                 self._written.set()
 
     async def _send(self, batch: Sequence[Pending]) -> None:
@@ -269,6 +276,8 @@ class Cluster:
         whose seq is not above the log's last (a successor wrote it) is left out, and counted."""
         pipe = self.redis.pipeline(transaction=False)
         retention_ms = int(self.retention_s * 1000)
+        events: set[int] = set()
+        """Where in the pipeline each event's XADD to the live stream is."""
         for item in batch:
             if item.kind == "reserve":
                 await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
@@ -278,17 +287,19 @@ class Cluster:
                 pipe.pexpire(key(item.room, "covered"), COVERED_MS)
                 continue
             assert item.fields is not None
+            events.add(len(pipe))
             pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,
                       approximate=True)
             if item.line:
                 pipe.xadd(key(item.room, "lines"), item.fields, id=entry_id(item.seq))
                 pipe.pexpire(key(item.room, "lines"), retention_ms)
-        for result in await pipe.execute(raise_on_error=False):  # the pipeline loads the scripts Redis lacks
+        results = await pipe.execute(raise_on_error=False)  # the pipeline loads the scripts Redis lacks
+        for index, result in enumerate(results):
             if isinstance(result, ResponseError):
-                if "equal or smaller" in str(result):
-                    self.metrics.cluster_events_skipped.inc()
-                else:
+                if "equal or smaller" not in str(result):
                     log.error("Redis refused a write: %s", result)
+                elif index in events:
+                    self.metrics.cluster_events_skipped.inc()
         self.metrics.cluster_events_written.inc(sum(item.kind == "event" for item in batch))
 
     def failed(self, error: BaseException) -> None:
@@ -461,6 +472,11 @@ class Cluster:
         names = [name async for name in self.redis.scan_iter(match=node_key("*"), count=100)]
         values = await self.redis.mget(names) if names else []
         return sorted((json.loads(v) for v in values if v), key=lambda n: str(n["node"]))
+
+
+def _superseded(old: Pending, new: Pending) -> bool:
+    """Whether ``old`` is a partial that ``new``, the next partial of its room, makes useless."""
+    return old.kind == new.kind == "event" and not old.line and not new.line and old.room == new.room
 
 
 def merged(mine: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]], node: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,14 @@ import websockets
 from benchmarks.cluster import Node, RedisServer, failover
 from benchmarks.scoring import word_error_rate
 from livecap.appkeys import ROOMS
+from livecap.asr.engine import Word
 from livecap.audio import float_to_s16le
 from livecap.auth import Keys
+from livecap.captions import CaptionState, SeqCounter
 from livecap.client import stream_audio
+from livecap.cluster import Cluster, merged
 from livecap.config import ServerOptions
+from livecap.metrics import Metrics
 from livecap.server import create_app
 from tests.conftest import LiveServer, start_server, timeout
 from tests.speech import audio, recordings
@@ -195,6 +200,69 @@ async def test_operators_see_every_nodes_rooms_and_each_node_labels_its_metrics(
     samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]
     assert samples and all('node="b"' in line for line in samples), "every sample says which node it is from"
     await publisher.close()
+
+
+# ---- the pure parts
+
+
+def test_a_followers_copy_of_a_room_is_the_owners() -> None:
+    owner, follower = CaptionState("r"), CaptionState("r")
+    words = (Word("hello", 0.0, 0.4, 0.9), Word("there", 0.4, 0.8, 0.8))
+    partial = owner.partial(owner.new_segment(), words[:1], words[1:], 0.0, 0.8, "e", "v", 10.0)
+    final = owner.final(0, words, 0.0, 0.8, "e", "v", 20.0)
+    assert partial is not None and final is not None
+    made = [partial, final, owner.correction(final.seq, "hello there!"),
+            owner.translation(final, "hallo", "e", "v", 30.0)]
+    for event in made:
+        assert follower.apply(event)
+    assert not follower.apply(final), "an event it holds already changes nothing"
+    assert follower.transcript() == owner.transcript() and follower.seq == owner.seq
+    assert follower.history_after(0) == owner.history_after(0)
+    assert follower.new_segment() == 1, "a follower that takes the room over goes on after the owner's segments"
+
+
+def test_seq_ceilings_are_reserved_half_a_block_ahead() -> None:
+    """With --redis a ceiling reaches Redis after the seq that crossed into its block was sent to
+    this node's viewers: half a block of margin keeps every seq sent below a ceiling Redis has."""
+    ceilings: list[int] = []
+    counter = SeqCounter(0, ceilings.append, block=10)
+    margins = []
+    for _ in range(40):
+        seq = counter.next()
+        assert seq <= ceilings[-1], "every seq is below a recorded ceiling"
+        margins.append(ceilings[-1] - seq)
+    assert min(margins) >= 5 and len(ceilings) <= 5, (margins, ceilings)
+    counter.skip_to(100)  # another node handed out up to 100
+    assert counter.next() == 101 and ceilings[-1] == 110
+
+
+def test_the_dashboard_shows_a_room_as_its_owner_sees_it() -> None:
+    mine: list[dict[str, Any]] = [{"name": "r", "session": None, "viewers": 3}, {"name": "only-here", "session": None}]
+    nodes: list[dict[str, Any]] = [{"node": "b", "time": 0.0, "rooms": [{"name": "r", "session": "s1", "viewers": 1},
+                                                  {"name": "elsewhere", "session": "s2"}]},
+             {"node": "a", "time": 0.0, "rooms": [{"name": "r", "session": None}]}]
+    shown = {room["name"]: room for room in merged(mine, nodes, "a")}
+    assert shown["r"] == {"name": "r", "session": "s1", "viewers": 1, "node": "b"}
+    assert shown["only-here"]["node"] == "a" and shown["elsewhere"]["node"] == "b"
+
+
+async def test_redis_refuses_a_seq_that_is_not_new(redis_server: RedisServer) -> None:
+    """A node that lost its lease without knowing it cannot write over its successor's events."""
+    metrics = Metrics()
+    cluster = Cluster.connect(redis_server.url, "stale", metrics, 3.0, 60.0)
+    cluster.start(lambda: [])
+    try:
+        state = CaptionState("fenced")
+        first = state.final(state.new_segment(), (Word("one", 0, 1, 1.0),), 0.0, 1.0, "e", "v", 0.0)
+        assert first is not None
+        cluster.append(replace(first, seq=50))  # the successor's
+        cluster.append(first)  # seq 1: older than the log's last
+        assert await cluster.flush("fenced", 5.0)
+        lines = await cluster.lines_after("fenced", 0)
+        assert [event.seq for event, _ in lines] == [50]
+        assert metrics.registry.get_sample_value("livecap_cluster_events_skipped_total") == 1
+    finally:
+        await cluster.close()
 
 
 def test_single_node_mode_needs_no_redis(tmp_path: Path) -> None:
