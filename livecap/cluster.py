@@ -43,6 +43,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from livecap.captions import LINE_KINDS, CaptionEvent
+from livecap.client import Backoff
 from livecap.errors import PublisherReplaced, RoomElsewhere, ServerBusy
 from livecap.metrics import Metrics
 
@@ -55,8 +56,9 @@ WRITE_BATCH = 500
 TICK_S = 0.2
 """How often an owner renews its leases and looks for claims: a publisher moving to another node
 waits about this long for the room to be let go."""
-MAX_BACKOFF_S = 2.0
-"""Longest wait between two tries to reach an unreachable Redis."""
+RETRY_S, MAX_BACKOFF_S = 0.05, 2.0
+"""Waits between two tries to reach an unreachable Redis: exponential from the first to the second,
+with jitter (``client.Backoff``)."""
 CLAIM_WAIT_S = 2.0
 """Past the lease, how long a claiming node waits for an owner that neither renews nor lets go."""
 COVERED_MS = 3_600_000
@@ -247,7 +249,7 @@ class Cluster:
         return True
 
     async def _write(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -258,12 +260,9 @@ class Cluster:
                     await self._send(batch)
                 except (RedisError, OSError) as error:
                     self._sending = 0
-                    self.failed(error)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    await self._retry(error, backoff)
                     continue
-                backoff = 0.05
-                self.reached()
+                self._reached(backoff)
                 for item in batch:
                     self.pending.popleft()
                     if item.kind == "event":
@@ -301,6 +300,14 @@ class Cluster:
                 elif index in events:
                     self.metrics.cluster_events_skipped.inc()
         self.metrics.cluster_events_written.inc(sum(item.kind == "event" for item in batch))
+
+    async def _retry(self, error: BaseException, backoff: Backoff) -> None:
+        self.failed(error)
+        await asyncio.sleep(backoff.next())
+
+    def _reached(self, backoff: Backoff) -> None:
+        backoff.reset()
+        self.reached()
 
     def failed(self, error: BaseException) -> None:
         if self.reachable:
@@ -429,18 +436,15 @@ class Cluster:
         come, while ``following()``. Partials a follower missed while Redis was out are not sent
         again; lines missed are (``lines_after``)."""
         last = after
-        backoff = 0.05
+        backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
         while following():
             try:
                 found = cast(list[tuple[str, Any]],
                              await self.redis.xread({key(room, "live"): entry_id(last)}, count=200, block=500))
             except (RedisError, OSError) as error:
-                self.failed(error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._retry(error, backoff)
                 continue
-            backoff = 0.05
-            self.reached()
+            self._reached(backoff)
             for _, stream in found or []:
                 for entry, fields in entries(stream):
                     if not following():
