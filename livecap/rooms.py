@@ -458,11 +458,11 @@ class Room:
     async def skip(self, resend: Resend) -> int:
         """How much of the audio a reconnecting publisher sends again the room has captioned
         already (ms): the finals of its lost session cover it (it lost the acknowledgement)."""
-        covered = self.covered.get(resend.session)
+        covered = self.covered.get(resend.session, 0)  # this node's sessions, even before Redis has them
         if self.cluster is not None:
             with contextlib.suppress(RedisError, OSError):
-                covered = await self.cluster.covered(self.name, resend.session)
-        return max(0, (covered or 0) - resend.from_ms)
+                covered = max(covered, await self.cluster.covered(self.name, resend.session) or 0)
+        return max(0, covered - resend.from_ms)
 
     def resent(self) -> None:
         """A publisher reconnected and sends again what was not acknowledged: a line recovered from
