@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint system-deps
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=20
 
 bench: setup
 	$(BIN)/python -m benchmarks.offline

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ async def test_the_speaker_page_resends_after_a_cut_and_says_nothing_twice(
         sphinx_server: LiveServer, playwright: Playwright, chromium_env: dict[str, str | float | bool],
         tmp_path: Path) -> None:
     room = "cut-speaker"
-    recording = [SPEECH[0], SPEECH[1]]
+    recording = ["librispeech-1988-24833-0000", "ljspeech-LJ050-0160"]
     speech = np.concatenate([audio(recording[0]), np.zeros(16000, np.float32), audio(recording[1])])
     microphone = await launch_microphone(playwright, chromium_env, padded_wav(speech, tmp_path / "microphone.wav"))
     cutter = IngestCutter()
@@ -152,11 +153,13 @@ async def test_the_speaker_page_resends_after_a_cut_and_says_nothing_twice(
         await page.goto(f"{sphinx_server.base}/speak/{room}?token={sphinx_server.keys.key('publisher', room)}")
         await page.get_by_role("button", name="Start").click()
         await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+        began = time.monotonic()
         await asyncio.wait_for(cutter.acked.wait(), timeout(30))
-        await asyncio.sleep(len(audio(recording[0])) / 16000 + 2.0)  # into the second sentence
+        # padded_wav: 1 s of silence first; cut 2 s into the second sentence
+        await asyncio.sleep(max(0.0, began + 1.0 + len(audio(recording[0])) / 16000 + 3.0 - time.monotonic()))
         await cutter.routes[-1].close(code=4000)
         await expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=timeout(30) * 1000)
-        await asyncio.sleep(len(speech) / 16000)  # the rest of the speech, and its silence
+        await asyncio.sleep(max(0.0, began + len(speech) / 16000 + 3.5 - time.monotonic()))  # the rest, and silence
         await page.get_by_role("button", name="Stop").click()
         await expect(page.locator("#status-text")).to_have_text("Stopped")
         assert not errors
