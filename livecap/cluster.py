@@ -12,11 +12,13 @@ and keeps what it owes Redis in order, to write when Redis is back.
 
 Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 
-- ``livecap:{room}:live``: every event, stream id ``SEQ-0``, about the last
+- ``livecap:{room}:live``: every event, stream id ``SEQ-0``, and every change of the room's
+  state (``Room.state``) after event SEQ, ``SEQ-1``, ``SEQ-2``…; about the last
   ``LIVE_EVENTS`` kept (partials are transient);
 - ``livecap:{room}:lines``: finals, corrections and translations, id
   ``SEQ-0``; kept ``retention`` after the room's last line;
 - ``livecap:{room}:seq``: the highest seq ceiling reserved (``captions.SeqCounter``);
+- ``livecap:{room}:state``: the room's state as its pages are told it (recording, language);
 - ``livecap:{room}:covered``: how much of each publisher session's audio its finals cover;
 - ``livecap:{room}:owner``: the owner's node id, with a lease (``lease_s``);
 - ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
@@ -135,7 +137,7 @@ class Pending:
     """Something a node owes Redis, in the order it happened."""
 
     room: str
-    kind: Literal["event", "reserve", "cover"]
+    kind: Literal["event", "reserve", "cover", "state"]
     seq: int
     """The event's seq, the ceiling reserved, or the milliseconds a session's finals cover."""
     session: str = ""
@@ -220,6 +222,15 @@ class Cluster:
         """Owe Redis the room's new seq ceiling."""
         self._owe(Pending(room, "reserve", ceiling))
 
+    def tell(self, room: str, state: dict[str, Any], after: int) -> None:
+        """Owe Redis the room's new state (``Room.state``: recording, language), told after event ``after``."""
+        self._owe(Pending(room, "state", after, fields={"room": json.dumps(state)}))
+
+    async def room_state(self, room: str) -> dict[str, Any] | None:
+        """The room's state as its node last told it."""
+        value = await self.redis.get(key(room, "state"))
+        return cast(dict[str, Any], json.loads(value)) if value else None
+
     def cover(self, room: str, session: str, ms: int) -> None:
         """Owe Redis how much of a publisher session's audio its finals cover (``Room.covered``)."""
         self._owe(Pending(room, "cover", ms, session=session))
@@ -280,6 +291,12 @@ class Cluster:
         for item in batch:
             if item.kind == "reserve":
                 await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
+                continue
+            if item.kind == "state":  # between events: stream id SEQ-1, SEQ-2, … after event SEQ
+                assert item.fields is not None
+                pipe.xadd(key(item.room, "live"), item.fields, id=f"{item.seq}-*", maxlen=LIVE_EVENTS,
+                          approximate=True)
+                pipe.set(key(item.room, "state"), item.fields["room"], px=int(self.retention_s * 1000))
                 continue
             if item.kind == "cover":
                 pipe.hset(key(item.room, "covered"), item.session, item.seq)
@@ -431,16 +448,16 @@ class Cluster:
             start = f"({page[-1][0]}"
 
     async def follow(self, room: str, after: int, apply: Callable[[CaptionEvent, float], None],
-                     following: Callable[[], bool]) -> None:
-        """Apply the room's events after seq ``after`` (``apply(event, made)``, Unix time) as they
-        come, while ``following()``. Partials a follower missed while Redis was out are not sent
-        again; lines missed are (``lines_after``)."""
-        last = after
+                     tell: Callable[[dict[str, Any]], None], following: Callable[[], bool]) -> None:
+        """Apply the room's events after seq ``after`` (``apply(event, made)``, Unix time) and its
+        state changes (``tell``) as they come, while ``following()``. Partials a follower missed
+        while Redis was out are not sent again; lines missed are (``lines_after``)."""
+        last, last_id = after, entry_id(after)
         backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
         while following():
             try:
                 found = cast(list[tuple[str, Any]],
-                             await self.redis.xread({key(room, "live"): entry_id(last)}, count=200, block=500))
+                             await self.redis.xread({key(room, "live"): last_id}, count=200, block=500))
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue
@@ -449,11 +466,14 @@ class Cluster:
                 for entry, fields in entries(stream):
                     if not following():
                         return
-                    seq = seq_of(entry)
-                    if seq <= last:
+                    last_id, seq = entry, seq_of(entry)
+                    if "room" not in fields and seq <= last:
                         continue
-                    last = seq
                     try:
+                        if "room" in fields:
+                            tell(json.loads(fields["room"]))
+                            continue
+                        last = seq
                         event, made = decode(fields)
                         apply(event, made)
                     except Exception:  # one event this node cannot read or apply is no reason to stop

@@ -252,6 +252,8 @@ class Room:
         it holds the room's lease (``acquire``). Otherwise it follows the node that does."""
         self._follower: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
+        self.remote_state: dict[str, Any] | None = None
+        """The room's state (``state``) as the node that captions it last told it."""
         self.scheduler = scheduler
         self.defaults = defaults
         self.store = store
@@ -390,7 +392,10 @@ class Room:
 
     def state(self) -> dict[str, Any]:
         """What every page of the room is told on connecting (``worth_telling``) and on any change:
-        whether it records, its language (``LanguageLock.state``) and its translation track."""
+        whether it records, its language (``LanguageLock.state``) and its translation track; on a
+        node that follows the room, what the room's node says (``mirror_state``)."""
+        if not self.owned and self.remote_state is not None:
+            return self.remote_state
         return {"type": "room", "recording": self.settings.recording, "language": self.language.state(),
                 "translate": self.translate}
 
@@ -407,8 +412,15 @@ class Room:
         state = self.state()
         if state != self._told:
             self._told = state
+            if self.cluster is not None and self.owned:
+                self.cluster.tell(self.name, state, self.log_seq)
             for subscriber in list(self.broadcaster.subscribers):
                 subscriber.notify(state)
+
+    def mirror_state(self, state: dict[str, Any]) -> None:
+        """The room's state as its node told it (``announce`` there): this node's pages are told too."""
+        self.remote_state = state
+        self.announce()
 
     def publish(self, event: CaptionEvent) -> None:
         """An event this node made: kept, sent to this node's viewers, owed to the cluster's log and
@@ -512,8 +524,10 @@ class Room:
             try:
                 for event, made in await cluster.lines_after(self.name, self.log_seq):
                     self.mirror(event, made)
+                if (state := await cluster.room_state(self.name)) is not None:
+                    self.mirror_state(state)
                 self._caught_up.set()
-                await cluster.follow(self.name, self.log_seq, self.mirror, lambda: not self.owned)
+                await cluster.follow(self.name, self.log_seq, self.mirror, self.mirror_state, lambda: not self.owned)
             except (RedisError, OSError) as error:
                 cluster.failed(error)
                 await asyncio.sleep(1.0)
@@ -548,6 +562,7 @@ class Room:
             await cluster.release(self.name)
             raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
         self.owned = True
+        self.remote_state = None
         cluster.own(self.name, self._lost)
         if left_open is not None and not self.captions.has_final(left_open.segment):
             final = self.captions.recovered(Settled(left_open.segment, left_open.words, left_open.start,

@@ -204,6 +204,31 @@ async def test_operators_see_every_nodes_rooms_and_each_node_labels_its_metrics(
     await publisher.close()
 
 
+async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveServer]) -> None:
+    """Privacy: a room whose audio is recorded says so on every page, whatever node serves it."""
+    a, b, _ = nodes
+    room = "recorded"
+    headers = {"Authorization": f"Bearer {a.keys.key('operator')}"}
+    publisher = await websockets.connect(a.ingest_url(room))
+    await publisher.send(json.dumps({"type": "start"}))
+    assert json.loads(await publisher.recv())["type"] == "ready"
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
+                              json={"recording": True}) as response:
+            assert response.status == 200, await response.text()
+        await asyncio.sleep(0.5)
+        async with websockets.connect(b.captions_url(room)) as viewer:
+            told = json.loads(await asyncio.wait_for(viewer.recv(), timeout(10)))
+            assert told["type"] == "room" and told["recording"] is True, "told at once by node b"
+            async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
+                                  json={"recording": False}) as response:
+                assert response.status == 200
+            while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "room":
+                pass
+            assert message["recording"] is False, "and when it stops"
+    await publisher.close()
+
+
 # ---- the pure parts
 
 
