@@ -216,6 +216,7 @@ async def _play(url: str, samples: np.ndarray, position: _Position, result: Stre
                             result.offset = float(message["offset"])
                         first += int(message.get("skip_ms", 0)) * TARGET_RATE // 1000
                         position.session, position.base = str(message["session"]), first
+                        position.acked = max(position.acked, first)  # what it skips, the server has
                         ready.set()
                     elif message.get("type") == "ack" and message.get("session") == position.session:
                         position.acked = max(position.acked, position.base + int(message["audio_ms"]) * TARGET_RATE
