@@ -102,6 +102,31 @@ async def test_a_cut_publisher_resends_what_was_not_acknowledged_and_nothing_twi
     assert len(words) <= len(normalize(said).split()) * 1.15, f"words said twice: {lines}"
 
 
+async def test_a_publisher_cut_twice_in_a_row_resends_from_what_the_server_has(
+        sphinx_server: LiveServer, proxy: tuple[CuttingProxy, str]) -> None:
+    """The second cut comes right after the reconnection's ``ready``, before any ``ack``."""
+    cutter, url = proxy
+    samples = np.concatenate([np.concatenate([audio(r), np.zeros(16000, np.float32)]) for r in SPEECH])
+    messages: list[dict[str, Any]] = []
+
+    async def cut_twice() -> None:
+        while not any(m.get("kind") == "final" and m["text"] for m in messages):
+            await asyncio.sleep(0.02)
+        cutter.cut()
+        while sum(m.get("type") == "ready" for m in messages) < 2:
+            await asyncio.sleep(0.005)
+        cutter.cut()
+
+    cutting = asyncio.create_task(cut_twice())
+    result = await stream_audio(url, samples, speed=SPEED, on_message=messages.append, reconnect=3)
+    await cutting
+    assert len(result.reconnects) == 2 and result.error is None and result.messages[-1]["type"] == "stopped"
+    lines = [m["text"] for m in result.finals if m["text"]]
+    said = " ".join(recordings()[r].text for r in SPEECH)
+    assert word_error_rate([said], [" ".join(lines)]) < POCKETSPHINX_WER_BOUND, lines
+    assert len(normalize(" ".join(lines)).split()) <= len(normalize(said).split()) * 1.15, f"said twice: {lines}"
+
+
 @pytest.mark.parametrize("resend", [True, "x", {"session": "s"}, {"session": 1, "from_ms": 0},
                                     {"session": "s", "from_ms": -1}, {"session": "s", "from_ms": 1.5},
                                     {"session": "s" * 65, "from_ms": 0}, {"session": "s", "from_ms": 0, "x": 1}])
