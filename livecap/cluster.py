@@ -80,10 +80,12 @@ elseif not owner then
 else
   return {0, owner}
 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then redis.call('SET', KEYS[3], ARGV[3]) end
 return {1, redis.call('GET', KEYS[2]) or false}
 """
 """Renew the lease KEYS[1] of node ARGV[1] for ARGV[2] ms, or take it again if it lapsed (a Redis
-outage) and no other node claims the room (KEYS[2]); {1, claimer or false} or {0, the node that has it}."""
+outage) and no other node claims the room (KEYS[2]), and raise the room's seq ceiling KEYS[3] to ARGV[3]
+(Redis may have lost it); {1, claimer or false} or {0, the node that has it}."""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -151,6 +153,15 @@ Lost = Callable[[str, str], Coroutine[Any, Any, None]]
 """Called with (room, the node that has it now) when this node lost a room it owned."""
 
 
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """A room whose lease this node holds."""
+
+    lost: Lost
+    ceiling: Callable[[], int]
+    """The room's seq ceiling here: kept in Redis at each renewal, should Redis have lost it."""
+
+
 class Cluster:
     """This node's link to the others: the log it writes, the leases it holds, the rooms it follows.
 
@@ -166,7 +177,7 @@ class Cluster:
         self.metrics = metrics
         self.lease_s = lease_s
         self.retention_s = retention_s
-        self.owned: dict[str, Lost] = {}
+        self.owned: dict[str, Owned] = {}
         """Rooms whose lease this node holds, with what to do when it loses one."""
         self.pending: collections.deque[Pending] = collections.deque()
         self._wake = asyncio.Event()
@@ -284,39 +295,37 @@ class Cluster:
     async def _send(self, batch: Sequence[Pending]) -> None:
         """One round trip. An event Redis already holds (a retry of a write that got through) or
         whose seq is not above the log's last (a successor wrote it) is left out, and counted."""
-        pipe = self.redis.pipeline(transaction=False)
         retention_ms = int(self.retention_s * 1000)
         events: set[int] = set()
         """Where in the pipeline each event's XADD to the live stream is."""
-        for item in batch:
-            if item.kind == "reserve":
-                await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
-                continue
-            if item.kind == "state":  # between events: stream id SEQ-1, SEQ-2, … after event SEQ
-                assert item.fields is not None
-                pipe.xadd(key(item.room, "live"), item.fields, id=f"{item.seq}-*", maxlen=LIVE_EVENTS,
-                          approximate=True)
-                pipe.set(key(item.room, "state"), item.fields["room"], px=int(self.retention_s * 1000))
-                continue
-            if item.kind == "cover":
-                pipe.hset(key(item.room, "covered"), item.session, item.seq)
-                pipe.pexpire(key(item.room, "covered"), COVERED_MS)
-                continue
-            assert item.fields is not None
-            events.add(len(pipe))
-            pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,
-                      approximate=True)
-            if item.line:
-                pipe.xadd(key(item.room, "lines"), item.fields, id=entry_id(item.seq))
-                pipe.pexpire(key(item.room, "lines"), retention_ms)
-        results = await pipe.execute(raise_on_error=False)  # the pipeline loads the scripts Redis lacks
+        async with self.redis.pipeline(transaction=False) as pipe:  # reset (its connection freed) on any exit
+            for item in batch:
+                if item.kind == "reserve":
+                    await self._reserve(keys=[key(item.room, "seq")], args=[item.seq], client=pipe)
+                elif item.kind == "cover":
+                    pipe.hset(key(item.room, "covered"), item.session, item.seq)
+                    pipe.pexpire(key(item.room, "covered"), COVERED_MS)
+                elif item.kind == "state":  # between events: stream id SEQ-1, SEQ-2, … after event SEQ
+                    assert item.fields is not None
+                    pipe.xadd(key(item.room, "live"), item.fields, id=f"{item.seq}-*", maxlen=LIVE_EVENTS,
+                              approximate=True)
+                    pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
+                else:
+                    assert item.fields is not None
+                    events.add(len(pipe))
+                    pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,
+                              approximate=True)
+                    if item.line:
+                        pipe.xadd(key(item.room, "lines"), item.fields, id=entry_id(item.seq))
+                        pipe.pexpire(key(item.room, "lines"), retention_ms)
+            results = await pipe.execute(raise_on_error=False)  # the pipeline loads the scripts Redis lacks
         for index, result in enumerate(results):
             if isinstance(result, ResponseError):
                 if "equal or smaller" not in str(result):
                     log.error("Redis refused a write: %s", result)
                 elif index in events:
                     self.metrics.cluster_events_skipped.inc()
-        self.metrics.cluster_events_written.inc(sum(item.kind == "event" for item in batch))
+        self.metrics.cluster_events_written.inc(len(events))
 
     async def _retry(self, error: BaseException, backoff: Backoff) -> None:
         self.failed(error)
@@ -356,7 +365,8 @@ class Cluster:
                         or await self.redis.get(key(room, "owner")) == self.node:
                     break
                 if not take:
-                    raise RoomElsewhere(f"room {room!r} is captioned by another node now; correct it there")
+                    raise RoomElsewhere(f"room {room!r} is held by another node now (its publisher streams there, "
+                                        "or an edit is being made there); correct it there, or try again")
                 if await self.redis.get(key(room, "claim")) != self.node:
                     raise PublisherReplaced("another publisher took over this room")
                 if time.monotonic() > deadline:
@@ -373,9 +383,10 @@ class Cluster:
         newest = entries(top)
         return max(ceiling, seq_of(newest[0][0]) if newest else 0)
 
-    def own(self, room: str, lost: Lost) -> None:
-        """Keep the lease of a room ``acquire`` got, calling ``lost`` if it goes to another node."""
-        self.owned[room] = lost
+    def own(self, room: str, lost: Lost, ceiling: Callable[[], int]) -> None:
+        """Keep the lease of a room ``acquire`` got, calling ``lost`` if it goes to another node, and
+        keep the room's seq ceiling in Redis at least ``ceiling()`` (Redis may lose its data)."""
+        self.owned[room] = Owned(lost, ceiling)
 
     async def release(self, room: str) -> None:
         """Let go of the room, once what is owed for it is written (a successor reads it)."""
@@ -398,11 +409,11 @@ class Cluster:
             if not rooms:
                 continue
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for room in rooms:
-                    await self._renew(keys=[key(room, "owner"), key(room, "claim")], args=[self.node, lease_ms],
-                                client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room in rooms:
+                        await self._renew(keys=[key(room, "owner"), key(room, "claim"), key(room, "seq")],
+                                          args=[self.node, lease_ms, self.owned[room].ceiling()], client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as error:
                 self.failed(error)  # nobody else can take the rooms either: serve on
                 continue
@@ -415,7 +426,7 @@ class Cluster:
                 if room not in self.owned:
                     continue
                 if not held or (other and other != self.node):
-                    lost = self.owned.pop(room)
+                    lost = self.owned.pop(room).lost
                     log.info("room %s: node %s takes it over", room, other, extra={"room": room})
                     task = asyncio.create_task(lost(room, str(other)))
                     self._losing.add(task)
@@ -458,6 +469,8 @@ class Cluster:
             try:
                 found = cast(list[tuple[str, Any]],
                              await self.redis.xread({key(room, "live"): last_id}, count=200, block=500))
+                if not found:  # quiet: keep the room's seq ceiling in Redis, should Redis have lost its data
+                    await self._reserve(keys=[key(room, "seq")], args=[last])
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue
@@ -505,15 +518,14 @@ def _superseded(old: Pending, new: Pending) -> bool:
 
 def merged(mine: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]], node: str) -> list[dict[str, Any]]:
     """The rooms the dashboard lists: this node's, each marked with its node, then those only other
-    nodes hold; a room held by several is shown as its owner (the node with its publisher) sees it."""
+    nodes hold; a room held by several is shown as its owner (the node with its publisher) sees it,
+    with the viewers of every node."""
     shown: dict[str, dict[str, Any]] = {}
-    for room in mine:
-        shown[room["name"]] = {**room, "node": node}
-    for state in nodes:
-        if state["node"] == node:
-            continue
-        for room in state["rooms"]:
-            held = shown.get(room["name"])
-            if held is None or (room.get("session") and not held.get("session")):
-                shown[room["name"]] = {**room, "node": state["node"]}
-    return list(shown.values())
+    viewers: collections.Counter[str] = collections.Counter()
+    for name, room in [(node, room) for room in mine] + [(state["node"], room) for state in nodes
+                                                         if state["node"] != node for room in state["rooms"]]:
+        viewers[room["name"]] += room.get("viewers", 0)
+        held = shown.get(room["name"])
+        if held is None or (room.get("session") and not held.get("session")):
+            shown[room["name"]] = {**room, "node": name}
+    return [{**room, "viewers": viewers[room["name"]]} for room in shown.values()]

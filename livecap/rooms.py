@@ -379,6 +379,8 @@ class Room:
             self.viewers.discard(subscriber)
             self.scheduler.metrics.viewers.labels(self.label).dec()
         self.broadcaster.subscribers.discard(subscriber)
+        if not self.viewers:  # nobody here to follow it for; a later read catches up (``follow``, ``catch_up``)
+            self.unfollow()
 
     def speak(self, language: str, translate: str | None, candidates: tuple[str, ...] = ()) -> None:
         """An operator set the room's language (pinned from the next utterance on; ``auto``:
@@ -481,7 +483,8 @@ class Room:
         the settled words of the utterance its lost connection cut (``recovered``) will be said again
         in full, so it is emptied (a correction) instead of shown twice."""
         last = self.captions.finals[-1] if self.captions.finals else None
-        if last is not None and last.engine == RECOVERED and self.captions.current_version(last.segment) is last:
+        if last is not None and last.engine == RECOVERED and last.text \
+                and self.captions.current_version(last.segment) is last:
             self.publish(self.captions.correction(last.seq, ""))
 
     def _send(self, event: CaptionEvent, now: float) -> None:
@@ -536,6 +539,13 @@ class Room:
                               extra={"room": self.name})
                 await asyncio.sleep(5.0)
 
+    async def catch_up(self) -> None:
+        """On a node that neither captions nor follows the room: take the lines the shared log has
+        and this node does not (before an export), without following what comes next."""
+        if self.cluster is not None and not self.owned and self._follower is None:
+            for event, made in await self.cluster.lines_after(self.name, self.log_seq):
+                self.mirror(event, made)
+
     def unfollow(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
@@ -563,7 +573,7 @@ class Room:
             raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
         self.owned = True
         self.remote_state = None
-        cluster.own(self.name, self._lost)
+        cluster.own(self.name, self._lost, lambda: self.captions.seqs.ceiling)
         if left_open is not None and not self.captions.has_final(left_open.segment):
             final = self.captions.recovered(Settled(left_open.segment, left_open.words, left_open.start,
                                                     left_open.end, left_open.model_version, left_open.language))
@@ -1002,6 +1012,7 @@ class RoomRegistry:
         a download does not take a room's place."""
         room = self.rooms.get(name)
         if room is not None:
+            await room.catch_up()
             return room.captions.transcript(await room.archived(0), track)
         state = restore(name, self.store, write=False)
         if self.cluster is not None:  # what other nodes made since this one last held the room

@@ -254,7 +254,7 @@ async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
     def rooms() -> list[dict[str, Any]]:
         mono, wall, fallback = time.monotonic(), time.time(), app[SCHEDULER].fallback
         return [room_state(app, room, mono, wall, fallback.name if fallback else None)
-                for room in app[ROOMS].rooms.values() if room.owned and room.session is not None]
+                for room in app[ROOMS].rooms.values() if room.session is not None or room.viewers]
 
     cluster.start(rooms)
     log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
@@ -688,8 +688,9 @@ async def _view(request: web.Request, ws: web.WebSocketResponse, room: Room) -> 
     archived = await room.archived(after_seq) if after_seq is not None else ()
     history = room.captions.history_after(after_seq, archived) if after_seq is not None else \
         room.captions.recent(DEFAULT_HISTORY)
-    if room.captions.current_partial is not None:
-        history = [*history, room.captions.current_partial]
+    partial = room.captions.current_partial
+    if partial is not None and (after_seq is None or partial.seq > after_seq):
+        history = [*history, partial]
     now = time.monotonic()
     subscriber = Subscriber(options.viewer_backlog,
                             replay=[Outgoing.of(event, now) for event in history if event.on_track(track)],

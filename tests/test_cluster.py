@@ -229,6 +229,58 @@ async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveSer
     await publisher.close()
 
 
+async def test_a_node_that_captioned_a_room_before_exports_what_others_made_since(nodes: list[LiveServer]) -> None:
+    a, b, _ = nodes
+    room = "handed-on"
+    for node, recording in ((a, SPEECH[0]), (b, SPEECH[1]), (a, "librispeech-1988-24833-0000"),
+                            (b, "ljspeech-LJ050-0162")):
+        result = await stream_audio(node.ingest_url(room), audio(recording), speed=3.0)
+        assert result.finals
+    assert room in a.app[ROOMS].rooms, "node a holds the room, following no one: no viewer there"
+    async with aiohttp.ClientSession() as http:
+        exports = []
+        for node in nodes:
+            async with http.get(f"{node.base}/rooms/{room}/transcript.json") as response:
+                exports.append([(line["seq"], line["text"]) for line in await response.json()])
+    assert exports[0] == exports[1] == exports[2] and len(exports[0]) >= 4
+
+
+async def test_a_node_stops_following_when_its_last_viewer_leaves(nodes: list[LiveServer]) -> None:
+    a, _, c = nodes
+    room = "left-alone"
+    publisher = await websockets.connect(a.ingest_url(room))
+    await publisher.send(json.dumps({"type": "start"}))
+    assert json.loads(await publisher.recv())["type"] == "ready"
+    async with websockets.connect(c.captions_url(room)):
+        await asyncio.sleep(0.3)
+        assert c.app[ROOMS].rooms[room]._follower is not None
+    await asyncio.sleep(0.3)
+    assert c.app[ROOMS].rooms.get(room) is None or c.app[ROOMS].rooms[room]._follower is None, \
+        "no XREAD loop left for a room nobody here watches"
+    await publisher.close()
+
+
+async def test_seqs_go_on_growing_after_redis_lost_its_data(nodes: list[LiveServer],
+                                                            redis_server: RedisServer) -> None:
+    """FLUSHALL (or Redis restarted without persistence): the node with the room's viewers writes
+    the room's seq ceiling back, so a node new to the room goes on above it."""
+    a, b, c = nodes
+    room, done = "flushed", asyncio.Event()
+    on_b: list[dict[str, Any]] = []
+    viewer = asyncio.create_task(collect(b.captions_url(room), done, on_b))
+    await asyncio.sleep(0.3)
+    first = await stream_audio(a.ingest_url(room), audio("librispeech-1988-24833-0000"), speed=3.0)
+    await asyncio.to_thread(lambda: __import__("redis").Redis(port=redis_server.port).flushall())
+    await asyncio.sleep(1.5)
+    assert room not in c.app[ROOMS].rooms, "node c never held the room"
+    second = await stream_audio(c.ingest_url(room), audio("librispeech-2412-153948-0002"), speed=3.0)
+    done.set()
+    await viewer
+    before = max(m["seq"] for m in first.messages if m.get("type") == "caption")
+    assert second.finals and min(m["seq"] for m in second.finals) > before
+    assert set(captions(second.messages)) <= set(captions(on_b)), "node b's viewer got node c's finals"
+
+
 # ---- the pure parts
 
 
