@@ -321,7 +321,7 @@ def test_the_dashboard_shows_a_room_as_its_owner_sees_it() -> None:
                                                   {"name": "elsewhere", "session": "s2"}]},
              {"node": "a", "time": 0.0, "rooms": [{"name": "r", "session": None}]}]
     shown = {room["name"]: room for room in merged(mine, nodes, "a")}
-    assert shown["r"] == {"name": "r", "session": "s1", "viewers": 1, "node": "b"}
+    assert shown["r"] == {"name": "r", "session": "s1", "viewers": 4, "node": "b"}, "the owner's view, every viewer"
     assert shown["only-here"]["node"] == "a" and shown["elsewhere"]["node"] == "b"
 
 
