@@ -113,11 +113,17 @@ class SeqCounter:
 
     def next(self) -> int:
         if self.last >= self.ceiling - self.block // 2:  # half a block ahead: a copy kept elsewhere
-            ceiling = max(self.ceiling, self.last) + self.block  # (Redis) has it before the ceiling is reached
-            self._reserve(ceiling)  # durable before any seq above the old ceiling leaves
-            self.ceiling = ceiling
+            self.reserve_ahead()  # (Redis) has it before the ceiling is reached
         self.last += 1
         return self.last
+
+    def reserve_ahead(self) -> int:
+        """Record a ceiling a block above the last seq (or the ceiling), durable before any seq above
+        the old ceiling leaves; returns it."""
+        ceiling = max(self.ceiling, self.last) + self.block
+        self._reserve(ceiling)
+        self.ceiling = ceiling
+        return ceiling
 
     def skip_to(self, last: int) -> None:
         """Go on after ``last``, a seq another node handed out or reserved (``CaptionState.apply``,

@@ -512,21 +512,18 @@ class Room:
         a task applies what comes next."""
         if self._follower is not None and self._follower.done():
             self._follower = None
-        if self.cluster is None or self.owned or self._follower is not None:
-            if self._follower is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._caught_up.wait(), FOLLOW_WAIT_S)
+        if self.cluster is None or self.owned:
             return
-        self._caught_up.clear()
-        self._follower = asyncio.create_task(self._follow(self.cluster), name=f"follow-{self.name}")
+        if self._follower is None:
+            self._caught_up.clear()
+            self._follower = asyncio.create_task(self._follow(self.cluster), name=f"follow-{self.name}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._caught_up.wait(), FOLLOW_WAIT_S)
 
     async def _follow(self, cluster: Cluster) -> None:
         while not self.owned:  # lines first (the live stream keeps only the latest events), then what comes
             try:
-                for event, made in await cluster.lines_after(self.name, self.log_seq):
-                    self.mirror(event, made)
+                await self._take_lines(cluster)
                 if (state := await cluster.room_state(self.name)) is not None:
                     self.mirror_state(state)
                 self._caught_up.set()
@@ -543,8 +540,12 @@ class Room:
         """On a node that neither captions nor follows the room: take the lines the shared log has
         and this node does not (before an export), without following what comes next."""
         if self.cluster is not None and not self.owned and self._follower is None:
-            for event, made in await self.cluster.lines_after(self.name, self.log_seq):
-                self.mirror(event, made)
+            await self._take_lines(self.cluster)
+
+    async def _take_lines(self, cluster: Cluster) -> None:
+        """The lines of the shared log after the last this node holds."""
+        for event, made in await cluster.lines_after(self.name, self.log_seq):
+            self.mirror(event, made)
 
     def unfollow(self) -> None:
         if self._follower is not None:
@@ -562,12 +563,10 @@ class Room:
         ceiling = await cluster.acquire(self.name, take)
         self.unfollow()
         try:
-            for event, made in await cluster.lines_after(self.name, self.log_seq):
-                self.mirror(event, made)
+            await self._take_lines(cluster)
             left_open = await cluster.left_open(self.name)
             self.captions.seqs.skip_to(max(ceiling, self.captions.seq))
-            self.captions.seqs.next()  # a reservation (and its record in Redis) ahead of what follows
-            await cluster.reserve(self.name, self.captions.seqs.ceiling)
+            await cluster.reserve(self.name, self.captions.seqs.reserve_ahead())  # in Redis before a seq leaves
         except (RedisError, OSError) as error:
             await cluster.release(self.name)
             raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error

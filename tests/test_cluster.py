@@ -61,6 +61,14 @@ async def nodes(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisSer
         await node.runner.cleanup()
 
 
+async def started(url: str) -> websockets.ClientConnection:
+    """A publisher whose session started (``ready``), sending no audio yet."""
+    publisher = await websockets.connect(url)
+    await publisher.send(json.dumps({"type": "start"}))
+    assert json.loads(await publisher.recv())["type"] == "ready"
+    return publisher
+
+
 def captions(messages: list[dict[str, Any]], kinds: tuple[str, ...] = ("final", "correction")) -> list[
         tuple[int, str, str]]:
     return [(m["seq"], m["kind"], m["text"]) for m in messages if m.get("type") == "caption" and m["kind"] in kinds]
@@ -102,9 +110,7 @@ async def test_a_publisher_on_another_node_takes_the_room_over(nodes: list[LiveS
     room, done = "moving", asyncio.Event()
     on_c: list[dict[str, Any]] = []
     viewer = asyncio.create_task(collect(c.captions_url(room), done, on_c))
-    first = await websockets.connect(a.ingest_url(room))
-    await first.send(json.dumps({"type": "start"}))
-    assert json.loads(await first.recv())["type"] == "ready"
+    first = await started(a.ingest_url(room))
     await first.send(float_to_s16le(audio("librispeech-2412-153948-0002")))
     await asyncio.sleep(1.0)
     second = await stream_audio(b.ingest_url(room), audio("librispeech-3752-4944-0001"), speed=4.0)
@@ -138,9 +144,7 @@ async def test_corrections_go_to_the_node_that_captions(nodes: list[LiveServer],
             pass
         assert message["text"] == "corrected on b", "the viewer on node A got node B's correction"
         # while a publisher streams to A, B refuses: only A gives out the room's seqs
-        publisher = await websockets.connect(a.ingest_url(room))
-        await publisher.send(json.dumps({"type": "start"}))
-        assert json.loads(await publisher.recv())["type"] == "ready"
+        publisher = await started(a.ingest_url(room))
         async with http.post(f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
                              json={"seq": correction["seq"], "text": "again"}) as response:
             assert response.status == 409
@@ -180,9 +184,7 @@ async def test_redis_restarted_mid_stream_loses_no_final(nodes: list[LiveServer]
 async def test_operators_see_every_nodes_rooms_and_each_node_labels_its_metrics(nodes: list[LiveServer]) -> None:
     a, b, c = nodes
     room = "seen-everywhere"
-    publisher = await websockets.connect(a.ingest_url(room))
-    await publisher.send(json.dumps({"type": "start"}))
-    assert json.loads(await publisher.recv())["type"] == "ready"
+    publisher = await started(a.ingest_url(room))
     headers = {"Authorization": f"Bearer {c.keys.key('operator')}"}
     async with aiohttp.ClientSession() as http:
         for _ in range(50):  # nodes publish their rooms every second
@@ -209,9 +211,7 @@ async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveSer
     a, b, _ = nodes
     room = "recorded"
     headers = {"Authorization": f"Bearer {a.keys.key('operator')}"}
-    publisher = await websockets.connect(a.ingest_url(room))
-    await publisher.send(json.dumps({"type": "start"}))
-    assert json.loads(await publisher.recv())["type"] == "ready"
+    publisher = await started(a.ingest_url(room))
     async with aiohttp.ClientSession() as http:
         async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
                               json={"recording": True}) as response:
@@ -248,9 +248,7 @@ async def test_a_node_that_captioned_a_room_before_exports_what_others_made_sinc
 async def test_a_node_stops_following_when_its_last_viewer_leaves(nodes: list[LiveServer]) -> None:
     a, _, c = nodes
     room = "left-alone"
-    publisher = await websockets.connect(a.ingest_url(room))
-    await publisher.send(json.dumps({"type": "start"}))
-    assert json.loads(await publisher.recv())["type"] == "ready"
+    publisher = await started(a.ingest_url(room))
     async with websockets.connect(c.captions_url(room)):
         await asyncio.sleep(0.3)
         assert c.app[ROOMS].rooms[room]._follower is not None
