@@ -174,11 +174,24 @@ def _labels(arguments: argparse.Namespace, options: ServerOptions) -> int:
 
 def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
     """``livecap settings ROOM [--set NAME=VALUE ...] [--audit]``; a running server sees a change at once."""
+    import redis
+    from redis.exceptions import RedisError
+
+    from livecap.cluster import share_settings
     from livecap.errors import InvalidRequest
 
     if not _is_room(arguments.room):
         return 2
     store = SettingsStore(options.data_dir / "settings")
+    client = redis.Redis.from_url(options.redis, socket_timeout=5.0) if options.redis and arguments.changes else None
+    if client is not None:  # every node of the cluster takes the change (``cluster.share_settings``)
+
+        def share(room: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
+            with client.pipeline() as pipe:
+                share_settings(pipe, room, options.node_name, settings, audit)
+                pipe.execute()
+
+        store.shared = share
     if arguments.audit:
         for entry in store.audit(arguments.room):
             print(json.dumps(entry))
@@ -192,11 +205,21 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
         except ValueError:
             values[name.strip()] = text
     try:
+        if client is not None:
+            client.ping()  # before anything changes: a change must reach every node or none
+    except RedisError as error:
+        print(f"settings: the cluster's Redis is unreachable ({error}); nothing changed", file=sys.stderr)
+        return 1
+    try:
         old = store.get(arguments.room)
         current = store.change(arguments.room, changes(values, old), "cli", time.time()) if values else old
     except InvalidRequest as error:
         print(f"settings: {error.message}", file=sys.stderr)
         return 2
+    except RedisError as error:
+        print(f"settings: changed on this node, but not shared with the others ({error}): "
+              "make the change again, through the API or here, when Redis answers", file=sys.stderr)
+        return 1
     print(json.dumps(current.shown(), indent=2))
     return 0
 

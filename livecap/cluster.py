@@ -22,6 +22,8 @@ Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 - ``livecap:{room}:covered``: how much of each publisher session's audio its finals cover;
 - ``livecap:{room}:owner``: the owner's node id, with a lease (``lease_s``);
 - ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
+- ``livecap:{room}:settings``: the room's settings (``settings.RoomSettings``), the last
+  change made on any node; each change is appended to the stream ``livecap:settings``;
 - ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring.
 
 Stream ids are the seqs, so Redis itself refuses an event whose seq is not
@@ -67,6 +69,10 @@ COVERED_MS = 3_600_000
 """How long Redis remembers what a publisher session's finals cover: a reconnection comes within seconds."""
 NODE_STATE_S = 1.0
 """How often a node publishes its rooms for the operators (they expire after 5 times that)."""
+SETTINGS_LOG = "livecap:settings"
+"""Stream of the changes of room settings, in order: ``room``, ``node`` (that made it) and ``audit``
+(the change's audit entry, JSON); about the last ``SETTINGS_CHANGES`` kept."""
+SETTINGS_CHANGES = 10_000
 
 _RENEW = """
 local owner = redis.call('GET', KEYS[1])
@@ -104,6 +110,19 @@ def key(room: str, what: str) -> str:
     return f"livecap:{{{room}}}:{what}"
 
 
+def room_of(settings_key: str) -> str:
+    """The room of a ``livecap:{room}:settings`` key."""
+    return settings_key.removeprefix("livecap:{").removesuffix("}:settings")
+
+
+def share_settings(pipe: Any, room: str, node: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
+    """Queue on a Redis pipeline (async or not) the commands that give every node ``settings``
+    (as kept in files, secrets included) changed by ``node``: stored, then logged with ``audit``."""
+    pipe.set(key(room, "settings"), json.dumps(settings))
+    pipe.xadd(SETTINGS_LOG, {"room": room, "node": node, "audit": json.dumps(audit)}, maxlen=SETTINGS_CHANGES,
+              approximate=True)
+
+
 def node_key(node: str) -> str:
     return f"livecap:node:{node}"
 
@@ -139,7 +158,7 @@ class Pending:
     """Something a node owes Redis, in the order it happened."""
 
     room: str
-    kind: Literal["event", "reserve", "cover", "state"]
+    kind: Literal["event", "reserve", "cover", "state", "settings"]
     seq: int
     """The event's seq, the ceiling reserved, or the milliseconds a session's finals cover."""
     session: str = ""
@@ -149,6 +168,9 @@ class Pending:
     """A final, correction or translation: kept in the lines stream too."""
 
 
+Adopt = Callable[[str, dict[str, Any], dict[str, Any] | None], Coroutine[Any, Any, None]]
+"""Called with (room, its settings as kept in files, the audit entry of the change or None) for
+settings changed on another node (``rooms.RoomRegistry.adopt_settings``)."""
 Lost = Callable[[str, str], Coroutine[Any, Any, None]]
 """Called with (room, the node that has it now) when this node lost a room it owned."""
 
@@ -204,11 +226,13 @@ class Cluster:
                                         socket_connect_timeout=2.0, health_check_interval=10)
         return cls(redis, node, metrics, lease_s, retention_s)
 
-    def start(self, rooms: Callable[[], Sequence[dict[str, Any]]]) -> None:
-        """Start writing the log, renewing leases and publishing ``rooms()`` for the operators."""
+    def start(self, rooms: Callable[[], Sequence[dict[str, Any]]], adopt: Adopt) -> None:
+        """Start writing the log, renewing leases, publishing ``rooms()`` for the operators and
+        passing room settings changed on other nodes to ``adopt``."""
         self._tasks = [asyncio.create_task(self._write(), name="cluster-writer"),
                        asyncio.create_task(self._keep_leases(), name="cluster-leases"),
-                       asyncio.create_task(self._publish_rooms(rooms), name="cluster-rooms")]
+                       asyncio.create_task(self._publish_rooms(rooms), name="cluster-rooms"),
+                       asyncio.create_task(self._watch_settings(adopt), name="cluster-settings")]
 
     async def close(self, drain_s: float = 3.0) -> None:
         """Write what is owed (for at most ``drain_s``), let go of the rooms, stop."""
@@ -241,6 +265,11 @@ class Cluster:
         """The room's state as its node last told it."""
         value = await self.redis.get(key(room, "state"))
         return cast(dict[str, Any], json.loads(value)) if value else None
+
+    def share(self, room: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
+        """Owe Redis room settings changed on this node (``settings.SettingsStore.shared``), with
+        the audit entry of the change: every node takes them (``_watch_settings``)."""
+        self._owe(Pending(room, "settings", 0, fields={"settings": settings, "audit": audit}))
 
     def cover(self, room: str, session: str, ms: int) -> None:
         """Owe Redis how much of a publisher session's audio its finals cover (``Room.covered``)."""
@@ -310,6 +339,9 @@ class Cluster:
                     pipe.xadd(key(item.room, "live"), item.fields, id=f"{item.seq}-*", maxlen=LIVE_EVENTS,
                               approximate=True)
                     pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
+                elif item.kind == "settings":
+                    assert item.fields is not None
+                    share_settings(pipe, item.room, self.node, item.fields["settings"], item.fields["audit"])
                 else:
                     assert item.fields is not None
                     events.add(len(pipe))
@@ -492,6 +524,53 @@ class Cluster:
                     except Exception:  # one event this node cannot read or apply is no reason to stop
                         log.exception("room %s: event %s of the shared log skipped", room, entry)
 
+    # ---- room settings
+
+    async def _watch_settings(self, adopt: Adopt) -> None:
+        """Keep this node's room settings the cluster's: every room's at the start (and after Redis
+        lost its data), then each change another node makes, in order, from the settings log, which
+        a node that was away from Redis reads on from where it was. Last writer wins: a change makes
+        a node read the room's settings key, which holds the latest."""
+        backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
+        last: str | None = None
+        """The last entry of the settings log taken; None: read every room's settings first."""
+        while True:
+            try:
+                if last is None:
+                    top = entries(await self.redis.xrevrange(SETTINGS_LOG, count=1))
+                    last = top[0][0] if top else "0-0"
+                    async for name in self.redis.scan_iter(match=key("*", "settings"), count=100):
+                        await self._adopt(adopt, room_of(name), None)
+                found = cast(list[tuple[str, Any]], await self.redis.xread({SETTINGS_LOG: last}, count=100, block=1000))
+                if not found:
+                    top = entries(await self.redis.xrevrange(SETTINGS_LOG, count=1))
+                    if _entry_order(top[0][0] if top else "0-0") < _entry_order(last):
+                        last = None  # the log is older than what this node took: Redis lost its data
+                    continue
+            except (RedisError, OSError) as error:
+                await self._retry(error, backoff)
+                continue
+            self._reached(backoff)
+            for _, stream in found:
+                for entry, change in entries(stream):
+                    last = entry
+                    if change.get("node") == self.node:
+                        continue
+                    try:
+                        audit = {**json.loads(change["audit"]), "node": change["node"]}
+                        await self._adopt(adopt, change["room"], audit)
+                    except (ValueError, KeyError, TypeError) as error:
+                        log.error("settings log entry %s skipped: %s", entry, error)
+
+    async def _adopt(self, adopt: Adopt, room: str, audit: dict[str, Any] | None) -> None:
+        value = await self.redis.get(key(room, "settings"))
+        if value is None:
+            return
+        try:
+            await adopt(room, json.loads(value), audit)
+        except Exception:  # one room's settings this node cannot take are no reason to stop taking others
+            log.exception("room %s: settings from Redis not taken", room, extra={"room": room})
+
     # ---- the operators' view
 
     async def _publish_rooms(self, rooms: Callable[[], Sequence[dict[str, Any]]]) -> None:
@@ -509,6 +588,11 @@ class Cluster:
         names = [name async for name in self.redis.scan_iter(match=node_key("*"), count=100)]
         values = await self.redis.mget(names) if names else []
         return sorted((json.loads(v) for v in values if v), key=lambda n: str(n["node"]))
+
+
+def _entry_order(entry: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _superseded(old: Pending, new: Pending) -> bool:

@@ -129,12 +129,7 @@ async def change_room_settings(request: web.Request) -> web.Response:
             return _refusal(request, InvalidRequest(error.message))
     if store is not None:
         store.change(name, values, key_id(presented_key(request)), time.time())
-    if room is not None:
-        if {"language", "translate", "candidates"} & values.keys():
-            room.speak(new.language, new.translate, new.candidates)
-        room.announce()
-    if "outputs" in values and rooms.outputs is not None:  # a fixed URL or password is tried at once
-        rooms.outputs.configure(name, new.outputs)
+    rooms.apply_settings(name, new, values.keys())
     return _settings_answer(request, name)
 
 

@@ -22,8 +22,8 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -1005,6 +1005,36 @@ class RoomRegistry:
         if not is_room_name(name):
             raise ProtocolError(ROOM_NAME_RULE)
         return self.settings.get(name) if self.settings is not None else RoomSettings()
+
+    def apply_settings(self, name: str, new: RoomSettings, changed: Collection[str]) -> None:
+        """Room ``name``'s settings are ``new`` (kept already), the ``changed`` ones just set: a room
+        held here speaks the language set (pinned; ``auto`` set again detects again; its model
+        loaded by ``Scheduler.prepare``) and tells its pages, and its outputs (on the node that
+        captions it) take a fixed URL or password at once."""
+        room = self.rooms.get(name)
+        if room is not None:
+            if {"language", "translate", "candidates"} & set(changed):
+                room.speak(new.language, new.translate, new.candidates)
+            room.announce()
+        if "outputs" in changed and self.outputs is not None and (
+                self.cluster is None or (room is not None and room.owned)):  # outputs run where the room is captioned
+            self.outputs.configure(name, new.outputs)
+
+    async def adopt_settings(self, name: str, data: dict[str, Any], audit: dict[str, Any] | None) -> None:
+        """Room settings changed on another node of the cluster (``Cluster``): kept here
+        (``SettingsStore.adopt``) and applied as a change made here would be."""
+        if self.settings is None:
+            return
+        if not is_room_name(name):  # Redis holds what any of its clients wrote: never a path
+            log.error("settings of %r in Redis skipped: %s", name, ROOM_NAME_RULE)
+            return
+        old = self.settings.get(name)
+        self.settings.adopt(name, data, audit)
+        new = self.settings.get(name)
+        changed = [f.name for f in fields(RoomSettings) if getattr(old, f.name) != getattr(new, f.name)]
+        if name in self.rooms and {"language", "translate"} & set(changed):
+            await self.scheduler.prepare(new.language, new.translate)
+        self.apply_settings(name, new, changed)
 
     async def transcript(self, name: str, track: Track = "original") -> list[CaptionEvent]:
         """The room's transcript on ``track``, read from disk when the room is not held:

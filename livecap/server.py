@@ -243,10 +243,10 @@ async def _output_settings(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """With ``--redis``: write the shared log, keep the leases, and publish this node's rooms for
-    the operators of every node; at shutdown (after the rooms' last finals), write what is owed
-    and let the rooms go."""
-    cluster = app[ROOMS].cluster
+    """With ``--redis``: write the shared log, keep the leases, publish this node's rooms for
+    the operators of every node, and share room settings with the other nodes; at shutdown
+    (after the rooms' last finals), write what is owed and let the rooms go."""
+    cluster, settings = app[ROOMS].cluster, app[ROOMS].settings
     if cluster is None:
         yield
         return
@@ -256,7 +256,9 @@ async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
         return [room_state(app, room, mono, wall, fallback.name if fallback else None)
                 for room in app[ROOMS].rooms.values() if room.session is not None or room.viewers]
 
-    cluster.start(rooms)
+    if settings is not None:
+        settings.shared = cluster.share
+    cluster.start(rooms, app[ROOMS].adopt_settings)
     log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
     yield
     await cluster.close()

@@ -9,7 +9,9 @@ file changes (``livecap settings`` may change it while the server runs);
 every change is appended to ``DATA_DIR/settings/audit.jsonl``: who (the
 operator key's id, or ``"cli"``), when, and each field that changed, old →
 new. The server-wide flags (``--glossary``, ``--viewer-keys``) are the
-defaults of rooms that do not set their own.
+defaults of rooms that do not set their own. In a cluster (``--redis``)
+every node keeps every room's settings: a change made on one is shared
+through Redis (``cluster``) and kept and audited by the others as if made there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -136,15 +139,19 @@ class SettingsStore:
         self.directory = directory
         self.audit_path = directory / "audit.jsonl"
         directory.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, tuple[float, RoomSettings]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], RoomSettings]] = {}
+        self.shared: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None
+        """Told of each change made here, as kept in the file and with its audit entry
+        (``Cluster.share``), so that every node of a cluster has it."""
 
     def get(self, room: str) -> RoomSettings:
         """The room's settings (the defaults if it has none), read again when its file changed."""
         path = self._path(room)
         try:
-            changed = path.stat().st_mtime_ns
+            stat = path.stat()
         except FileNotFoundError:
             return RoomSettings()
+        changed = (stat.st_mtime_ns, stat.st_ino)  # a write replaces the file: a new inode, whatever the clock
         cached = self._cache.get(room)
         if cached is None or cached[0] != changed:
             cached = self._cache[room] = (changed, RoomSettings.from_json(json.loads(path.read_text())))
@@ -159,9 +166,25 @@ class SettingsStore:
         if not changed:
             return old
         self._write(room, new)
-        with open(self.audit_path, "a", opener=_private) as file:
-            file.write(json.dumps({"time": round(wall, 3), "room": room, "who": who, "changes": changed}) + "\n")
+        entry = {"time": round(wall, 3), "room": room, "who": who, "changes": changed}
+        self._audit(entry)
+        if self.shared is not None:
+            self.shared(room, new.to_json(), entry)
         return new
+
+    def adopt(self, room: str, data: dict[str, Any], audit: dict[str, Any] | None) -> None:
+        """Settings changed on another node of the cluster (as kept in files), kept here unless
+        they are these already, and ``audit``, the change's entry (None: settings read again
+        after this node was away from Redis, whose changes it did not see), appended."""
+        settings = RoomSettings.from_json(data)
+        if settings != self.get(room):
+            self._write(room, settings)
+        if audit is not None:
+            self._audit(audit)
+
+    def _audit(self, entry: dict[str, Any]) -> None:
+        with open(self.audit_path, "a", opener=_private) as file:
+            file.write(json.dumps(entry) + "\n")
 
     def audit(self, room: str | None = None) -> list[dict[str, Any]]:
         """The audit log (of one room), oldest first."""

@@ -21,11 +21,12 @@ import websockets
 
 from benchmarks.cluster import Node, RedisServer, failover
 from benchmarks.scoring import word_error_rate
-from livecap.appkeys import ROOMS
+from livecap.appkeys import OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.audio import float_to_s16le
 from livecap.auth import Keys
 from livecap.captions import CaptionState, SeqCounter
+from livecap.cli import main
 from livecap.client import stream_audio
 from livecap.cluster import Cluster, merged
 from livecap.config import ServerOptions
@@ -229,6 +230,74 @@ async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveSer
     await publisher.close()
 
 
+async def settings_on(node: LiveServer, room: str, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The room's settings on ``node`` once they include ``wanted`` (within 5 s)."""
+    store = node.app[ROOMS].settings
+    assert store is not None
+    for _ in range(50):
+        if (shown := store.get(room).shown()).items() >= wanted.items():
+            return shown
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{room} on {node.base}: {store.get(room).shown()} lacks {wanted}")
+
+
+async def test_room_settings_changed_on_any_node_reach_every_node(nodes: list[LiveServer]) -> None:
+    """Behind a load balancer, an operator's change lands on any node: the node captioning the
+    room takes it (a recording switched on through node b is recorded and said on node c's
+    pages), every node audits it, and a change through the command line reaches them too."""
+    a, b, c = nodes
+    room = "set-anywhere"
+    headers = {"Authorization": f"Bearer {b.keys.key('operator')}"}
+    publisher = await started(a.ingest_url(room))
+    async with websockets.connect(c.captions_url(room)) as viewer:
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as http, http.patch(
+                f"{b.base}/operator/rooms/{room}/settings", headers=headers,
+                json={"recording": True, "glossary": ["Sintra", "OBS"]}) as response:
+            assert response.status == 200, await response.text()
+        wanted = {"recording": True, "glossary": ["Sintra", "OBS"]}
+        for node in nodes:
+            await settings_on(node, room, wanted)
+        assert a.app[ROOMS].rooms[room].glossary.terms == ("Sintra", "OBS"), "the owner recognises with it"
+        while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "room":
+            pass
+        assert message["recording"] is True, "the owner records, and says so on every node's pages"
+    for node in (a, c):
+        store = node.app[ROOMS].settings
+        assert store is not None
+        audit = store.audit(room)
+        assert audit[-1]["node"] == "b" and audit[-1]["changes"]["recording"] == [False, True]
+    assert main(["settings", room, "--set", "recording=false", "--data-dir", str(b.app[OPTIONS].data_dir),
+                 "--redis", b.app[OPTIONS].redis, "--node", "b"]) == 0
+    for node in nodes:
+        await settings_on(node, room, {"recording": False, "glossary": ["Sintra", "OBS"]})
+    await publisher.close()
+
+
+async def test_a_node_that_joins_later_has_every_rooms_settings(nodes: list[LiveServer], redis_server: RedisServer,
+                                                                tmp_path: Path) -> None:
+    a = nodes[0]
+    async with aiohttp.ClientSession() as http, http.patch(
+            f"{a.base}/operator/rooms/early/settings", headers={"Authorization": f"Bearer {a.keys.key('operator')}"},
+            json={"language": "fr", "translate": "en"}) as response:
+        assert response.status == 200
+    late = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none", redis=redis_server.url,
+                              node="late")
+    try:
+        await settings_on(late, "early", {"language": "fr", "translate": "en"})
+    finally:
+        await late.runner.cleanup()
+
+
+def test_the_settings_command_changes_nothing_when_redis_is_unreachable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A change must reach every node or none: with the cluster's Redis down, nothing is written."""
+    assert main(["settings", "hall", "--set", "recording=true", "--data-dir", str(tmp_path),
+                 "--redis", "redis://127.0.0.1:9/0"]) == 1
+    assert "nothing changed" in capsys.readouterr().err
+    assert not (tmp_path / "settings" / "hall.json").exists()
+
+
 async def test_a_node_that_captioned_a_room_before_exports_what_others_made_since(nodes: list[LiveServer]) -> None:
     a, b, _ = nodes
     room = "handed-on"
@@ -323,11 +392,15 @@ def test_the_dashboard_shows_a_room_as_its_owner_sees_it() -> None:
     assert shown["only-here"]["node"] == "a" and shown["elsewhere"]["node"] == "b"
 
 
+async def ignore_settings(room: str, settings: dict[str, Any], audit: dict[str, Any] | None) -> None:
+    """For a ``Cluster`` started without rooms: no settings to take."""
+
+
 async def test_redis_refuses_a_seq_that_is_not_new(redis_server: RedisServer) -> None:
     """A node that lost its lease without knowing it cannot write over its successor's events."""
     metrics = Metrics()
     cluster = Cluster.connect(redis_server.url, "stale", metrics, 3.0, 60.0)
-    cluster.start(lambda: [])
+    cluster.start(lambda: [], ignore_settings)
     try:
         state = CaptionState("fenced")
         first = state.final(state.new_segment(), (Word("one", 0, 1, 1.0),), 0.0, 1.0, "e", "v", 0.0)
