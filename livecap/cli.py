@@ -183,11 +183,11 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
     if not _is_room(arguments.room):
         return 2
     store = SettingsStore(options.data_dir / "settings")
-    client = redis.Redis.from_url(options.redis, socket_timeout=5.0) if options.redis and arguments.changes else None
-    if client is not None:  # every node of the cluster takes the change (``cluster.share_settings``)
+    cluster = options.redis if arguments.changes else ""
+    if cluster:  # every node of the cluster takes the change (``cluster.share_settings``)
 
         def share(room: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
-            with client.pipeline() as pipe:
+            with redis.Redis.from_url(cluster, socket_timeout=5.0) as client, client.pipeline() as pipe:
                 share_settings(pipe, room, options.node_name, settings, audit)
                 pipe.execute()
 
@@ -205,8 +205,9 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
         except ValueError:
             values[name.strip()] = text
     try:
-        if client is not None:
-            client.ping()  # before anything changes: a change must reach every node or none
+        if cluster:  # before anything changes: a change must reach every node or none
+            with redis.Redis.from_url(cluster, socket_timeout=5.0) as client:
+                client.ping()
     except RedisError as error:
         print(f"settings: the cluster's Redis is unreachable ({error}); nothing changed", file=sys.stderr)
         return 1

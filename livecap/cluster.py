@@ -13,8 +13,8 @@ and keeps what it owes Redis in order, to write when Redis is back.
 Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 
 - ``livecap:{room}:live``: every event, stream id ``SEQ-0``, and every change of the room's
-  state (``Room.state``) after event SEQ, ``SEQ-1``, ``SEQ-2``…; about the last
-  ``LIVE_EVENTS`` kept (partials are transient);
+  state (``Room.state``) and its end by an operator after event SEQ, ``SEQ-1``, ``SEQ-2``…;
+  about the last ``LIVE_EVENTS`` kept (partials are transient);
 - ``livecap:{room}:lines``: finals, corrections and translations, id
   ``SEQ-0``; kept ``retention`` after the room's last line;
 - ``livecap:{room}:seq``: the highest seq ceiling reserved (``captions.SeqCounter``);
@@ -24,7 +24,9 @@ Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 - ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
 - ``livecap:{room}:settings``: the room's settings (``settings.RoomSettings``), the last
   change made on any node; each change is appended to the stream ``livecap:settings``;
-- ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring.
+- ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring;
+- ``livecap:inbox:{node}``: operators' requests forwarded to the node (``forward``), each
+  answered on its own ``livecap:reply:…`` list.
 
 Stream ids are the seqs, so Redis itself refuses an event whose seq is not
 above every seq the room's log holds: a node that lost its lease without
@@ -38,6 +40,7 @@ import collections
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from livecap.captions import LINE_KINDS, CaptionEvent
 from livecap.client import Backoff
-from livecap.errors import PublisherReplaced, RoomElsewhere, ServerBusy
+from livecap.errors import InternalError, PublisherReplaced, RoomElsewhere, ServerBusy
 from livecap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,13 @@ SETTINGS_LOG = "livecap:settings"
 """Stream of the changes of room settings, in order: ``room``, ``node`` (that made it) and ``audit``
 (the change's audit entry, JSON); about the last ``SETTINGS_CHANGES`` kept."""
 SETTINGS_CHANGES = 10_000
+REPLY_S = 5.0
+"""How long a node waits for another to answer a request it forwarded (``forward``); older
+requests are not carried out."""
+INBOX_REQUESTS = 1000
+ENDED_FRESH_S = 10.0
+"""A room's end in its live stream closes a follower's viewers only this soon after: a node that
+follows the room later (its next publisher's) must not take an old end for a new one."""
 
 _RENEW = """
 local owner = redis.call('GET', KEYS[1])
@@ -127,6 +137,10 @@ def node_key(node: str) -> str:
     return f"livecap:node:{node}"
 
 
+def inbox_key(node: str) -> str:
+    return f"livecap:inbox:{node}"
+
+
 def entry_id(seq: int) -> str:
     return f"{seq}-0"
 
@@ -158,7 +172,7 @@ class Pending:
     """Something a node owes Redis, in the order it happened."""
 
     room: str
-    kind: Literal["event", "reserve", "cover", "state", "settings"]
+    kind: Literal["event", "reserve", "cover", "state", "ended", "settings"]
     seq: int
     """The event's seq, the ceiling reserved, or the milliseconds a session's finals cover."""
     session: str = ""
@@ -171,6 +185,10 @@ class Pending:
 Adopt = Callable[[str, dict[str, Any], dict[str, Any] | None], Coroutine[Any, Any, None]]
 """Called with (room, its settings as kept in files, the audit entry of the change or None) for
 settings changed on another node (``rooms.RoomRegistry.adopt_settings``)."""
+Answer = tuple[int, dict[str, Any]]
+"""An operator's request carried out: its HTTP status and JSON body."""
+Handler = Callable[[str, str, dict[str, Any]], Coroutine[Any, Any, Answer]]
+"""Carries out (action, room, body), a request another node forwarded (``Cluster.forward``)."""
 Lost = Callable[[str, str], Coroutine[Any, Any, None]]
 """Called with (room, the node that has it now) when this node lost a room it owned."""
 
@@ -213,6 +231,7 @@ class Cluster:
         self.last_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._losing: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[None]] = set()
         self._reserve = redis.register_script(_RESERVE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -226,13 +245,15 @@ class Cluster:
                                         socket_connect_timeout=2.0, health_check_interval=10)
         return cls(redis, node, metrics, lease_s, retention_s)
 
-    def start(self, rooms: Callable[[], Sequence[dict[str, Any]]], adopt: Adopt) -> None:
-        """Start writing the log, renewing leases, publishing ``rooms()`` for the operators and
-        passing room settings changed on other nodes to ``adopt``."""
+    def start(self, rooms: Callable[[], Sequence[dict[str, Any]]], adopt: Adopt, handle: Handler) -> None:
+        """Start writing the log, renewing leases, publishing ``rooms()`` for the operators,
+        passing room settings changed on other nodes to ``adopt`` and requests they forward
+        to ``handle``."""
         self._tasks = [asyncio.create_task(self._write(), name="cluster-writer"),
                        asyncio.create_task(self._keep_leases(), name="cluster-leases"),
                        asyncio.create_task(self._publish_rooms(rooms), name="cluster-rooms"),
-                       asyncio.create_task(self._watch_settings(adopt), name="cluster-settings")]
+                       asyncio.create_task(self._watch_settings(adopt), name="cluster-settings"),
+                       asyncio.create_task(self._serve(handle), name="cluster-inbox")]
 
     async def close(self, drain_s: float = 3.0) -> None:
         """Write what is owed (for at most ``drain_s``), let go of the rooms, stop."""
@@ -260,6 +281,11 @@ class Cluster:
     def tell(self, room: str, state: dict[str, Any], after: int) -> None:
         """Owe Redis the room's new state (``Room.state``: recording, language), told after event ``after``."""
         self._owe(Pending(room, "state", after, fields={"room": json.dumps(state)}))
+
+    def ended(self, room: str, after: int) -> None:
+        """Owe Redis the room's end by an operator here, after event ``after``: the nodes that
+        follow it close their viewers (``follow``)."""
+        self._owe(Pending(room, "ended", after, fields={"ended": f"{time.time():.3f}"}))
 
     async def room_state(self, room: str) -> dict[str, Any] | None:
         """The room's state as its node last told it."""
@@ -334,11 +360,12 @@ class Cluster:
                 elif item.kind == "cover":
                     pipe.hset(key(item.room, "covered"), item.session, item.seq)
                     pipe.pexpire(key(item.room, "covered"), COVERED_MS)
-                elif item.kind == "state":  # between events: stream id SEQ-1, SEQ-2, … after event SEQ
+                elif item.kind in ("state", "ended"):  # between events: stream id SEQ-1, SEQ-2, … after event SEQ
                     assert item.fields is not None
                     pipe.xadd(key(item.room, "live"), item.fields, id=f"{item.seq}-*", maxlen=LIVE_EVENTS,
                               approximate=True)
-                    pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
+                    if item.kind == "state":
+                        pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
                 elif item.kind == "settings":
                     assert item.fields is not None
                     share_settings(pipe, item.room, self.node, item.fields["settings"], item.fields["audit"])
@@ -398,7 +425,7 @@ class Cluster:
                     break
                 if not take:
                     raise RoomElsewhere(f"room {room!r} is held by another node now (its publisher streams there, "
-                                        "or an edit is being made there); correct it there, or try again")
+                                        "or an edit is being made there); try again")
                 if await self.redis.get(key(room, "claim")) != self.node:
                     raise PublisherReplaced("another publisher took over this room")
                 if time.monotonic() > deadline:
@@ -491,9 +518,11 @@ class Cluster:
             start = f"({page[-1][0]}"
 
     async def follow(self, room: str, after: int, apply: Callable[[CaptionEvent, float], None],
-                     tell: Callable[[dict[str, Any]], None], following: Callable[[], bool]) -> None:
-        """Apply the room's events after seq ``after`` (``apply(event, made)``, Unix time) and its
-        state changes (``tell``) as they come, while ``following()``. Partials a follower missed
+                     tell: Callable[[dict[str, Any]], None], ended: Callable[[], None],
+                     following: Callable[[], bool]) -> None:
+        """Apply the room's events after seq ``after`` (``apply(event, made)``, Unix time), its
+        state changes (``tell``) and its end by an operator (``ended``, if less than
+        ``ENDED_FRESH_S`` old) as they come, while ``following()``. Partials a follower missed
         while Redis was out are not sent again; lines missed are (``lines_after``)."""
         last, last_id = after, entry_id(after)
         backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
@@ -512,17 +541,90 @@ class Cluster:
                     if not following():
                         return
                     last_id, seq = entry, seq_of(entry)
-                    if "room" not in fields and seq <= last:
-                        continue
                     try:
                         if "room" in fields:
                             tell(json.loads(fields["room"]))
+                            continue
+                        if "ended" in fields:
+                            if time.time() - float(fields["ended"]) < ENDED_FRESH_S:
+                                ended()
+                            continue
+                        if seq <= last:
                             continue
                         last = seq
                         event, made = decode(fields)
                         apply(event, made)
                     except Exception:  # one event this node cannot read or apply is no reason to stop
                         log.exception("room %s: event %s of the shared log skipped", room, entry)
+
+    # ---- operators' requests for the node that captions a room
+
+    async def owner(self, room: str) -> str | None:
+        """The node that holds the room's lease (captions it), if any; ``ServerBusy`` when Redis
+        is unreachable."""
+        try:
+            return cast(str | None, await self.redis.get(key(room, "owner")))
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
+
+    async def forward(self, node: str, action: str, room: str, body: dict[str, Any]) -> Answer:
+        """Have ``node``, which captions the room, carry out an operator's request made here
+        (``action`` with its JSON ``body``): its answer. ``ServerBusy`` when Redis is unreachable
+        or ``node`` does not answer within ``REPLY_S``."""
+        reply = f"livecap:reply:{secrets.token_hex(12)}"
+        deadline = time.monotonic() + REPLY_S
+        try:
+            await self.redis.xadd(inbox_key(node), {"action": action, "room": room, "body": json.dumps(body),
+                                                    "reply": reply, "t": f"{time.time():.3f}"},
+                                  maxlen=INBOX_REQUESTS, approximate=True)
+            while (left := deadline - time.monotonic()) > 0:
+                if found := await self.redis.blpop([reply], timeout=min(1.0, left)):
+                    answer = json.loads(found[1])
+                    return int(answer["status"]), cast(dict[str, Any], answer["body"])
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            raise ServerBusy("this node cannot reach the cluster's Redis; try again shortly", 2.0) from error
+        raise ServerBusy(f"node {node}, which captions room {room!r}, did not answer; try again", 2.0)
+
+    async def _serve(self, handle: Handler) -> None:
+        """Carry out the requests other nodes forward to this one, each in a task of its own."""
+        backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
+        last: str | None = None
+        """The last request read; None: start after the newest (older ones were given up)."""
+        while True:
+            try:
+                if last is None:
+                    top = entries(await self.redis.xrevrange(inbox_key(self.node), count=1))
+                    last = top[0][0] if top else "0-0"
+                found = cast(list[tuple[str, Any]],
+                             await self.redis.xread({inbox_key(self.node): last}, count=50, block=1000))
+            except (RedisError, OSError) as error:
+                await self._retry(error, backoff)
+                continue
+            self._reached(backoff)
+            for _, stream in found or []:
+                for entry, request in entries(stream):
+                    last = entry
+                    task = asyncio.create_task(self._answer(handle, request))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, handle: Handler, request: dict[str, str]) -> None:
+        try:
+            if time.time() - float(request["t"]) > REPLY_S:
+                return  # the node that forwarded it answered its operator already
+            status, body = await handle(request["action"], request["room"], json.loads(request["body"]))
+        except Exception:  # the operator is told, as for a request made here
+            log.exception("a request forwarded by another node failed: %s", request)
+            status, body = 500, InternalError("the node that captions the room failed to carry it out").to_event()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(request["reply"], json.dumps({"status": status, "body": body}))
+                pipe.pexpire(request["reply"], int(REPLY_S * 2000))
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            self.failed(error)
 
     # ---- room settings
 

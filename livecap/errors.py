@@ -24,7 +24,7 @@ generated from this module's classes (see ``tests/test_errors.py``)::
         ├── InvalidRequest       400   a correction, flag or rating with a bad field
         ├── UnknownSeq           404   no line of the room has that seq
         ├── EditConflict         409   the line was corrected since the editor saw it
-        ├── RoomElsewhere        409   another node captions the room (--redis); correct it there
+        ├── RoomElsewhere        409   the room moved to another node meanwhile (--redis); try again
         └── TooManyRequests      429   flags and ratings faster than allowed
 
 Close codes come from RFC 6455 §7.4.1 (1001, 1002, 1003, 1007, 1008, 1009, 1011), RFC
@@ -197,8 +197,9 @@ class EditConflict(Refused):
 
 
 class RoomElsewhere(Refused):
-    """With ``--redis``, a correction made on a node that does not caption the room: only the
-    node with its publisher gives out the room's seqs."""
+    """With ``--redis``, a correction on a node while the room moved to another: only the node
+    with its publisher gives out the room's seqs, and corrections go there (``Cluster.forward``);
+    this is left when the room moved while one was being made."""
 
     code = "room_elsewhere"
     http_status = 409

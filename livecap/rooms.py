@@ -244,9 +244,12 @@ class Room:
     def __init__(self, name: str, scheduler: Scheduler, defaults: RoomDefaults, store: TranscriptStore | None,
                  labels: LabelStore | None = None, settings: SettingsStore | None = None,
                  recordings: RecordingStore | None = None, outputs: OutputHub | None = None,
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, on_ended: Callable[[str], None] | None = None) -> None:
+        """``on_ended``: called with the room's name when the node that captions it ended it (an
+        operator there), for this node to end it too."""
         self.name = name
         self.cluster = cluster
+        self._on_ended = on_ended
         self.owned = cluster is None
         """Whether this node makes the room's captions: always without a cluster; with one, while
         it holds the room's lease (``acquire``). Otherwise it follows the node that does."""
@@ -527,7 +530,8 @@ class Room:
                 if (state := await cluster.room_state(self.name)) is not None:
                     self.mirror_state(state)
                 self._caught_up.set()
-                await cluster.follow(self.name, self.log_seq, self.mirror, self.mirror_state, lambda: not self.owned)
+                await cluster.follow(self.name, self.log_seq, self.mirror, self.mirror_state, self._ended_there,
+                                     lambda: not self.owned)
             except (RedisError, OSError) as error:
                 cluster.failed(error)
                 await asyncio.sleep(1.0)
@@ -535,6 +539,10 @@ class Room:
                 log.exception("room %s: catching up with the room's log failed; trying again", self.name,
                               extra={"room": self.name})
                 await asyncio.sleep(5.0)
+
+    def _ended_there(self) -> None:
+        if self._on_ended is not None:
+            self._on_ended(self.name)
 
     async def catch_up(self) -> None:
         """On a node that neither captions nor follows the room: take the lines the shared log has
@@ -953,6 +961,7 @@ class RoomRegistry:
         self.max_rooms = max_rooms
         self.max_viewer_rooms = max_viewer_rooms
         self.rooms: dict[str, Room] = {}
+        self._ending: set[asyncio.Task[tuple[bool, int] | None]] = set()
 
     @property
     def publishers(self) -> int:
@@ -991,7 +1000,7 @@ class RoomRegistry:
         room = self.rooms.get(name)  # an idle room may just have left memory
         if room is None:
             room = Room(name, self.scheduler, self.defaults, self.store, self.labels, self.settings, self.recordings,
-                        self.outputs, self.cluster)
+                        self.outputs, self.cluster, self._ended_elsewhere)
             if not publisher and not room.captions.finals and self._empty_rooms() >= self.max_viewer_rooms:
                 raise ServerBusy(f"the server holds its maximum of {self.max_viewer_rooms} rooms that have "
                                  "neither a publisher nor a transcript; try again later")
@@ -1064,19 +1073,29 @@ class RoomRegistry:
         """Rooms held for viewers alone with nothing to show."""
         return sum(not room.publisher_room and not room.captions.finals for room in self.rooms.values())
 
-    async def end(self, name: str) -> tuple[bool, int] | None:
+    async def end(self, name: str, tell: bool = True) -> tuple[bool, int] | None:
         """End the room ``name`` (see ``Room.end``) and let it leave memory;
-        None when no such room is held."""
+        None when no such room is held. With ``--redis`` and ``tell``, the nodes that follow
+        the room end it too, once their viewers have what it said (``Cluster.ended``)."""
         room = self.rooms.get(name)
         if room is None:
             return None
         try:
-            return await room.end(time.monotonic())
+            ended = await room.end(time.monotonic())
+            if self.cluster is not None and tell:
+                self.cluster.ended(name, room.log_seq)
+            return ended
         finally:
             room.unfollow()
             await room.release()
             if self.rooms.get(name) is room:
                 del self.rooms[name]
+
+    def _ended_elsewhere(self, name: str) -> None:
+        """The node that captions room ``name`` ended it: so does this one."""
+        task = asyncio.create_task(self.end(name, tell=False), name=f"end-{name}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def close(self) -> None:
         """Server shutdown: every open utterance becomes final, and subscribers get it (see ``drain``)."""

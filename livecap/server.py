@@ -57,7 +57,7 @@ from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.labels import LabelStore
 from livecap.metrics import Metrics, NodeLabelled
-from livecap.operator import add_operator_routes, room_state
+from livecap.operator import add_operator_routes, carry_out, room_state
 from livecap.outputs.runner import OutputHub
 from livecap.pages import add_page_routes, room_name
 from livecap.recordings import SWEEP_INTERVAL_S, RecordingStore
@@ -258,7 +258,7 @@ async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     if settings is not None:
         settings.shared = cluster.share
-    cluster.start(rooms, app[ROOMS].adopt_settings)
+    cluster.start(rooms, app[ROOMS].adopt_settings, functools.partial(carry_out, app))
     log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
     yield
     await cluster.close()

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import redis
 import websockets
 
 from benchmarks.cluster import Node, RedisServer, failover
@@ -144,13 +145,64 @@ async def test_corrections_go_to_the_node_that_captions(nodes: list[LiveServer],
         while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["seq"] != correction["seq"]:
             pass
         assert message["text"] == "corrected on b", "the viewer on node A got node B's correction"
-        # while a publisher streams to A, B refuses: only A gives out the room's seqs
+        # while a publisher streams to A, only A gives out the room's seqs: B has A make it
         publisher = await started(a.ingest_url(room))
         async with http.post(f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
                              json={"seq": correction["seq"], "text": "again"}) as response:
-            assert response.status == 409
-            assert (await response.json())["code"] == "room_elsewhere"
+            assert response.status == 200, await response.text()
+            again = await response.json()
+        assert again["seq"] > correction["seq"] and again["text"] == "again"
+        while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["seq"] != again["seq"]:
+            pass
+        assert a.app[ROOMS].rooms[room].owned, "A still captions the room"
+        async with http.post(f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
+                             json={"seq": correction["seq"], "text": "stale"}) as response:
+            assert response.status == 409 and (await response.json())["code"] == "edit_conflict", \
+                "A's refusal, as A gives it"
         await publisher.close()
+
+
+async def test_an_operator_request_to_a_node_that_does_not_answer_is_refused_in_time(
+        nodes: list[LiveServer], redis_server: RedisServer) -> None:
+    """The room's lease names a node that died a moment ago: the request is answered 503, not hung."""
+    b = nodes[1]
+    room = "ghost-owned"
+    redis.Redis(port=redis_server.port).set(f"livecap:{{{room}}}:owner", "ghost", px=20_000)
+    headers = {"Authorization": f"Bearer {b.keys.key('operator')}"}
+    async with aiohttp.ClientSession() as http:
+        began = asyncio.get_running_loop().time()
+        async with http.post(f"{b.base}/operator/rooms/{room}/end", headers=headers) as response:
+            assert response.status == 503
+            assert "ghost" in await response.text()
+        assert asyncio.get_running_loop().time() - began < 8
+    redis.Redis(port=redis_server.port).delete(f"livecap:{{{room}}}:owner")
+
+
+async def test_ending_a_room_on_any_node_ends_it_on_every_node(nodes: list[LiveServer]) -> None:
+    """Behind a load balancer the operator's "end" lands on any node: the publisher's node ends the
+    room, and viewers on every node get its last line, then room_ended (4410)."""
+    a, b, c = nodes
+    room = "ended-everywhere"
+    on_c: list[dict[str, Any]] = []
+    publisher = await started(a.ingest_url(room))
+    async with websockets.connect(c.captions_url(room)) as viewer:
+        await asyncio.sleep(0.3)
+        await publisher.send(float_to_s16le(audio(SPEECH[0])[: 16000 * 4]))  # mid-sentence
+        await asyncio.sleep(1.0)
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{b.base}/operator/rooms/{room}/end",
+                headers={"Authorization": f"Bearer {b.keys.key('operator')}"}) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"room": room, "ended": True, "publisher_closed": True,
+                                             "viewers_closed": 0}, "a's answer: c's viewer is c's to close"
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                on_c.append(json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))
+    assert viewer.close_code == 4410 and on_c[-1]["code"] == "room_ended"
+    said = await drain(publisher)
+    assert publisher.close_code == 4410
+    assert captions(said) and captions(on_c) == captions(said), "c's viewer got the line the end made final"
+    assert room not in a.app[ROOMS].rooms and room not in c.app[ROOMS].rooms
 
 
 async def test_redis_restarted_mid_stream_loses_no_final(nodes: list[LiveServer], redis_server: RedisServer) -> None:
@@ -337,7 +389,7 @@ async def test_seqs_go_on_growing_after_redis_lost_its_data(nodes: list[LiveServ
     viewer = asyncio.create_task(collect(b.captions_url(room), done, on_b))
     await asyncio.sleep(0.3)
     first = await stream_audio(a.ingest_url(room), audio("librispeech-1988-24833-0000"), speed=3.0)
-    await asyncio.to_thread(lambda: __import__("redis").Redis(port=redis_server.port).flushall())
+    await asyncio.to_thread(redis.Redis(port=redis_server.port).flushall)
     await asyncio.sleep(1.5)
     assert room not in c.app[ROOMS].rooms, "node c never held the room"
     second = await stream_audio(c.ingest_url(room), audio("librispeech-2412-153948-0002"), speed=3.0)
@@ -396,11 +448,15 @@ async def ignore_settings(room: str, settings: dict[str, Any], audit: dict[str, 
     """For a ``Cluster`` started without rooms: no settings to take."""
 
 
+async def no_requests(action: str, room: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    raise AssertionError("no other node knows this one")
+
+
 async def test_redis_refuses_a_seq_that_is_not_new(redis_server: RedisServer) -> None:
     """A node that lost its lease without knowing it cannot write over its successor's events."""
     metrics = Metrics()
     cluster = Cluster.connect(redis_server.url, "stale", metrics, 3.0, 60.0)
-    cluster.start(lambda: [], ignore_settings)
+    cluster.start(lambda: [], ignore_settings, no_requests)
     try:
         state = CaptionState("fenced")
         first = state.final(state.new_segment(), (Word("one", 0, 1, 1.0),), 0.0, 1.0, "e", "v", 0.0)
