@@ -34,8 +34,8 @@ from redis.exceptions import RedisError
 from livecap.appkeys import KEYS, METRICS, OPTIONS, ROOMS, SCHEDULER
 from livecap.asr.faults import MAX_DELAY_S, FaultInjector, Faults
 from livecap.auth import presented_key
-from livecap.cluster import Answer, merged
-from livecap.errors import InvalidRequest, LivecapError, Refused, RoomElsewhere, json_object
+from livecap.cluster import merged
+from livecap.errors import InvalidRequest, LivecapError, Refused, json_object
 from livecap.glossary import propose_terms
 from livecap.labels import key_id
 from livecap.latency import LATENCY_KINDS, WINDOW_S
@@ -92,43 +92,15 @@ async def correct_line(request: web.Request) -> web.Response:
     keys = request.app[KEYS]
     keys.require_operator(request)
     name = room_name(request)
-    cluster = request.app[ROOMS].cluster
     try:
         seq, text = _correction(await json_request(request))
-        by = key_id(presented_key(request))
-        try:
-            status, body = await _correct(request.app, name, seq, text, by)
-        except RoomElsewhere:
-            if cluster is None or (owner := await cluster.owner(name)) in (None, cluster.node):
-                raise
-            status, body = await cluster.forward(owner, "correct", name, {"seq": seq, "text": text, "by": by})
+        status, body = await request.app[ROOMS].on_owner(
+            "correct", name, {"seq": seq, "text": text, "by": key_id(presented_key(request))})
     except Refused as refusal:
         return _refusal(request, refusal)
     except LivecapError as error:  # the registry is full, or the node captioning the room did not answer (ServerBusy)
         raise web.HTTPServiceUnavailable(text=error.message) from None
     return web.json_response(body, status=status)
-
-
-async def _correct(app: web.Application, name: str, seq: int, text: str, by: str) -> Answer:
-    room = app[ROOMS].get(name)
-    async with room.owning():
-        event = room.correct(seq, text, by, time.time(), await room.archived(seq))
-    return 200, event.to_message()
-
-
-async def carry_out(app: web.Application, action: str, name: str, body: dict[str, Any]) -> Answer:
-    """A request another node forwarded to this one, which captions room ``name``
-    (``Cluster.forward``; the operator key was checked there): ``correct`` (``seq``, ``text``,
-    ``by``, the key's id) or ``end``, answered as if made here."""
-    try:
-        if action == "correct":
-            return await _correct(app, name, int(body["seq"]), str(body["text"]), str(body["by"]))
-        if action == "end":
-            return _ended(name, await app[ROOMS].end(name))
-    except Refused as refusal:
-        app[METRICS].refusals.labels(refusal.code).inc()
-        return refusal.http_status, refusal.to_event()
-    raise ValueError(f"no such action: {action!r}")
 
 
 async def room_settings(request: web.Request) -> web.Response:
@@ -407,23 +379,10 @@ async def end_room(request: web.Request) -> web.Response:
     their viewers too, once these have its last lines."""
     request.app[KEYS].require_operator(request)
     name = room_name(request)
-    rooms = request.app[ROOMS]
-    room, cluster = rooms.rooms.get(name), rooms.cluster
     try:
-        if cluster is not None and not (room is not None and room.owned) \
-                and (owner := await cluster.owner(name)) not in (None, cluster.node):
-            status, body = await cluster.forward(owner, "end", name, {})
-        else:
-            status, body = _ended(name, await rooms.end(name))
+        status, body = await request.app[ROOMS].on_owner("end", name, {})
     except LivecapError as error:  # Redis, or the node captioning the room, did not answer (ServerBusy)
         raise web.HTTPServiceUnavailable(text=error.message) from None
     if status == 404:
         raise web.HTTPNotFound(text=f"room {name!r} is not open")
     return web.json_response(body, status=status)
-
-
-def _ended(name: str, result: tuple[bool, int] | None) -> Answer:
-    if result is None:
-        return 404, {"room": name, "ended": False}
-    publisher, viewers = result
-    return 200, {"room": name, "ended": True, "publisher_closed": publisher, "viewers_closed": viewers}

@@ -36,8 +36,8 @@ from livecap.asr.scheduler import Scheduler
 from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
 from livecap.captions import LINE_KINDS, RECOVERED, CaptionEvent, CaptionState, Settled, Track
-from livecap.cluster import Cluster
-from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, RoomEnded, ServerBusy
+from livecap.cluster import Answer, Cluster
+from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, Refused, RoomEnded, ServerBusy
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
 from livecap.ingest import Resend
@@ -1090,6 +1090,47 @@ class RoomRegistry:
             await room.release()
             if self.rooms.get(name) is room:
                 del self.rooms[name]
+
+    async def on_owner(self, action: str, name: str, body: dict[str, Any]) -> Answer:
+        """Carry out ``action`` on room ``name`` (``carry_out``) where the room is captioned: here,
+        or with ``--redis`` on the node that captions it (forwarded through Redis,
+        ``Cluster.forward``; ``ServerBusy`` if it does not answer). Only that node gives out the
+        room's seqs, holds its publisher and keeps the labels of the lines it made."""
+        room = self.rooms.get(name)
+        if self.cluster is not None and not (room is not None and room.owned):
+            owner = await self.cluster.owner(name)
+            if owner is not None and owner != self.cluster.node:
+                return await self.cluster.forward(owner, action, name, body)
+        return await self.carry_out(action, name, body)
+
+    async def carry_out(self, action: str, name: str, body: dict[str, Any]) -> Answer:
+        """``action`` on room ``name`` here, asked here or by another node (``on_owner``): an
+        operator's ``correct`` (``seq``, ``text``, ``by``: the key's id) or ``end``, a viewer's
+        ``flag`` (``seq``, ``viewer``) or ``rate`` (``stars``, ``viewer``); a refusal is answered
+        with its status and event."""
+        wall = time.time()
+        try:
+            if action == "end":
+                ended = await self.end(name)
+                if ended is None:
+                    return 404, {"room": name, "ended": False}
+                return 200, {"room": name, "ended": True, "publisher_closed": ended[0], "viewers_closed": ended[1]}
+            room = self.get(name)
+            if action == "correct":
+                seq = int(body["seq"])
+                async with room.owning():
+                    event = room.correct(seq, str(body["text"]), str(body["by"]), wall, await room.archived(seq))
+                return 200, event.to_message()
+            if action == "flag":
+                counted = room.flag(int(body["seq"]), str(body["viewer"]), wall)
+                return 200, {"type": "flagged", "seq": int(body["seq"]), "counted": counted}
+            if action == "rate":
+                room.rate(int(body["stars"]), str(body["viewer"]), wall)
+                return 200, {"type": "rated", "stars": int(body["stars"])}
+        except Refused as refusal:
+            self.scheduler.metrics.refusals.labels(refusal.code).inc()
+            return refusal.http_status, refusal.to_event()
+        raise ValueError(f"no such action: {action!r}")
 
     def _ended_elsewhere(self, name: str) -> None:
         """The node that captions room ``name`` ended it: so does this one."""

@@ -57,7 +57,7 @@ from livecap.glossary import Glossary
 from livecap.ingest import AudioReceived, IngestEvent, IngestProtocol, PublisherWarning, Started, Stopped
 from livecap.labels import LabelStore
 from livecap.metrics import Metrics, NodeLabelled
-from livecap.operator import add_operator_routes, carry_out, room_state
+from livecap.operator import add_operator_routes, room_state
 from livecap.outputs.runner import OutputHub
 from livecap.pages import add_page_routes, room_name
 from livecap.recordings import SWEEP_INTERVAL_S, RecordingStore
@@ -258,7 +258,7 @@ async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     if settings is not None:
         settings.shared = cluster.share
-    cluster.start(rooms, app[ROOMS].adopt_settings, functools.partial(carry_out, app))
+    cluster.start(rooms, app[ROOMS].adopt_settings, app[ROOMS].carry_out)
     log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
     yield
     await cluster.close()
@@ -740,11 +740,11 @@ async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room
                             subscriber.acknowledged(seq)
                             room.acknowledged(seq, now, age_s)
                         case ViewerFlag(seq):
-                            counted = room.flag(seq, viewer, time.time())
-                            await _answer(ws, room, {"type": "flagged", "seq": seq, "counted": counted})
+                            answer = await _label(request, room, "flag", {"seq": seq, "viewer": viewer})
+                            await _answer(ws, room, answer)
                         case ViewerRating(stars):
-                            room.rate(stars, viewer, time.time())
-                            await _answer(ws, room, {"type": "rated", "stars": stars})
+                            answer = await _label(request, room, "rate", {"stars": stars, "viewer": viewer})
+                            await _answer(ws, room, answer)
                 except Refused as refusal:
                     request.app[METRICS].refusals.labels(refusal.code).inc()
                     await _answer(ws, room, refusal.to_event())
@@ -756,6 +756,16 @@ async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room
                 subscriber.ponged(message.data)
     except LivecapError as error:
         subscriber.disconnect(error)
+
+
+async def _label(request: web.Request, room: Room, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A viewer's flag or rating, taken where the room is captioned (``RoomRegistry.on_owner``:
+    its labels are kept there); the answer for the viewer, who stays connected whatever it is."""
+    try:
+        return (await request.app[ROOMS].on_owner(action, room.name, body))[1]
+    except ServerBusy as busy:  # --redis: the node captioning the room did not answer
+        request.app[METRICS].refusals.labels(busy.code).inc()
+        return {**busy.to_event(), "type": "refused"}
 
 
 async def _close_viewer(request: web.Request, ws: web.WebSocketResponse, room: Room, error: LivecapError) -> None:

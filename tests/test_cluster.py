@@ -162,6 +162,34 @@ async def test_corrections_go_to_the_node_that_captions(nodes: list[LiveServer],
         await publisher.close()
 
 
+async def test_flags_and_ratings_on_any_node_count_where_the_room_is_captioned(nodes: list[LiveServer]) -> None:
+    """The editor's list of flagged lines and the quality figures are the captioning node's: a
+    viewer's flag or rating on another node goes there, and the viewer gets that node's answer."""
+    a, _, c = nodes
+    room = "flagged-elsewhere"
+    publisher = await started(a.ingest_url(room))
+    async with websockets.connect(c.captions_url(room)) as viewer:
+        await asyncio.sleep(0.3)
+        said = float_to_s16le(np.concatenate([audio(SPEECH[0]), np.zeros(32000, dtype=np.float32)]))
+        for start in range(0, len(said), 32000):  # the publisher stays: the room stays a's
+            await publisher.send(said[start : start + 32000])
+        while (final := json.loads(await asyncio.wait_for(viewer.recv(), timeout(20)))).get("kind") != "final":
+            pass
+        for ask in ({"type": "flag", "seq": final["seq"]}, {"type": "flag", "seq": final["seq"]},
+                    {"type": "flag", "seq": 10**6}, {"type": "rating", "stars": 2}):
+            await viewer.send(json.dumps(ask))
+        answers = []
+        while len(answers) < 4:
+            if (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "caption":
+                answers.append(message)
+    assert [(m["type"], m.get("counted"), m.get("code")) for m in answers] == [
+        ("flagged", True, None), ("flagged", False, None), ("refused", None, "unknown_seq"), ("rated", None, None)]
+    owner = a.app[ROOMS].rooms[room]
+    assert sum(owner.flags_by_version.values()) == 1 and list(owner.ratings.values()) == [2]
+    assert [line["seq"] for line in owner.quality()["flagged"]] == [final["seq"]], "on the editor's list"
+    await publisher.close()
+
+
 async def test_an_operator_request_to_a_node_that_does_not_answer_is_refused_in_time(
         nodes: list[LiveServer], redis_server: RedisServer) -> None:
     """The room's lease names a node that died a moment ago: the request is answered 503, not hung."""
