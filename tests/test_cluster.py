@@ -178,7 +178,7 @@ async def test_flags_and_ratings_on_any_node_count_where_the_room_is_captioned(n
         for ask in ({"type": "flag", "seq": final["seq"]}, {"type": "flag", "seq": final["seq"]},
                     {"type": "flag", "seq": 10**6}, {"type": "rating", "stars": 2}):
             await viewer.send(json.dumps(ask))
-        answers = []
+        answers: list[dict[str, Any]] = []
         while len(answers) < 4:
             if (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "caption":
                 answers.append(message)
