@@ -333,7 +333,8 @@ class Room:
     @property
     def label(self) -> str:
         """The room's bounded Prometheus label: "other" until a publisher
-        takes the room, so that viewers of invented names cannot use up the
+        takes the room (here, or with ``--redis`` on the node this one follows:
+        its first event), so that viewers of invented names cannot use up the
         named labels that publishers' rooms need."""
         return self._label or "other"
 
@@ -341,6 +342,9 @@ class Room:
         """A publisher came (see ``RoomRegistry.get``): the room counts against
         ``max_rooms`` and gets its own label."""
         self.publisher_room = True
+        self._name_label()
+
+    def _name_label(self) -> None:
         if self._label is None:
             self._label = self.scheduler.metrics.room(self.name)
             if self.viewers and self._label != "other":  # viewers who came early move to the room's own label
@@ -503,6 +507,7 @@ class Room:
         the transcript file, for resume and export here) and sent to this node's viewers."""
         if not self.captions.apply(event):
             return
+        self._name_label()  # a room some node captions: its viewers here are counted under its name
         if self.store is not None and event.kind in LINE_KINDS:
             self.store.append(event, made)
         self.audio_end = max(self.audio_end, event.end)

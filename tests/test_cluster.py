@@ -22,7 +22,7 @@ import websockets
 
 from benchmarks.cluster import Node, RedisServer, failover
 from benchmarks.scoring import word_error_rate
-from livecap.appkeys import OPTIONS, ROOMS
+from livecap.appkeys import METRICS, OPTIONS, ROOMS
 from livecap.asr.engine import Word
 from livecap.audio import float_to_s16le
 from livecap.auth import Keys
@@ -175,6 +175,8 @@ async def test_flags_and_ratings_on_any_node_count_where_the_room_is_captioned(n
             await publisher.send(said[start : start + 32000])
         while (final := json.loads(await asyncio.wait_for(viewer.recv(), timeout(20)))).get("kind") != "final":
             pass
+        assert c.app[METRICS].registry.get_sample_value("livecap_viewers", {"room": room}) == 1, \
+            "c counts its viewer under the room's name, not 'other'"
         for ask in ({"type": "flag", "seq": final["seq"]}, {"type": "flag", "seq": final["seq"]},
                     {"type": "flag", "seq": 10**6}, {"type": "rating", "stars": 2}):
             await viewer.send(json.dumps(ask))
