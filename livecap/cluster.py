@@ -22,8 +22,9 @@ Keys (``{room}`` is a hash tag: a room's keys stay on one Redis Cluster shard):
 - ``livecap:{room}:covered``: how much of each publisher session's audio its finals cover;
 - ``livecap:{room}:owner``: the owner's node id, with a lease (``lease_s``);
 - ``livecap:{room}:claim``: the node waiting to take the room over (the newest publisher);
-- ``livecap:{room}:settings``: the room's settings (``settings.RoomSettings``), the last
-  change made on any node; each change is appended to the stream ``livecap:settings``;
+- ``livecap:{room}:settings``: the room's settings (``settings.RoomSettings``), a hash of one
+  JSON value per setting, as last changed on any node; each change is appended to the stream
+  ``livecap:settings``, which each node reads on from ``livecap:node:{node}:settings-read``;
 - ``livecap:node:{node}``: a node's rooms as the dashboard shows them, expiring;
 - ``livecap:inbox:{node}``: operators' requests forwarded to the node (``forward``), each
   answered on its own ``livecap:reply:…`` list.
@@ -40,6 +41,7 @@ import collections
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -51,7 +53,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from livecap.captions import LINE_KINDS, CaptionEvent
 from livecap.client import Backoff
-from livecap.errors import InternalError, PublisherReplaced, RoomElsewhere, ServerBusy
+from livecap.errors import InternalError, InvalidRequest, PublisherReplaced, RoomElsewhere, ServerBusy
 from livecap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,14 @@ SETTINGS_LOG = "livecap:settings"
 """Stream of the changes of room settings, in order: ``room``, ``node`` (that made it) and ``audit``
 (the change's audit entry, JSON); about the last ``SETTINGS_CHANGES`` kept."""
 SETTINGS_CHANGES = 10_000
-REPLY_S = 5.0
-"""How long a node waits for another to answer a request it forwarded (``forward``); older
-requests are not carried out."""
+REPLY_S = 10.0
+"""How long a node waits for another to answer a request it forwarded (``forward``)..."""
+START_S = 2.0
+"""...which that node carries out only if it reads it this soon after: an end drains its viewers for
+up to ``rooms.END_DRAIN_S`` and must be answered within ``REPLY_S``."""
+REPLY_PREFIX = "livecap:reply:"
+MAX_AUDIT_CHARS = 65_536
+"""Largest audit entry a node copies from the settings log (a change of 500 glossary terms is ~30 KB)."""
 INBOX_REQUESTS = 1000
 ENDED_FRESH_S = 10.0
 """A room's end in its live stream closes a follower's viewers only this soon after: a node that
@@ -92,6 +99,7 @@ elseif not owner then
   if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return {0, redis.call('GET', KEYS[2])}
   end
+  if tonumber(redis.call('GET', KEYS[3]) or '0') > tonumber(ARGV[3]) then return {0, ''} end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   return {0, owner}
@@ -100,8 +108,19 @@ if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then redis.ca
 return {1, redis.call('GET', KEYS[2]) or false}
 """
 """Renew the lease KEYS[1] of node ARGV[1] for ARGV[2] ms, or take it again if it lapsed (a Redis
-outage) and no other node claims the room (KEYS[2]), and raise the room's seq ceiling KEYS[3] to ARGV[3]
-(Redis may have lost it); {1, claimer or false} or {0, the node that has it}."""
+outage, this node stalled) and no other node claims the room (KEYS[2]) or reserved seqs above this
+node's ceiling ARGV[3] meanwhile (it held the room while this node stalled: this node is fenced off),
+and raise the room's seq ceiling KEYS[3] to ARGV[3] (Redis may have lost it); {1, claimer or false}
+or {0, the node that has it, '' if none}."""
+
+_TAKE = """
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+"""Take the lease KEYS[1] for node ARGV[1] (ARGV[2] ms) if nobody holds it and no other node claims
+the room (KEYS[2]: a publisher waiting to take it over goes first); 1 if this node holds it now."""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -125,10 +144,12 @@ def room_of(settings_key: str) -> str:
     return settings_key.removeprefix("livecap:{").removesuffix("}:settings")
 
 
-def share_settings(pipe: Any, room: str, node: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
-    """Queue on a Redis pipeline (async or not) the commands that give every node ``settings``
-    (as kept in files, secrets included) changed by ``node``: stored, then logged with ``audit``."""
-    pipe.set(key(room, "settings"), json.dumps(settings))
+def share_settings(pipe: Any, room: str, node: str, changed: dict[str, Any], audit: dict[str, Any]) -> None:
+    """Queue on a Redis pipeline (async or not) the commands that give every node the settings
+    ``changed`` by ``node`` (each as kept in files, secrets included): stored in the room's hash,
+    then logged with the change's ``audit`` entry."""
+    if changed:
+        pipe.hset(key(room, "settings"), mapping={name: json.dumps(value) for name, value in changed.items()})
     pipe.xadd(SETTINGS_LOG, {"room": room, "node": node, "audit": json.dumps(audit)}, maxlen=SETTINGS_CHANGES,
               approximate=True)
 
@@ -235,6 +256,7 @@ class Cluster:
         self._reserve = redis.register_script(_RESERVE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._take = redis.register_script(_TAKE)
         metrics.cluster_pending.set_function(lambda: len(self.pending))
         metrics.cluster_reachable.set_function(lambda: 1.0 if self.reachable else 0.0)
 
@@ -287,15 +309,23 @@ class Cluster:
         follow it close their viewers (``follow``)."""
         self._owe(Pending(room, "ended", after, fields={"ended": f"{time.time():.3f}"}))
 
+    async def ended_since(self, room: str, seconds: float = ENDED_FRESH_S) -> bool:
+        """Whether an operator ended the room in the last ``seconds`` (its live stream says so)."""
+        for _, fields in entries(await self.redis.xrevrange(key(room, "live"), count=20)):
+            if "ended" in fields:
+                with contextlib.suppress(ValueError):
+                    return time.time() - float(fields["ended"]) < seconds
+        return False
+
     async def room_state(self, room: str) -> dict[str, Any] | None:
         """The room's state as its node last told it."""
         value = await self.redis.get(key(room, "state"))
         return cast(dict[str, Any], json.loads(value)) if value else None
 
-    def share(self, room: str, settings: dict[str, Any], audit: dict[str, Any]) -> None:
+    def share(self, room: str, changed: dict[str, Any], audit: dict[str, Any]) -> None:
         """Owe Redis room settings changed on this node (``settings.SettingsStore.shared``), with
         the audit entry of the change: every node takes them (``_watch_settings``)."""
-        self._owe(Pending(room, "settings", 0, fields={"settings": settings, "audit": audit}))
+        self._owe(Pending(room, "settings", 0, fields={"changed": changed, "audit": audit}))
 
     def cover(self, room: str, session: str, ms: int) -> None:
         """Owe Redis how much of a publisher session's audio its finals cover (``Room.covered``)."""
@@ -368,7 +398,7 @@ class Cluster:
                         pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
                 elif item.kind == "settings":
                     assert item.fields is not None
-                    share_settings(pipe, item.room, self.node, item.fields["settings"], item.fields["audit"])
+                    share_settings(pipe, item.room, self.node, item.fields["changed"], item.fields["audit"])
                 else:
                     assert item.fields is not None
                     events.add(len(pipe))
@@ -420,8 +450,7 @@ class Cluster:
             if take:
                 await self.redis.set(key(room, "claim"), self.node, px=lease_ms + int(CLAIM_WAIT_S * 1000))
             while True:
-                if await self.redis.set(key(room, "owner"), self.node, nx=True, px=lease_ms) \
-                        or await self.redis.get(key(room, "owner")) == self.node:
+                if await self._take(keys=[key(room, "owner"), key(room, "claim")], args=[self.node, lease_ms]):
                     break
                 if not take:
                     raise RoomElsewhere(f"room {room!r} is held by another node now (its publisher streams there, "
@@ -485,9 +514,9 @@ class Cluster:
                 if room not in self.owned:
                     continue
                 if not held or (other and other != self.node):
-                    lost = self.owned.pop(room).lost
-                    log.info("room %s: node %s takes it over", room, other, extra={"room": room})
-                    task = asyncio.create_task(lost(room, str(other)))
+                    lost, other = self.owned.pop(room).lost, str(other or "another node")
+                    log.info("room %s: %s has it now", room, other, extra={"room": room})
+                    task = asyncio.create_task(lost(room, other))
                     self._losing.add(task)
                     task.add_done_callback(self._losing.discard)
 
@@ -496,6 +525,8 @@ class Cluster:
         dead owner showed of the utterance it was decoding (its ``words`` are those that settled)."""
         finished: set[int] = set()
         for _, fields in entries(await self.redis.xrevrange(key(room, "live"), count=100)):
+            if "m" not in fields:  # a change of the room's state, or its end
+                continue
             event, _ = decode(fields)
             if event.kind == "partial" and event.segment not in finished:
                 return event
@@ -571,13 +602,13 @@ class Cluster:
     async def forward(self, node: str, action: str, room: str, body: dict[str, Any]) -> Answer:
         """Have ``node``, which captions the room, carry out an operator's request made here
         (``action`` with its JSON ``body``): its answer. ``ServerBusy`` when Redis is unreachable
-        or ``node`` does not answer within ``REPLY_S``."""
-        reply = f"livecap:reply:{secrets.token_hex(12)}"
+        or ``node`` does not answer within ``REPLY_S`` (a node that reads the request later than
+        ``START_S`` after it was made leaves it undone: nothing is done that was answered 503)."""
+        reply = f"{REPLY_PREFIX}{secrets.token_hex(12)}"
         deadline = time.monotonic() + REPLY_S
         try:
             await self.redis.xadd(inbox_key(node), {"action": action, "room": room, "body": json.dumps(body),
-                                                    "reply": reply, "t": f"{time.time():.3f}"},
-                                  maxlen=INBOX_REQUESTS, approximate=True)
+                                                    "reply": reply}, maxlen=INBOX_REQUESTS, approximate=True)
             while (left := deadline - time.monotonic()) > 0:
                 if found := await self.redis.blpop([reply], timeout=min(1.0, left)):
                     answer = json.loads(found[1])
@@ -599,6 +630,9 @@ class Cluster:
                     last = top[0][0] if top else "0-0"
                 found = cast(list[tuple[str, Any]],
                              await self.redis.xread({inbox_key(self.node): last}, count=50, block=1000))
+            except ResponseError as error:
+                await self._refused(error, backoff)
+                continue
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue
@@ -606,70 +640,131 @@ class Cluster:
             for _, stream in found or []:
                 for entry, request in entries(stream):
                     last = entry
-                    task = asyncio.create_task(self._answer(handle, request))
+                    task = asyncio.create_task(self._answer(handle, entry, request))
                     self._answering.add(task)
                     task.add_done_callback(self._answering.discard)
 
-    async def _answer(self, handle: Handler, request: dict[str, str]) -> None:
+    async def _answer(self, handle: Handler, entry: str, request: dict[str, str]) -> None:
+        reply = request.get("reply", "")
+        if not reply.startswith(REPLY_PREFIX):
+            log.error("request %s of this node's inbox has no reply list: skipped", entry)
+            return
         try:
-            if time.time() - float(request["t"]) > REPLY_S:
-                return  # the node that forwarded it answered its operator already
-            status, body = await handle(request["action"], request["room"], json.loads(request["body"]))
-        except Exception:  # the operator is told, as for a request made here
-            log.exception("a request forwarded by another node failed: %s", request)
-            status, body = 500, InternalError("the node that captions the room failed to carry it out").to_event()
+            action, room, body = request["action"], request["room"], json.loads(request["body"])
+            if not isinstance(body, dict):
+                raise TypeError("the body is no JSON object")
+        except (KeyError, ValueError, TypeError, RecursionError) as error:
+            status, answer = 400, InvalidRequest(f"a forwarded request this node cannot read: {error!r:.200}"
+                                                 ).to_event()
+        else:
+            try:
+                seconds, microseconds = await self.redis.time()  # the entry's id is Redis's clock too: no skew
+            except (RedisError, OSError) as error:
+                self.failed(error)
+                return
+            if seconds + microseconds / 1e6 - _entry_order(entry)[0] / 1000 > START_S:
+                return  # its node will have answered 503 before this one could: left undone
+            try:
+                status, answer = await handle(action, room, body)
+            except Exception:  # the operator is told, as for a request made here
+                log.exception("request %s forwarded by another node failed", entry)
+                status, answer = 500, InternalError("the node that captions the room failed to carry it out").to_event()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(request["reply"], json.dumps({"status": status, "body": body}))
-                pipe.pexpire(request["reply"], int(REPLY_S * 2000))
+                pipe.rpush(reply, json.dumps({"status": status, "body": answer}))
+                pipe.pexpire(reply, int(REPLY_S * 2000))
                 await pipe.execute()
         except (RedisError, OSError) as error:
             self.failed(error)
+
+    async def _refused(self, error: ResponseError, backoff: Backoff) -> None:
+        """Redis answered, refusing (a key of the wrong type, written by something else): no outage."""
+        log.error("Redis refused a read of this node: %s", error)
+        await asyncio.sleep(backoff.next())
 
     # ---- room settings
 
     async def _watch_settings(self, adopt: Adopt) -> None:
         """Keep this node's room settings the cluster's: every room's at the start (and after Redis
-        lost its data), then each change another node makes, in order, from the settings log, which
-        a node that was away from Redis reads on from where it was. Last writer wins: a change makes
-        a node read the room's settings key, which holds the latest."""
+        lost its data), then, in order, each change made on any node, from the settings log, which
+        a node reads on from where it was (``livecap:node:{node}:settings-read``) across its
+        restarts and Redis outages: it audits every change another node made. Changes of different
+        settings made at once on two nodes both hold (a room's settings are a hash, a field per
+        setting, and each change makes every node read them again); of one setting, the last written."""
         backoff = Backoff(RETRY_S, MAX_BACKOFF_S)
+        read = f"{node_key(self.node)}:settings-read"
         last: str | None = None
         """The last entry of the settings log taken; None: read every room's settings first."""
         while True:
             try:
-                if last is None:
-                    top = entries(await self.redis.xrevrange(SETTINGS_LOG, count=1))
-                    last = top[0][0] if top else "0-0"
-                    async for name in self.redis.scan_iter(match=key("*", "settings"), count=100):
-                        await self._adopt(adopt, room_of(name), None)
-                found = cast(list[tuple[str, Any]], await self.redis.xread({SETTINGS_LOG: last}, count=100, block=1000))
+                position = last if last is not None else await self._read_all_settings(adopt, read)
+                last = position
+                found = cast(list[tuple[str, Any]],
+                             await self.redis.xread({SETTINGS_LOG: position}, count=100, block=1000))
                 if not found:
                     top = entries(await self.redis.xrevrange(SETTINGS_LOG, count=1))
-                    if _entry_order(top[0][0] if top else "0-0") < _entry_order(last):
+                    if _entry_order(top[0][0] if top else "0-0") < _entry_order(position):
+                        await self.redis.delete(read)
                         last = None  # the log is older than what this node took: Redis lost its data
                     continue
+                for _, stream in found:
+                    for entry, change in entries(stream):
+                        await self._take_change(adopt, entry, change)
+                        last = entry
+                await self.redis.set(read, last)
+            except ResponseError as error:
+                await self._refused(error, backoff)
+                continue
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue
             self._reached(backoff)
-            for _, stream in found:
-                for entry, change in entries(stream):
-                    last = entry
-                    if change.get("node") == self.node:
-                        continue
-                    try:
-                        audit = {**json.loads(change["audit"]), "node": change["node"]}
-                        await self._adopt(adopt, change["room"], audit)
-                    except (ValueError, KeyError, TypeError) as error:
-                        log.error("settings log entry %s skipped: %s", entry, error)
+
+    async def _read_all_settings(self, adopt: Adopt, read: str) -> str:
+        """Every room's settings read again; the entry of the settings log to read on from."""
+        top = entries(await self.redis.xrevrange(SETTINGS_LOG, count=1))
+        stored = cast(str | None, await self.redis.get(read))
+        async for name in self.redis.scan_iter(match=key("*", "settings"), count=100):
+            await self._adopt(adopt, room_of(name), None)
+        if stored is not None and STREAM_ID.fullmatch(stored):
+            return stored
+        return top[0][0] if top else "0-0"
+
+    async def _take_change(self, adopt: Adopt, entry: str, change: dict[str, str]) -> None:
+        """One entry of the settings log: the room's settings read again, and the change audited
+        here unless this node made it (and audited it then)."""
+        try:
+            room, node = change["room"], change["node"]
+            audit: dict[str, Any] | None = None
+            if node != self.node:
+                if len(change["audit"]) > MAX_AUDIT_CHARS:
+                    raise ValueError("audit entry too long")
+                audit = json.loads(change["audit"])
+                if not (isinstance(audit, dict) and audit.get("room") == room and isinstance(audit.get("who"), str)
+                        and isinstance(audit.get("changes"), dict) and isinstance(audit.get("time"), int | float)):
+                    raise ValueError("no audit entry of the room")
+                audit["node"] = node
+        except (KeyError, ValueError, TypeError, RecursionError) as error:  # written by something else
+            log.error("settings log entry %s skipped: %r", entry, error)
+            return
+        await self._adopt(adopt, room, audit)
 
     async def _adopt(self, adopt: Adopt, room: str, audit: dict[str, Any] | None) -> None:
-        value = await self.redis.get(key(room, "settings"))
-        if value is None:
+        try:
+            fields = cast(dict[str, str], await self.redis.hgetall(key(room, "settings")))
+        except ResponseError as error:
+            log.error("room %s: settings in Redis unreadable: %s", room, error, extra={"room": room})
+            return
+        data: dict[str, Any] = {}
+        for name, value in fields.items():
+            try:
+                data[name] = json.loads(value)
+            except (ValueError, RecursionError):
+                log.error("room %s: setting %r in Redis is no JSON: skipped", room, name[:100], extra={"room": room})
+        if not data:
             return
         try:
-            await adopt(room, json.loads(value), audit)
+            await adopt(room, data, audit)
         except Exception:  # one room's settings this node cannot take are no reason to stop taking others
             log.exception("room %s: settings from Redis not taken", room, extra={"room": room})
 
@@ -690,6 +785,9 @@ class Cluster:
         names = [name async for name in self.redis.scan_iter(match=node_key("*"), count=100)]
         values = await self.redis.mget(names) if names else []
         return sorted((json.loads(v) for v in values if v), key=lambda n: str(n["node"]))
+
+
+STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _entry_order(entry: str) -> tuple[int, int]:

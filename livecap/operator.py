@@ -40,7 +40,7 @@ from livecap.glossary import propose_terms
 from livecap.labels import key_id
 from livecap.latency import LATENCY_KINDS, WINDOW_S
 from livecap.pages import CLIENT_DIR, PAGE_HEADERS, room_name
-from livecap.rooms import Room
+from livecap.rooms import Room, correction
 from livecap.settings import changes
 
 RECENT_FINALS = 4
@@ -50,8 +50,6 @@ RECENT_FINALS = 4
 log = logging.getLogger(__name__)
 AUDIT_SHOWN = 20
 """Changes of a room's settings shown with them (``livecap settings ROOM --audit`` prints all)."""
-MAX_CORRECTION_CHARS = 2000
-"""A corrected line is one utterance: at most 15 s of speech."""
 MAX_SOURCE_CHARS = 100_000
 """Text to propose glossary terms from: a programme or a talk's slides."""
 
@@ -93,7 +91,7 @@ async def correct_line(request: web.Request) -> web.Response:
     keys.require_operator(request)
     name = room_name(request)
     try:
-        seq, text = _correction(await json_request(request))
+        seq, text = correction(await json_request(request))
         status, body = await request.app[ROOMS].on_owner(
             "correct", name, {"seq": seq, "text": text, "by": key_id(presented_key(request))})
     except Refused as refusal:
@@ -222,16 +220,6 @@ async def set_faults(request: web.Request) -> web.Response:
     injector.faults = faults
     log.warning("fault injector set to %s", faults)
     return web.json_response({"delay_s": faults.delay_s, "failure_rate": faults.failure_rate})
-
-
-def _correction(request: dict[str, Any]) -> tuple[int, str]:
-    seq, text = request.get("seq"), request.get("text")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise InvalidRequest("seq must be the seq of the line's version the editor saw")
-    line = " ".join(text.split()) if isinstance(text, str) else ""  # one line: line breaks become spaces
-    if not isinstance(text, str) or len(text) > MAX_CORRECTION_CHARS or not line.isprintable():
-        raise InvalidRequest(f"text must be printable text of at most {MAX_CORRECTION_CHARS} characters")
-    return seq, line
 
 
 async def operator_rooms(request: web.Request) -> web.Response:

@@ -37,7 +37,15 @@ from livecap.asr.streaming import StreamingOptions
 from livecap.asr.transcriber import FinalUpdate, PartialUpdate, Transcriber, TranscriptUpdate
 from livecap.captions import LINE_KINDS, RECOVERED, CaptionEvent, CaptionState, Settled, Track
 from livecap.cluster import Answer, Cluster
-from livecap.errors import LivecapError, ProtocolError, PublisherReplaced, Refused, RoomEnded, ServerBusy
+from livecap.errors import (
+    InvalidRequest,
+    LivecapError,
+    ProtocolError,
+    PublisherReplaced,
+    Refused,
+    RoomEnded,
+    ServerBusy,
+)
 from livecap.fanout import Broadcaster, Subscriber
 from livecap.glossary import Glossary
 from livecap.ingest import Resend
@@ -63,6 +71,8 @@ from its transcript file when asked for."""
 KEPT_SESSIONS = 16
 """Publisher sessions of a room whose coverage (``Room.covered``) is remembered: a reconnecting
 publisher names the one its connection lost."""
+MAX_CORRECTION_CHARS = 2000
+"""A corrected line is one utterance: at most 15 s of speech."""
 MAX_OPEN_FLAGS = 100
 """Flagged lines the dashboard lists for the editor (the most recently flagged)."""
 MOST_HEARD_TERMS = 8
@@ -606,10 +616,14 @@ class Room:
         """Another node took the room (a newer publisher there): the open utterance becomes final
         here, the publisher is told (``PublisherReplaced``), and this node follows the new owner."""
         self.owned = False
+        assert self.cluster is not None
+        with contextlib.suppress(RedisError, OSError):
+            if await self.cluster.ended_since(self.name):  # while this node stalled, an operator ended it elsewhere
+                self._ended_there()
+                return
         if (session := self.session) is not None:
             await session.stop(time.monotonic())
             await session.disconnect(PublisherReplaced(f"another publisher took over this room (on node {node})"))
-        assert self.cluster is not None
         await self.cluster.release(self.name)
         if self.viewers:
             await self.follow()
@@ -927,6 +941,32 @@ class PublisherSession:
         room.publish(room.captions.translation(final, text, engine, model_version, latency_ms))
 
 
+def correction(request: dict[str, Any]) -> tuple[int, str]:
+    """The seq and text of an editor's correction (``InvalidRequest`` naming what is wrong); the text
+    made one line."""
+    seq, text = request.get("seq"), request.get("text")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidRequest("seq must be the seq of the line's version the editor saw")
+    line = " ".join(text.split()) if isinstance(text, str) else ""  # one line: line breaks become spaces
+    if not isinstance(text, str) or len(text) > MAX_CORRECTION_CHARS or not line.isprintable():
+        raise InvalidRequest(f"text must be printable text of at most {MAX_CORRECTION_CHARS} characters")
+    return seq, line
+
+
+def _whole(body: dict[str, Any], name: str, least: int, most: int | None = None) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least or (most is not None and value > most):
+        raise InvalidRequest(f"{name} must be a whole number from {least}" + (f" to {most}" if most else ""))
+    return value
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 100:
+        raise InvalidRequest(f"{name} must be a short string")
+    return value
+
+
 @functools.lru_cache(maxsize=256)
 def _glossary(terms: tuple[str, ...]) -> Glossary:
     return Glossary(terms)
@@ -1116,26 +1156,37 @@ class RoomRegistry:
         wall = time.time()
         try:
             if action == "end":
-                ended = await self.end(name)
-                if ended is None:
-                    return 404, {"room": name, "ended": False}
-                return 200, {"room": name, "ended": True, "publisher_closed": ended[0], "viewers_closed": ended[1]}
+                return await self._end_here(name)
             room = self.get(name)
             if action == "correct":
-                seq = int(body["seq"])
+                seq, text = correction(body)
                 async with room.owning():
-                    event = room.correct(seq, str(body["text"]), str(body["by"]), wall, await room.archived(seq))
+                    event = room.correct(seq, text, _text(body, "by"), wall, await room.archived(seq))
                 return 200, event.to_message()
             if action == "flag":
-                counted = room.flag(int(body["seq"]), str(body["viewer"]), wall)
-                return 200, {"type": "flagged", "seq": int(body["seq"]), "counted": counted}
+                seq = _whole(body, "seq", 0)
+                return 200, {"type": "flagged", "seq": seq, "counted": room.flag(seq, _text(body, "viewer"), wall)}
             if action == "rate":
-                room.rate(int(body["stars"]), str(body["viewer"]), wall)
-                return 200, {"type": "rated", "stars": int(body["stars"])}
+                stars = _whole(body, "stars", 1, 5)
+                room.rate(stars, _text(body, "viewer"), wall)
+                return 200, {"type": "rated", "stars": stars}
+            raise InvalidRequest(f"no such action: {action!r:.100}")
         except Refused as refusal:
             self.scheduler.metrics.refusals.labels(refusal.code).inc()
             return refusal.http_status, refusal.to_event()
-        raise ValueError(f"no such action: {action!r}")
+        except LivecapError as error:  # the registry full, Redis unreachable (ServerBusy): try again
+            return 503, error.to_event()
+
+    async def _end_here(self, name: str) -> Answer:
+        room = self.rooms.get(name)
+        if room is not None and not room.owned:  # --redis: a room no node captions now; holding its lease
+            async with room.owning():  # keeps out an owner that stalled past it (the lease fences it off)
+                ended = await self.end(name)
+        else:
+            ended = await self.end(name)
+        if ended is None:
+            return 404, {"room": name, "ended": False}
+        return 200, {"room": name, "ended": True, "publisher_closed": ended[0], "viewers_closed": ended[1]}
 
     def _ended_elsewhere(self, name: str) -> None:
         """The node that captions room ``name`` ended it: so does this one."""

@@ -257,7 +257,7 @@ async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
                 for room in app[ROOMS].rooms.values() if room.session is not None or room.viewers]
 
     if settings is not None:
-        settings.shared = cluster.share
+        settings.shared, settings.node = cluster.share, cluster.node
     cluster.start(rooms, app[ROOMS].adopt_settings, app[ROOMS].carry_out)
     log.info("node %s: rooms shared through Redis (lease %g s)", cluster.node, cluster.lease_s)
     yield

@@ -141,8 +141,10 @@ class SettingsStore:
         directory.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, tuple[tuple[int, int], RoomSettings]] = {}
         self.shared: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None
-        """Told of each change made here, as kept in the file and with its audit entry
-        (``Cluster.share``), so that every node of a cluster has it."""
+        """Told of each change made here: the settings changed, as kept in the file, and the audit
+        entry (``Cluster.share``), so that every node of a cluster has it."""
+        self.node: str | None = None
+        """This node's name in a cluster: audit entries say where a change was made."""
 
     def get(self, room: str) -> RoomSettings:
         """The room's settings (the defaults if it has none), read again when its file changed."""
@@ -167,9 +169,12 @@ class SettingsStore:
             return old
         self._write(room, new)
         entry = {"time": round(wall, 3), "room": room, "who": who, "changes": changed}
+        if self.node is not None:
+            entry["node"] = self.node
         self._audit(entry)
         if self.shared is not None:
-            self.shared(room, new.to_json(), entry)
+            kept = new.to_json()
+            self.shared(room, {name: kept[name] for name in changed}, entry)
         return new
 
     def adopt(self, room: str, data: dict[str, Any], audit: dict[str, Any] | None) -> None:
@@ -192,7 +197,8 @@ class SettingsStore:
             return []
         entries = [json.loads(line) for line in self.audit_path.read_text().splitlines(keepends=True)
                    if line.endswith("\n")]
-        return [entry for entry in entries if room is None or entry["room"] == room]
+        return [entry for entry in entries
+                if isinstance(entry, dict) and (room is None or entry.get("room") == room)]
 
     def _write(self, room: str, settings: RoomSettings) -> None:
         fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{room}.", suffix=".tmp")
