@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 import websockets
+from redis import asyncio as aioredis
 
 from benchmarks.cluster import Node, RedisServer, failover
 from benchmarks.scoring import word_error_rate
@@ -29,7 +30,7 @@ from livecap.auth import Keys
 from livecap.captions import CaptionState, SeqCounter
 from livecap.cli import main
 from livecap.client import stream_audio
-from livecap.cluster import REPLY_S, Cluster, merged
+from livecap.cluster import REPLY_S, START_S, Cluster, entries, merged
 from livecap.config import ServerOptions
 from livecap.metrics import Metrics
 from livecap.server import create_app
@@ -310,6 +311,132 @@ async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveSer
                 pass
             assert message["recording"] is False, "and when it stops"
     await publisher.close()
+
+
+async def test_a_room_ended_after_a_change_of_its_state_starts_again_on_any_node(nodes: list[LiveServer]) -> None:
+    """Regression: the newest entries of the room's live stream were its state (recording switched
+    on) and its end; no node could take the room after (every publisher got internal_error)."""
+    a, b, c = nodes
+    room = "ended-then-again"
+    headers = {"Authorization": f"Bearer {a.keys.key('operator')}"}
+    publisher = await started(a.ingest_url(room))
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
+                              json={"recording": True}) as response:
+            assert response.status == 200
+        async with http.post(f"{b.base}/operator/rooms/{room}/end", headers=headers) as response:
+            assert response.status == 200, await response.text()
+    await drain(publisher)
+    assert publisher.close_code == 4410
+    result = await stream_audio(c.ingest_url(room), audio(SPEECH[1]), speed=3.0)
+    assert result.finals and not [m for m in result.messages if m.get("type") == "error"]
+
+
+async def test_an_owner_that_stalled_past_its_lease_is_fenced_off(redis_server: RedisServer) -> None:
+    """Regression: a node stopped (SIGSTOP, a long GC pause) past its lease while another made a
+    correction took the lease back when it woke and wrote seqs below the other's: Redis refused
+    them, so viewers elsewhere lost its finals. It now loses the room instead (its publisher is
+    told and reconnects to a node that goes on above every seq)."""
+    metrics = Metrics()
+    stalled = Cluster.connect(redis_server.url, "stalled", metrics, 1.0, 60.0)
+    other = Cluster.connect(redis_server.url, "other", metrics, 1.0, 60.0)
+    lost: list[str] = []
+
+    async def losing(room: str, node: str) -> None:
+        lost.append(node)
+
+    room = "stalled-owner"
+    assert await stalled.acquire(room) == 0
+    stalled.own(room, losing, lambda: 10)
+    await stalled.redis.delete(f"livecap:{{{room}}}:owner")  # its lease ran out while it did not run
+    await other.acquire(room, take=False)
+    await other.reserve(room, 1500)  # the correction's seq block
+    await other.release(room)
+    stalled.start(lambda: [], ignore_settings, no_requests)
+    try:
+        for _ in range(30):
+            if lost:
+                break
+            await asyncio.sleep(0.1)
+        assert lost == ["another node"] and room not in stalled.owned
+        assert await stalled.redis.get(f"livecap:{{{room}}}:owner") is None, "not taken back"
+    finally:
+        await stalled.close()
+        await other.redis.aclose()
+
+
+async def test_a_correction_waits_for_a_publisher_taking_the_room_over(nodes: list[LiveServer],
+                                                                        redis_server: RedisServer) -> None:
+    """Regression: between the old owner letting go and the new publisher's node taking the room,
+    a correction on a third node took the lease (and a seq block), in the new owner's way."""
+    a, b, _ = nodes
+    room = "claimed"
+    result = await stream_audio(a.ingest_url(room), audio(SPEECH[0]), speed=3.0)
+    redis.Redis(port=redis_server.port).set(f"livecap:{{{room}}}:claim", "c", px=3000)
+    headers = {"Authorization": f"Bearer {b.keys.key('operator')}"}
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{b.base}/operator/rooms/{room}/corrections", headers=headers,
+            json={"seq": result.finals[0]["seq"], "text": "too early"}) as response:
+        assert response.status == 409 and (await response.json())["code"] == "room_elsewhere"
+    redis.Redis(port=redis_server.port).delete(f"livecap:{{{room}}}:claim")
+
+
+async def test_a_forwarded_request_read_late_is_left_undone(nodes: list[LiveServer], redis_server: RedisServer) -> None:
+    """A request the captioning node reads after its node gave up (it stalled) is not carried out:
+    nothing is done that was answered 503. Requests written by anything else are refused, not crashed on."""
+    a = nodes[0]
+    room = "late-request"
+    publisher = await started(a.ingest_url(room))
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    inbox = "livecap:inbox:a"
+    top = entries(await client.xrevrange(inbox, count=1))
+    newest_ms = int(top[0][0].split("-")[0]) if top else 0
+    seconds, _ = await client.time()
+    await asyncio.sleep(max(0.0, newest_ms / 1000 + START_S + 1.5 - seconds))  # room below "now - START_S"
+    seconds, _ = await client.time()
+    late = max(newest_ms + 1, int((seconds - START_S - 1) * 1000))
+    await client.xadd(inbox, {"action": "end", "room": room, "body": "{}", "reply": "livecap:reply:late"},
+                      id=f"{late}-0")
+    await client.xadd(inbox, {"action": "end", "room": room, "body": "{}"})  # no reply list: skipped
+    asked: dict[str, dict[Any, Any]] = {
+        "livecap:reply:bad-body": {"action": "end", "room": room, "body": "[[["},
+        "livecap:reply:stars": {"action": "rate", "room": room, "body": json.dumps({"stars": 99, "viewer": "v"})},
+        "livecap:reply:action": {"action": "explode", "room": room, "body": "{}"}}
+    for reply, request in asked.items():
+        await client.xadd(inbox, {**request, "reply": reply})
+    statuses = {}
+    for reply in asked:
+        found = await client.blpop([reply], timeout=5)
+        statuses[reply] = json.loads(found[1])["status"] if found else None
+    assert statuses == {"livecap:reply:bad-body": 400, "livecap:reply:stars": 400, "livecap:reply:action": 400}
+    assert await client.lpop("livecap:reply:late") is None and room in a.app[ROOMS].rooms, "the late end not done"
+    await client.aclose()
+    await publisher.close()
+
+
+async def test_settings_changed_at_once_on_two_nodes_both_hold(nodes: list[LiveServer],
+                                                               redis_server: RedisServer) -> None:
+    """Two operators change different settings of a room at the same moment on two nodes: both
+    changes hold on every node (they were whole-object writes: the last one undid the other).
+    Entries of the settings log written by anything else are skipped: the next change still
+    reaches every node, and nobody's audit log takes them."""
+    a, b, _ = nodes
+    room = "two-operators"
+    client = redis.Redis(port=redis_server.port)
+    client.xadd("livecap:settings", {"room": room, "node": "x", "audit": "[" * 100_000})
+    client.xadd("livecap:settings", {"room": room, "node": "x", "audit": json.dumps({"who": "evil"})})
+    async with aiohttp.ClientSession() as http:
+        async def change(node: LiveServer, values: dict[str, Any]) -> None:
+            async with http.patch(f"{node.base}/operator/rooms/{room}/settings",
+                                  headers={"Authorization": f"Bearer {node.keys.key('operator')}"},
+                                  json=values) as response:
+                assert response.status == 200
+        await asyncio.gather(change(a, {"glossary": ["Sintra"]}), change(b, {"profanity": ["darn"]}))
+    for node in nodes:
+        await settings_on(node, room, {"glossary": ["Sintra"], "profanity": ["darn"]})
+        store = node.app[ROOMS].settings
+        assert store is not None
+        assert all(entry.get("who") != "evil" for entry in store.audit()), "no entry of the room's but the two"
 
 
 async def settings_on(node: LiveServer, room: str, wanted: dict[str, Any]) -> dict[str, Any]:
