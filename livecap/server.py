@@ -740,11 +740,9 @@ async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room
                             subscriber.acknowledged(seq)
                             room.acknowledged(seq, now, age_s)
                         case ViewerFlag(seq):
-                            answer = await _label(request, room, "flag", {"seq": seq, "viewer": viewer})
-                            await _answer(ws, room, answer)
+                            _spawn(_label(request, ws, room, "flag", {"seq": seq, "viewer": viewer}))
                         case ViewerRating(stars):
-                            answer = await _label(request, room, "rate", {"stars": stars, "viewer": viewer})
-                            await _answer(ws, room, answer)
+                            _spawn(_label(request, ws, room, "rate", {"stars": stars, "viewer": viewer}))
                 except Refused as refusal:
                     request.app[METRICS].refusals.labels(refusal.code).inc()
                     await _answer(ws, room, refusal.to_event())
@@ -758,14 +756,17 @@ async def _read_acks(request: web.Request, ws: web.WebSocketResponse, room: Room
         subscriber.disconnect(error)
 
 
-async def _label(request: web.Request, room: Room, action: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _label(request: web.Request, ws: web.WebSocketResponse, room: Room, action: str,
+                 body: dict[str, Any]) -> None:
     """A viewer's flag or rating, taken where the room is captioned (``RoomRegistry.on_owner``:
-    its labels are kept there); the answer for the viewer, who stays connected whatever it is."""
+    its labels are kept there), then answered; the viewer stays connected whatever the answer,
+    and its pongs are read meanwhile (with ``--redis`` an answer may take ``cluster.REPLY_S``)."""
     try:
-        return (await request.app[ROOMS].on_owner(action, room.name, body))[1]
+        _, answer = await request.app[ROOMS].on_owner(action, room.name, body)
     except ServerBusy as busy:  # --redis: the node captioning the room did not answer
         request.app[METRICS].refusals.labels(busy.code).inc()
-        return {**busy.to_event(), "type": "refused"}
+        answer = {**busy.to_event(), "type": "refused"}
+    await _answer(ws, room, answer)
 
 
 async def _close_viewer(request: web.Request, ws: web.WebSocketResponse, room: Room, error: LivecapError) -> None:

@@ -185,8 +185,9 @@ async def test_flags_and_ratings_on_any_node_count_where_the_room_is_captioned(n
         while len(answers) < 4:
             if (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "caption":
                 answers.append(message)
-    assert [(m["type"], m.get("counted"), m.get("code")) for m in answers] == [
-        ("flagged", True, None), ("flagged", False, None), ("refused", None, "unknown_seq"), ("rated", None, None)]
+    assert sorted((m["type"], str(m.get("counted")), str(m.get("code"))) for m in answers) == [
+        ("flagged", "False", "None"), ("flagged", "True", "None"), ("rated", "None", "None"),
+        ("refused", "None", "unknown_seq")], "answered as they come (a forward takes its time)"
     owner = a.app[ROOMS].rooms[room]
     assert sum(owner.flags_by_version.values()) == 1 and list(owner.ratings.values()) == [2]
     assert [line["seq"] for line in owner.quality()["flagged"]] == [final["seq"]], "on the editor's list"
