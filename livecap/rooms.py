@@ -1174,8 +1174,10 @@ class RoomRegistry:
         except Refused as refusal:
             self.scheduler.metrics.refusals.labels(refusal.code).inc()
             return refusal.http_status, refusal.to_event()
-        except LivecapError as error:  # the registry full, Redis unreachable (ServerBusy): try again
-            return 503, error.to_event()
+        except ServerBusy as busy:  # the registry full, Redis unreachable: try again
+            return 503, busy.to_event()
+        except LivecapError as error:  # a room name that is none (ProtocolError)
+            return 400, error.to_event()
 
     async def _end_here(self, name: str) -> Answer:
         room = self.rooms.get(name)
