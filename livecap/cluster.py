@@ -283,7 +283,7 @@ class Cluster:
             await self.flush(None, drain_s)
         for room in list(self.owned):
             await self.release(room)
-        for task in self._tasks:
+        for task in (*self._tasks, *self._answering):
             task.cancel()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(node_key(self.node))
