@@ -186,9 +186,9 @@ def _settings(arguments: argparse.Namespace, options: ServerOptions) -> int:
     cluster = options.redis if arguments.changes else ""
     if cluster:  # every node of the cluster takes the change (``cluster.share_settings``)
 
-        def share(room: str, changed: dict[str, Any], audit: dict[str, Any]) -> None:
+        def share(room: str, changed: dict[str, Any], audit: dict[str, Any], whole: dict[str, Any]) -> None:
             with redis.Redis.from_url(cluster, socket_timeout=5.0) as client, client.pipeline() as pipe:
-                share_settings(pipe, room, options.node_name, changed, audit)
+                share_settings(pipe, room, options.node_name, changed, audit, whole)
                 pipe.execute()
 
         store.shared, store.node = share, options.node_name

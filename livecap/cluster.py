@@ -144,12 +144,18 @@ def room_of(settings_key: str) -> str:
     return settings_key.removeprefix("livecap:{").removesuffix("}:settings")
 
 
-def share_settings(pipe: Any, room: str, node: str, changed: dict[str, Any], audit: dict[str, Any]) -> None:
+def share_settings(pipe: Any, room: str, node: str, changed: dict[str, Any], audit: dict[str, Any],
+                   whole: dict[str, Any]) -> None:
     """Queue on a Redis pipeline (async or not) the commands that give every node the settings
     ``changed`` by ``node`` (each as kept in files, secrets included): stored in the room's hash,
-    then logged with the change's ``audit`` entry."""
+    whose missing settings (Redis lost its data, the room's settings were made before the node
+    joined) take ``node``'s (``whole``), then logged with the change's ``audit`` entry."""
+    settings = key(room, "settings")
+    for name, value in whole.items():
+        if name not in changed:
+            pipe.hsetnx(settings, name, json.dumps(value))
     if changed:
-        pipe.hset(key(room, "settings"), mapping={name: json.dumps(value) for name, value in changed.items()})
+        pipe.hset(settings, mapping={name: json.dumps(value) for name, value in changed.items()})
     pipe.xadd(SETTINGS_LOG, {"room": room, "node": node, "audit": json.dumps(audit)}, maxlen=SETTINGS_CHANGES,
               approximate=True)
 
@@ -211,7 +217,8 @@ Answer = tuple[int, dict[str, Any]]
 Handler = Callable[[str, str, dict[str, Any]], Coroutine[Any, Any, Answer]]
 """Carries out (action, room, body), a request another node forwarded (``Cluster.forward``)."""
 Lost = Callable[[str, str], Coroutine[Any, Any, None]]
-"""Called with (room, the node that has it now) when this node lost a room it owned."""
+"""Called with (room, the node that has it now) when this node lost a room it owned; the node is
+empty when this one was fenced off (it stalled past its lease while another took the room)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,12 +316,11 @@ class Cluster:
         follow it close their viewers (``follow``)."""
         self._owe(Pending(room, "ended", after, fields={"ended": f"{time.time():.3f}"}))
 
-    async def ended_since(self, room: str, seconds: float = ENDED_FRESH_S) -> bool:
-        """Whether an operator ended the room in the last ``seconds`` (its live stream says so)."""
-        for _, fields in entries(await self.redis.xrevrange(key(room, "live"), count=20)):
-            if "ended" in fields:
-                with contextlib.suppress(ValueError):
-                    return time.time() - float(fields["ended"]) < seconds
+    async def ended_last(self, room: str) -> bool:
+        """Whether the last thing in the room's log is its end by an operator (no event since)."""
+        for _, fields in entries(await self.redis.xrevrange(key(room, "live"), count=100)):
+            if "ended" in fields or "m" in fields:
+                return "ended" in fields
         return False
 
     async def room_state(self, room: str) -> dict[str, Any] | None:
@@ -322,10 +328,11 @@ class Cluster:
         value = await self.redis.get(key(room, "state"))
         return cast(dict[str, Any], json.loads(value)) if value else None
 
-    def share(self, room: str, changed: dict[str, Any], audit: dict[str, Any]) -> None:
+    def share(self, room: str, changed: dict[str, Any], audit: dict[str, Any], whole: dict[str, Any]) -> None:
         """Owe Redis room settings changed on this node (``settings.SettingsStore.shared``), with
-        the audit entry of the change: every node takes them (``_watch_settings``)."""
-        self._owe(Pending(room, "settings", 0, fields={"changed": changed, "audit": audit}))
+        the audit entry of the change and the room's settings here: every node takes them
+        (``_watch_settings``)."""
+        self._owe(Pending(room, "settings", 0, fields={"changed": changed, "audit": audit, "whole": whole}))
 
     def cover(self, room: str, session: str, ms: int) -> None:
         """Owe Redis how much of a publisher session's audio its finals cover (``Room.covered``)."""
@@ -364,7 +371,7 @@ class Cluster:
                 batch = [self.pending[i] for i in range(min(WRITE_BATCH, len(self.pending)))]
                 self._sending = len(batch)
                 try:
-                    await self._send(batch)
+                    refused = await self._send(batch)
                 except (RedisError, OSError) as error:
                     self._sending = 0
                     await self._retry(error, backoff)
@@ -372,17 +379,19 @@ class Cluster:
                 self._reached(backoff)
                 for item in batch:
                     self.pending.popleft()
-                    if item.kind == "event":
+                    if item.kind == "event" and item not in refused:
                         self.written[item.room] = max(self.written.get(item.room, 0), item.seq)
                 self._sending = 0
                 self._written.set()
 
-    async def _send(self, batch: Sequence[Pending]) -> None:
+    async def _send(self, batch: Sequence[Pending]) -> list[Pending]:
         """One round trip. An event Redis already holds (a retry of a write that got through) or
-        whose seq is not above the log's last (a successor wrote it) is left out, and counted."""
+        whose seq is not above the log's last (a successor wrote it) is left out, and counted;
+        returned: the events of the second kind, which are not durable (``Room.durable_seq``: the
+        publisher is not told their audio is safe, and sends it again to the successor)."""
         retention_ms = int(self.retention_s * 1000)
-        events: set[int] = set()
-        """Where in the pipeline each event's XADD to the live stream is."""
+        events: dict[int, Pending] = {}
+        """Each event's XADD to the live stream, by where it is in the pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:  # reset (its connection freed) on any exit
             for item in batch:
                 if item.kind == "reserve":
@@ -398,23 +407,31 @@ class Cluster:
                         pipe.set(key(item.room, "state"), item.fields["room"], px=retention_ms)
                 elif item.kind == "settings":
                     assert item.fields is not None
-                    share_settings(pipe, item.room, self.node, item.fields["changed"], item.fields["audit"])
+                    share_settings(pipe, item.room, self.node, item.fields["changed"], item.fields["audit"],
+                                   item.fields["whole"])
                 else:
                     assert item.fields is not None
-                    events.add(len(pipe))
+                    events[len(pipe)] = item
                     pipe.xadd(key(item.room, "live"), item.fields, id=entry_id(item.seq), maxlen=LIVE_EVENTS,
                               approximate=True)
                     if item.line:
                         pipe.xadd(key(item.room, "lines"), item.fields, id=entry_id(item.seq))
                         pipe.pexpire(key(item.room, "lines"), retention_ms)
             results = await pipe.execute(raise_on_error=False)  # the pipeline loads the scripts Redis lacks
+        skipped = []
         for index, result in enumerate(results):
             if isinstance(result, ResponseError):
                 if "equal or smaller" not in str(result):
                     log.error("Redis refused a write: %s", result)
                 elif index in events:
                     self.metrics.cluster_events_skipped.inc()
+                    skipped.append(events[index])
         self.metrics.cluster_events_written.inc(len(events))
+        refused = []
+        for item in skipped:  # held already (a retry), or refused (a successor's log is above it)?
+            if not await self.redis.xrange(key(item.room, "live"), min=entry_id(item.seq), max=entry_id(item.seq)):
+                refused.append(item)
+        return refused
 
     async def _retry(self, error: BaseException, backoff: Backoff) -> None:
         self.failed(error)
@@ -514,8 +531,9 @@ class Cluster:
                 if room not in self.owned:
                     continue
                 if not held or (other and other != self.node):
-                    lost, other = self.owned.pop(room).lost, str(other or "another node")
-                    log.info("room %s: %s has it now", room, other, extra={"room": room})
+                    lost, other = self.owned.pop(room).lost, str(other or "")
+                    log.info("room %s: %s has it now", room, other or "another node (this one stalled)",
+                             extra={"room": room})
                     task = asyncio.create_task(lost(room, other))
                     self._losing.add(task)
                     task.add_done_callback(self._losing.discard)

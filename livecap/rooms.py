@@ -613,15 +613,25 @@ class Room:
             await self.follow()
 
     async def _lost(self, room: str, node: str) -> None:
-        """Another node took the room (a newer publisher there): the open utterance becomes final
-        here, the publisher is told (``PublisherReplaced``), and this node follows the new owner."""
+        """Another node has the room now. A newer publisher there (``node``): the open utterance
+        becomes final here, the publisher is told (``PublisherReplaced``), and this node follows
+        the new owner. ``node`` empty: this node stalled past its lease while another took the
+        room (an operator's correction or end) and gives out seqs above this one's, so nothing more
+        made here can join the room's log: the open utterance is not made final, the publisher is
+        told to reconnect (``ServerBusy``; it sends again the audio not acknowledged, which the
+        room's node transcribes), or, if the room was ended, that it was (``RoomEnded``)."""
         self.owned = False
         assert self.cluster is not None
-        with contextlib.suppress(RedisError, OSError):
-            if await self.cluster.ended_since(self.name):  # while this node stalled, an operator ended it elsewhere
+        if not node:
+            ended = False
+            with contextlib.suppress(RedisError, OSError):
+                ended = await self.cluster.ended_last(self.name)
+            if ended:
                 self._ended_there()
                 return
-        if (session := self.session) is not None:
+            if (session := self.session) is not None:
+                await session.disconnect(ServerBusy("this node stalled and another has the room now: reconnect", 0.5))
+        elif (session := self.session) is not None:
             await session.stop(time.monotonic())
             await session.disconnect(PublisherReplaced(f"another publisher took over this room (on node {node})"))
         await self.cluster.release(self.name)

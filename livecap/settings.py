@@ -140,9 +140,9 @@ class SettingsStore:
         self.audit_path = directory / "audit.jsonl"
         directory.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, tuple[tuple[int, int], RoomSettings]] = {}
-        self.shared: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None
-        """Told of each change made here: the settings changed, as kept in the file, and the audit
-        entry (``Cluster.share``), so that every node of a cluster has it."""
+        self.shared: Callable[[str, dict[str, Any], dict[str, Any], dict[str, Any]], None] | None = None
+        """Told of each change made here: the settings changed, as kept in the file, the audit
+        entry and all the room's settings (``Cluster.share``), so that every node of a cluster has it."""
         self.node: str | None = None
         """This node's name in a cluster: audit entries say where a change was made."""
 
@@ -174,14 +174,14 @@ class SettingsStore:
         self._audit(entry)
         if self.shared is not None:
             kept = new.to_json()
-            self.shared(room, {name: kept[name] for name in changed}, entry)
+            self.shared(room, {name: kept[name] for name in changed}, entry, kept)
         return new
 
     def adopt(self, room: str, data: dict[str, Any], audit: dict[str, Any] | None) -> None:
         """Settings changed on another node of the cluster (as kept in files), kept here unless
         they are these already, and ``audit``, the change's entry (None: settings read again
         after this node was away from Redis, whose changes it did not see), appended."""
-        settings = RoomSettings.from_json(data)
+        settings = RoomSettings.from_json({**self.get(room).to_json(), **data})  # what ``data`` lacks stays
         if settings != self.get(room):
             self._write(room, settings)
         if audit is not None:

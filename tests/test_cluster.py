@@ -354,16 +354,30 @@ async def test_an_owner_that_stalled_past_its_lease_is_fenced_off(redis_server: 
     await other.reserve(room, 1500)  # the correction's seq block
     await other.release(room)
     stalled.start(lambda: [], ignore_settings, no_requests)
+    other.start(lambda: [], ignore_settings, no_requests)
     try:
         for _ in range(30):
             if lost:
                 break
             await asyncio.sleep(0.1)
-        assert lost == ["another node"] and room not in stalled.owned
+        assert lost == [""] and room not in stalled.owned, "fenced off: no newer publisher to name"
         assert await stalled.redis.get(f"livecap:{{{room}}}:owner") is None, "not taken back"
+        # Woken up, the room tells it whether an operator ended the room meanwhile (its publisher is
+        # then told room_ended) or another node made a correction (its publisher reconnects there)
+        assert not await stalled.ended_last(room)
+        other.ended(room, 1500)
+        assert await other.flush(room, 5.0)
+        assert await stalled.ended_last(room)
+        state = CaptionState(room)
+        state.seqs.skip_to(1500)
+        event = state.final(state.new_segment(), (Word("again", 0, 1, 1.0),), 0.0, 1.0, "e", "v", 0.0)
+        assert event is not None
+        other.append(event)
+        assert await other.flush(room, 5.0)
+        assert not await stalled.ended_last(room), "an event after the end: a new session"
     finally:
         await stalled.close()
-        await other.redis.aclose()
+        await other.close()
 
 
 async def test_a_correction_waits_for_a_publisher_taking_the_room_over(nodes: list[LiveServer],
@@ -413,6 +427,27 @@ async def test_a_forwarded_request_read_late_is_left_undone(nodes: list[LiveServ
     assert await client.lpop("livecap:reply:late") is None and room in a.app[ROOMS].rooms, "the late end not done"
     await client.aclose()
     await publisher.close()
+
+
+async def test_a_change_after_redis_lost_its_data_keeps_the_other_settings(nodes: list[LiveServer],
+                                                                              redis_server: RedisServer) -> None:
+    """Regression: after FLUSHALL the room's settings hash held only the next change, and every
+    node took the others' defaults (mask and recording switched off, outputs gone)."""
+    a, b, _ = nodes
+    room = "after-flush"
+    whole = {"glossary": ["Kubernetes"], "recording": True, "profanity": ["darn"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", json=whole,
+                              headers={"Authorization": f"Bearer {a.keys.key('operator')}"}) as response:
+            assert response.status == 200
+        for node in nodes:
+            await settings_on(node, room, whole)
+        await asyncio.to_thread(redis.Redis(port=redis_server.port).flushall)
+        async with http.patch(f"{b.base}/operator/rooms/{room}/settings", json={"language": "auto"},
+                              headers={"Authorization": f"Bearer {b.keys.key('operator')}"}) as response:
+            assert response.status == 200
+    for node in nodes:
+        await settings_on(node, room, {**whole, "language": "auto"})
 
 
 async def test_settings_changed_at_once_on_two_nodes_both_hold(nodes: list[LiveServer],
