@@ -766,15 +766,16 @@ class Room:
         if delay is not None:
             self.scheduler.metrics.speech_to_screen_seconds.labels(self.label).observe(delay)
 
-    async def end(self, now: float) -> tuple[bool, int]:
+    async def end(self, now: float, finish: bool = True) -> tuple[bool, int]:
         """An operator ends the room: the publisher's open utterance becomes
-        final, viewers get it (for up to ``END_DRAIN_S``), then the publisher
+        final (unless not ``finish``: this node was fenced off, ``_lost``),
+        viewers get it (for up to ``END_DRAIN_S``), then the publisher
         and every viewer are closed with ``RoomEnded``. The transcript stays.
         Returns (whether a publisher was closed, how many viewers were)."""
         self.ended = True
         error = RoomEnded("an operator ended this room")
         session = self.session
-        if session is not None:
+        if session is not None and finish:
             await session.stop(now)
         viewers = list(self.viewers)
         await self.drain()
@@ -1128,16 +1129,17 @@ class RoomRegistry:
         """Rooms held for viewers alone with nothing to show."""
         return sum(not room.publisher_room and not room.captions.finals for room in self.rooms.values())
 
-    async def end(self, name: str, tell: bool = True) -> tuple[bool, int] | None:
+    async def end(self, name: str, elsewhere: bool = False) -> tuple[bool, int] | None:
         """End the room ``name`` (see ``Room.end``) and let it leave memory;
-        None when no such room is held. With ``--redis`` and ``tell``, the nodes that follow
-        the room end it too, once their viewers have what it said (``Cluster.ended``)."""
+        None when no such room is held. With ``--redis``, the nodes that follow the room end it
+        too, once their viewers have what it said (``Cluster.ended``); ``elsewhere``: another
+        node ended it, and what this one holds of it is closed, nothing more made."""
         room = self.rooms.get(name)
         if room is None:
             return None
         try:
-            ended = await room.end(time.monotonic())
-            if self.cluster is not None and tell:
+            ended = await room.end(time.monotonic(), finish=not elsewhere)
+            if self.cluster is not None and not elsewhere:
                 self.cluster.ended(name, room.log_seq)
             return ended
         finally:
@@ -1202,7 +1204,7 @@ class RoomRegistry:
 
     def _ended_elsewhere(self, name: str) -> None:
         """The node that captions room ``name`` ended it: so does this one."""
-        task = asyncio.create_task(self.end(name, tell=False), name=f"end-{name}")
+        task = asyncio.create_task(self.end(name, elsewhere=True), name=f"end-{name}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 

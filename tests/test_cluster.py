@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -378,6 +379,34 @@ async def test_an_owner_that_stalled_past_its_lease_is_fenced_off(redis_server: 
     finally:
         await stalled.close()
         await other.close()
+
+
+@pytest.mark.parametrize("meanwhile", ["correction", "end"])
+async def test_a_publisher_of_a_node_fenced_off_reconnects_or_is_told_the_room_ended(
+        nodes: list[LiveServer], redis_server: RedisServer, meanwhile: str) -> None:
+    """Node a stalled past its lease while another node made a correction (its seq block is above
+    a's) or ended the room: a makes no final of the open utterance (Redis would refuse its seq, so
+    only a's own viewers would get it) and tells its publisher to reconnect (server_busy: the audio
+    not acknowledged goes again to the room's node), or that the room ended."""
+    a = nodes[0]
+    room = f"fenced-{meanwhile}"
+    publisher = await started(a.ingest_url(room))
+    await publisher.send(float_to_s16le(audio(SPEECH[0])[: 16000 * 3]))  # mid-sentence: no final yet
+    await asyncio.sleep(1.0)
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    async with client.pipeline(transaction=True) as pipe:  # what a node taking the room while a stalled leaves
+        pipe.delete(f"livecap:{{{room}}}:owner")
+        pipe.set(f"livecap:{{{room}}}:seq", 100_000)
+        if meanwhile == "end":
+            pipe.xadd(f"livecap:{{{room}}}:live", {"ended": f"{time.time():.3f}"}, id="100000-*")
+        await pipe.execute()
+    await client.aclose()
+    said = await drain(publisher)
+    assert not [m for m in said if m.get("kind") == "final"], "nothing made that the room's log refuses"
+    if meanwhile == "end":
+        assert publisher.close_code == 4410 and said[-1]["code"] == "room_ended"
+    else:
+        assert publisher.close_code == 1013 and said[-1]["code"] == "server_busy"
 
 
 async def test_a_correction_waits_for_a_publisher_taking_the_room_over(nodes: list[LiveServer],
