@@ -434,7 +434,12 @@ class Cluster:
         return refused
 
     async def _retry(self, error: BaseException, backoff: Backoff) -> None:
-        self.failed(error)
+        """Wait before trying again: Redis is unreachable, or (``ResponseError``: a key of the wrong
+        type, written by something else) it refused, which is logged and no outage."""
+        if isinstance(error, ResponseError):
+            log.error("Redis refused a call of this node: %s", error)
+        else:
+            self.failed(error)
         await asyncio.sleep(backoff.next())
 
     def _reached(self, backoff: Backoff) -> None:
@@ -648,9 +653,6 @@ class Cluster:
                     last = top[0][0] if top else "0-0"
                 found = cast(list[tuple[str, Any]],
                              await self.redis.xread({inbox_key(self.node): last}, count=50, block=1000))
-            except ResponseError as error:
-                await self._refused(error, backoff)
-                continue
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue
@@ -695,11 +697,6 @@ class Cluster:
         except (RedisError, OSError) as error:
             self.failed(error)
 
-    async def _refused(self, error: ResponseError, backoff: Backoff) -> None:
-        """Redis answered, refusing (a key of the wrong type, written by something else): no outage."""
-        log.error("Redis refused a read of this node: %s", error)
-        await asyncio.sleep(backoff.next())
-
     # ---- room settings
 
     async def _watch_settings(self, adopt: Adopt) -> None:
@@ -730,9 +727,6 @@ class Cluster:
                         await self._take_change(adopt, entry, change)
                         last = entry
                 await self.redis.set(read, last)
-            except ResponseError as error:
-                await self._refused(error, backoff)
-                continue
             except (RedisError, OSError) as error:
                 await self._retry(error, backoff)
                 continue

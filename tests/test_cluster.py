@@ -73,6 +73,13 @@ async def started(url: str) -> websockets.ClientConnection:
     return publisher
 
 
+async def patch_settings(http: aiohttp.ClientSession, node: LiveServer, room: str, values: dict[str, Any]) -> None:
+    """An operator's change of the room's settings, made on ``node``."""
+    async with http.patch(f"{node.base}/operator/rooms/{room}/settings", json=values,
+                          headers={"Authorization": f"Bearer {node.keys.key('operator')}"}) as response:
+        assert response.status == 200, await response.text()
+
+
 def captions(messages: list[dict[str, Any]], kinds: tuple[str, ...] = ("final", "correction")) -> list[
         tuple[int, str, str]]:
     return [(m["seq"], m["kind"], m["text"]) for m in messages if m.get("type") == "caption" and m["kind"] in kinds]
@@ -296,19 +303,14 @@ async def test_pages_on_every_node_are_told_the_room_records(nodes: list[LiveSer
     """Privacy: a room whose audio is recorded says so on every page, whatever node serves it."""
     a, b, _ = nodes
     room = "recorded"
-    headers = {"Authorization": f"Bearer {a.keys.key('operator')}"}
     publisher = await started(a.ingest_url(room))
     async with aiohttp.ClientSession() as http:
-        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
-                              json={"recording": True}) as response:
-            assert response.status == 200, await response.text()
+        await patch_settings(http, a, room, {"recording": True})
         await asyncio.sleep(0.5)
         async with websockets.connect(b.captions_url(room)) as viewer:
             told = json.loads(await asyncio.wait_for(viewer.recv(), timeout(10)))
             assert told["type"] == "room" and told["recording"] is True, "told at once by node b"
-            async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
-                                  json={"recording": False}) as response:
-                assert response.status == 200
+            await patch_settings(http, a, room, {"recording": False})
             while (message := json.loads(await asyncio.wait_for(viewer.recv(), timeout(10))))["type"] != "room":
                 pass
             assert message["recording"] is False, "and when it stops"
@@ -323,9 +325,7 @@ async def test_a_room_ended_after_a_change_of_its_state_starts_again_on_any_node
     headers = {"Authorization": f"Bearer {a.keys.key('operator')}"}
     publisher = await started(a.ingest_url(room))
     async with aiohttp.ClientSession() as http:
-        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", headers=headers,
-                              json={"recording": True}) as response:
-            assert response.status == 200
+        await patch_settings(http, a, room, {"recording": True})
         async with http.post(f"{b.base}/operator/rooms/{room}/end", headers=headers) as response:
             assert response.status == 200, await response.text()
     await drain(publisher)
@@ -466,15 +466,11 @@ async def test_a_change_after_redis_lost_its_data_keeps_the_other_settings(nodes
     room = "after-flush"
     whole = {"glossary": ["Kubernetes"], "recording": True, "profanity": ["darn"]}
     async with aiohttp.ClientSession() as http:
-        async with http.patch(f"{a.base}/operator/rooms/{room}/settings", json=whole,
-                              headers={"Authorization": f"Bearer {a.keys.key('operator')}"}) as response:
-            assert response.status == 200
+        await patch_settings(http, a, room, whole)
         for node in nodes:
             await settings_on(node, room, whole)
         await asyncio.to_thread(redis.Redis(port=redis_server.port).flushall)
-        async with http.patch(f"{b.base}/operator/rooms/{room}/settings", json={"language": "auto"},
-                              headers={"Authorization": f"Bearer {b.keys.key('operator')}"}) as response:
-            assert response.status == 200
+        await patch_settings(http, b, room, {"language": "auto"})
     for node in nodes:
         await settings_on(node, room, {**whole, "language": "auto"})
 
@@ -491,12 +487,8 @@ async def test_settings_changed_at_once_on_two_nodes_both_hold(nodes: list[LiveS
     client.xadd("livecap:settings", {"room": room, "node": "x", "audit": "[" * 100_000})
     client.xadd("livecap:settings", {"room": room, "node": "x", "audit": json.dumps({"who": "evil"})})
     async with aiohttp.ClientSession() as http:
-        async def change(node: LiveServer, values: dict[str, Any]) -> None:
-            async with http.patch(f"{node.base}/operator/rooms/{room}/settings",
-                                  headers={"Authorization": f"Bearer {node.keys.key('operator')}"},
-                                  json=values) as response:
-                assert response.status == 200
-        await asyncio.gather(change(a, {"glossary": ["Sintra"]}), change(b, {"profanity": ["darn"]}))
+        await asyncio.gather(patch_settings(http, a, room, {"glossary": ["Sintra"]}),
+                             patch_settings(http, b, room, {"profanity": ["darn"]}))
     for node in nodes:
         await settings_on(node, room, {"glossary": ["Sintra"], "profanity": ["darn"]})
         store = node.app[ROOMS].settings
@@ -521,15 +513,12 @@ async def test_room_settings_changed_on_any_node_reach_every_node(nodes: list[Li
     pages), every node audits it, and a change through the command line reaches them too."""
     a, b, c = nodes
     room = "set-anywhere"
-    headers = {"Authorization": f"Bearer {b.keys.key('operator')}"}
     publisher = await started(a.ingest_url(room))
     async with websockets.connect(c.captions_url(room)) as viewer:
         await asyncio.sleep(0.3)
-        async with aiohttp.ClientSession() as http, http.patch(
-                f"{b.base}/operator/rooms/{room}/settings", headers=headers,
-                json={"recording": True, "glossary": ["Sintra", "OBS"]}) as response:
-            assert response.status == 200, await response.text()
         wanted = {"recording": True, "glossary": ["Sintra", "OBS"]}
+        async with aiohttp.ClientSession() as http:
+            await patch_settings(http, b, room, wanted)
         for node in nodes:
             await settings_on(node, room, wanted)
         assert a.app[ROOMS].rooms[room].glossary.terms == ("Sintra", "OBS"), "the owner recognises with it"
@@ -551,10 +540,8 @@ async def test_room_settings_changed_on_any_node_reach_every_node(nodes: list[Li
 async def test_a_node_that_joins_later_has_every_rooms_settings(nodes: list[LiveServer], redis_server: RedisServer,
                                                                 tmp_path: Path) -> None:
     a = nodes[0]
-    async with aiohttp.ClientSession() as http, http.patch(
-            f"{a.base}/operator/rooms/early/settings", headers={"Authorization": f"Bearer {a.keys.key('operator')}"},
-            json={"language": "fr", "translate": "en"}) as response:
-        assert response.status == 200
+    async with aiohttp.ClientSession() as http:
+        await patch_settings(http, a, "early", {"language": "fr", "translate": "en"})
     late = await start_server(tmp_path, engine="pocketsphinx", fallback_engine="none", redis=redis_server.url,
                               node="late")
     try:
