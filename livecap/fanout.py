@@ -349,7 +349,7 @@ class ViewerInbox:
                 if not self._feedback.take(now):
                     raise TooManyRequests(f"at most {self._feedback.burst:g} flags and ratings at once, then one "
                                           f"every {1 / self._feedback.rate:g} s")
-                return _flag(message) if kind == "flag" else _rating(message)
+                return flag_of(message) if kind == "flag" else rating_of(message)
             case other:
                 raise ProtocolError(f"viewers may send ack, flag or rating messages, not {shown(other)}")
 
@@ -365,14 +365,16 @@ class ViewerInbox:
         return ViewerAck(seq, age_ms / 1000)
 
 
-def _flag(message: dict[str, Any]) -> ViewerFlag:
+def flag_of(message: dict[str, Any]) -> ViewerFlag:
+    """A viewer's flag (``{"seq": N}``), or ``InvalidRequest``; also what another node forwards."""
     seq = message.get("seq")
     if not _is_seq(seq):
         raise InvalidRequest("flag.seq must be the seq of a final or correction")
     return ViewerFlag(seq)
 
 
-def _rating(message: dict[str, Any]) -> ViewerRating:
+def rating_of(message: dict[str, Any]) -> ViewerRating:
+    """A viewer's rating (``{"stars": 1-5}``), or ``InvalidRequest``; also what another node forwards."""
     stars = message.get("stars")
     if not isinstance(stars, int) or isinstance(stars, bool) or not 1 <= stars <= 5:
         raise InvalidRequest("rating.stars must be a whole number from 1 to 5")

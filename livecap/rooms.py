@@ -46,7 +46,7 @@ from livecap.errors import (
     RoomEnded,
     ServerBusy,
 )
-from livecap.fanout import Broadcaster, Subscriber
+from livecap.fanout import Broadcaster, Subscriber, flag_of, rating_of
 from livecap.glossary import Glossary
 from livecap.ingest import Resend
 from livecap.labels import Label, LabelStore
@@ -964,13 +964,6 @@ def correction(request: dict[str, Any]) -> tuple[int, str]:
     return seq, line
 
 
-def _whole(body: dict[str, Any], name: str, least: int, most: int | None = None) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < least or (most is not None and value > most):
-        raise InvalidRequest(f"{name} must be a whole number from {least}" + (f" to {most}" if most else ""))
-    return value
-
-
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not 0 < len(value) <= 100:
@@ -1176,10 +1169,10 @@ class RoomRegistry:
                     event = room.correct(seq, text, _text(body, "by"), wall, await room.archived(seq))
                 return 200, event.to_message()
             if action == "flag":
-                seq = _whole(body, "seq", 0)
+                seq = flag_of(body).seq
                 return 200, {"type": "flagged", "seq": seq, "counted": room.flag(seq, _text(body, "viewer"), wall)}
             if action == "rate":
-                stars = _whole(body, "stars", 1, 5)
+                stars = rating_of(body).stars
                 room.rate(stars, _text(body, "viewer"), wall)
                 return 200, {"type": "rated", "stars": stars}
             raise InvalidRequest(f"no such action: {action!r:.100}")
